@@ -1,0 +1,1010 @@
+//! `config.hocon` -> typed configuration: the reference plugin's keys, our defaults, and the errors
+//! a user sees. Every error names the full key path (or the file) and what to do; no error and no
+//! `Debug` output contains a password.
+//!
+//! The tree is walked by hand rather than serde-derived so that unknown keys and wrong types are
+//! reported with their full path. Every block is checked, enabled or not, so a mistake in a
+//! disabled block shows up now rather than on the day someone enables it.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hocon::{Hocon, HoconLoader};
+
+type Map = linked_hash_map::LinkedHashMap<String, Hocon>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read the config file {path}: {reason}; check the path given with --config")]
+    Read { path: String, reason: String },
+    #[error(
+        "not valid HOCON: parsing stops at line {line}; check the braces, brackets, quotes and `=` signs there{hint}"
+    )]
+    Syntax { line: usize, hint: &'static str },
+    #[error("`include` is not supported: put every setting in this one file")]
+    Include,
+    #[error("{key}: unknown key{suggestion}; known keys {scope} are: {known}")]
+    UnknownKey { key: String, suggestion: String, scope: String, known: String },
+    #[error("{key}: expected {expected}, found {found}")]
+    Type { key: String, expected: &'static str, found: &'static str },
+    #[error("{key}: {reason}")]
+    Invalid { key: String, reason: String },
+    #[error(
+        "{key}: ${{{var}}} is neither an environment variable nor a key of this file; set {var}, \
+         or write ${{?{var}}} to keep the default when it is unset"
+    )]
+    Unresolved { key: String, var: String },
+    #[error("no backend enabled: set `mysql.enable = true` or `sqlite.enable = true`")]
+    NoBackend,
+    #[error("both `mysql.enable` and `sqlite.enable` are true: enable exactly one backend block")]
+    TwoBackends,
+    #[error(
+        "redis.enable = true: the Redis backend is not built yet; set redis.enable = false and enable `mysql` or \
+         `sqlite`"
+    )]
+    RedisNotBuilt,
+    /// Any of the above, found while loading a file.
+    #[error("{path}: {error}")]
+    InFile { path: String, error: Box<ConfigError> },
+}
+
+/// A password: printed as `***`; [`Secret::expose`] is the only way to read it, so that neither a
+/// logged config nor an error message can carry it.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub broker: BrokerConfig,
+    pub backend: Backend,
+}
+
+#[derive(Clone, Debug)]
+pub struct BrokerConfig {
+    /// The MQTT TCP listener (`broker.bind`, overridden by `--bind`).
+    pub bind: SocketAddr,
+    /// Node id in message ids (`broker.node_id`); random per process when unset.
+    pub node_id: Option<u32>,
+}
+
+/// The one enabled backend block.
+#[derive(Clone, Debug)]
+pub enum Backend {
+    MySql(MySqlConfig),
+    Sqlite(SqliteConfig),
+}
+
+impl Backend {
+    pub fn storage(&self) -> &StorageConfig {
+        match self {
+            Backend::MySql(c) => &c.storage,
+            Backend::Sqlite(c) => &c.storage,
+        }
+    }
+
+    /// The block's name, which is also the prefix of its keys in errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::MySql(_) => "mysql",
+            Backend::Sqlite(_) => "sqlite",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct MySqlConfig {
+    /// "host:port", or "host" for port 3306.
+    pub server: String,
+    pub username: String,
+    pub password: Secret,
+    pub database: String,
+    pub pool_size: u32,
+    pub ssl: SslConfig,
+    pub storage: StorageConfig,
+}
+
+#[derive(Clone, Debug)]
+pub struct SqliteConfig {
+    pub path: PathBuf,
+    pub storage: StorageConfig,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct SslConfig {
+    pub enable: bool,
+    pub server_name_indication: Option<String>,
+    pub verify: SslVerify,
+    pub cacertfile: Option<PathBuf>,
+    pub certfile: Option<PathBuf>,
+    pub keyfile: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SslVerify {
+    #[default]
+    VerifyPeer,
+    VerifyNone,
+}
+
+/// Keys every SQL backend block has.
+#[derive(Clone, Debug)]
+pub struct StorageConfig {
+    /// MQTT topic filters whose messages are stored; empty stores nothing (as the reference).
+    pub topics: Vec<String>,
+    pub init_default_schema: bool,
+    pub templates: Templates,
+    pub batch_size: usize,
+    pub batch_time: Duration,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Templates {
+    pub insert_message_sql: String,
+    pub delete_message_sql: String,
+    pub select_message_sql: String,
+    pub insert_subscription_sql: String,
+    pub select_subscriptions_sql: String,
+    pub delete_subscription_sql: String,
+}
+
+const DELETE_MESSAGE_SQL: &str = "delete from mqtt_msg where msgid = ${id}";
+const SELECT_MESSAGE_SQL: &str = "select * from mqtt_msg where topic like ${topic_like} escape '!' order by id";
+const SELECT_SUBSCRIPTIONS_SQL: &str = "select topic, qos from mqtt_sub where clientid = ${clientid}";
+const DELETE_SUBSCRIPTION_SQL: &str = "delete from mqtt_sub where clientid = ${clientid} and topic = ${topic}";
+
+impl Templates {
+    /// The reference plugin's templates (MySQL dialect), except the select: it reads the filter's
+    /// topic range (wildcards included) in publish order.
+    pub fn mysql_default() -> Templates {
+        Templates {
+            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, FROM_UNIXTIME(${timestamp}/1000))".into(),
+            delete_message_sql: DELETE_MESSAGE_SQL.into(),
+            select_message_sql: SELECT_MESSAGE_SQL.into(),
+            insert_subscription_sql: "insert into mqtt_sub(clientid, topic, qos) values(${clientid}, ${topic}, ${qos}) on duplicate key update qos = ${qos}".into(),
+            select_subscriptions_sql: SELECT_SUBSCRIPTIONS_SQL.into(),
+            delete_subscription_sql: DELETE_SUBSCRIPTION_SQL.into(),
+        }
+    }
+
+    /// The same in SQLite's dialect (`arrived` holds unix milliseconds).
+    pub fn sqlite_default() -> Templates {
+        Templates {
+            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, ${timestamp})".into(),
+            insert_subscription_sql: "insert into mqtt_sub(clientid, topic, qos) values(${clientid}, ${topic}, ${qos}) on conflict(clientid, topic) do update set qos = excluded.qos".into(),
+            ..Templates::mysql_default()
+        }
+    }
+}
+
+/// Ours, not the reference's: its 1 row / 100 ms is one round trip per message. Provisional until
+/// the benchmark picks them.
+pub const DEFAULT_BATCH_SIZE: usize = 1000;
+pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(5);
+
+const MAX_BATCH_SIZE: i64 = 1_000_000;
+const MAX_POOL_SIZE: i64 = 1024;
+
+const TOP_KEYS: &[&str] = &["broker", "mysql", "sqlite", "redis"];
+const BROKER_KEYS: &[&str] = &["bind", "node_id"];
+const STORAGE_KEYS: &[&str] = &[
+    "enable",
+    "topics",
+    "init_default_schema",
+    "insert_message_sql",
+    "delete_message_sql",
+    "select_message_sql",
+    "insert_subscription_sql",
+    "select_subscriptions_sql",
+    "delete_subscription_sql",
+    "batch_size",
+    "batch_time",
+];
+const MYSQL_KEYS: &[&str] = &["server", "username", "password", "database", "pool_size", "ssl"];
+const SQLITE_KEYS: &[&str] = &["path"];
+const SSL_KEYS: &[&str] = &["enable", "server_name_indication", "verify", "cacertfile", "certfile", "keyfile"];
+const REDIS_KEYS: &[&str] = &[
+    "enable",
+    "servers",
+    "redis_type",
+    "sentinel",
+    "username",
+    "password",
+    "database",
+    "pool_size",
+    "topics",
+    "message_key_prefix",
+    "subscription_key_prefix",
+    "message_ttl",
+    "batch_size",
+    "batch_time",
+    "ssl",
+];
+
+impl Config {
+    /// Reads and checks the file; every error but [`ConfigError::Read`] is wrapped in
+    /// [`ConfigError::InFile`] so that the message names the file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::Read { path: path.display().to_string(), reason: e.to_string() })?;
+        Config::parse_str(&text)
+            .map_err(|e| ConfigError::InFile { path: path.display().to_string(), error: Box::new(e) })
+    }
+
+    pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
+        let tree = parse_tree(text)?;
+        let Hocon::Hash(map) = &tree else { return Err(ConfigError::Syntax { line: 1, hint: "" }) };
+        let root = Table { path: String::new(), map: Some(map), source: text }.checked(TOP_KEYS)?;
+
+        let broker = broker(&root.table("broker", BROKER_KEYS)?)?;
+        let mysql_block = root.table("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat())?;
+        let mysql = (mysql_block.bool("enable")?.unwrap_or(false), mysql(&mysql_block)?);
+        let sqlite_block = root.table("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat())?;
+        let sqlite = (sqlite_block.bool("enable")?.unwrap_or(false), sqlite(&sqlite_block)?);
+        if check_redis(&root.table("redis", REDIS_KEYS)?)? {
+            return Err(ConfigError::RedisNotBuilt);
+        }
+        let backend = match (mysql, sqlite) {
+            ((true, _), (true, _)) => return Err(ConfigError::TwoBackends),
+            ((false, _), (false, _)) => return Err(ConfigError::NoBackend),
+            ((true, m), _) => Backend::MySql(m),
+            (_, (true, s)) => Backend::Sqlite(s),
+        };
+        Ok(Config { broker, backend })
+    }
+
+    /// Start-up warnings a valid config still deserves (the caller logs them).
+    pub fn warnings(&self) -> Vec<String> {
+        let (name, s) = (self.backend.name(), self.backend.storage());
+        let mut w = Vec::new();
+        if s.batch_size == 1 {
+            w.push(format!(
+                "{name}.batch_size = 1 writes one row per round trip, the slow path; the default is {DEFAULT_BATCH_SIZE}"
+            ));
+        }
+        if let Backend::MySql(m) = &self.backend {
+            if m.ssl.server_name_indication.is_some() {
+                w.push("mysql.ssl.server_name_indication is accepted but not used: the name checked is the host of mysql.server".into());
+            }
+        }
+        if s.topics.is_empty() {
+            w.push(format!("{name}.topics is empty: no message will be stored (add filters, e.g. [\"#\"])"));
+        }
+        w
+    }
+}
+
+/// Parses twice: strictly, only to catch syntax errors (the lax parser silently drops everything
+/// from the first one on), then laxly, because the strict mode also rejects an unset `${?VAR}`
+/// that has no earlier value, which must keep the key's default.
+fn parse_tree(text: &str) -> Result<Hocon, ConfigError> {
+    // The crate's strict mode rejects a last line of spaces or tabs.
+    let text = text.trim_end();
+    match HoconLoader::new().strict().load_str(text) {
+        Ok(_) => {}
+        Err(hocon::Error::IncludeNotAllowedFromStr | hocon::Error::Include { .. }) => return Err(ConfigError::Include),
+        Err(_) => return Err(syntax_error(text)),
+    }
+    HoconLoader::new().load_str(text).and_then(|l| l.hocon()).map_err(|_| syntax_error(text))
+}
+
+/// The crate gives no position: the error is on the first line after the longest prefix of whole
+/// lines that parses once its open blocks are closed. Never quotes the line (it may hold a password).
+fn syntax_error(text: &str) -> ConfigError {
+    const MAX_DEPTH: usize = 4;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let parses = |n: usize| {
+        let prefix = lines[..n].concat();
+        let prefix = prefix.trim_end();
+        (0..=MAX_DEPTH)
+            .any(|depth| HoconLoader::new().strict().load_str(&(prefix.to_owned() + &"\n}".repeat(depth))).is_ok())
+    };
+    let good = (0..lines.len()).rev().find(|&n| parses(n)).unwrap_or(0);
+    let is_blank = |l: &str| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l.starts_with("//")
+    };
+    let bad = (good..lines.len()).find(|&i| !is_blank(lines[i])).unwrap_or(good);
+    let unquoted_colon = lines.get(bad).and_then(|l| l.split_once('=')).is_some_and(|(_, value)| {
+        let value = value.trim_start();
+        !value.starts_with('"') && value.contains(':')
+    });
+    let hint = if unquoted_colon { " (a value with `:` must be quoted, e.g. server = \"127.0.0.1:3306\")" } else { "" };
+    ConfigError::Syntax { line: bad + 1, hint }
+}
+
+fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
+    Ok(BrokerConfig {
+        bind: match t.string("bind")? {
+            Some(s) => s.parse().map_err(|_| {
+                t.invalid("bind", format!("{s:?} is not IP:PORT; write e.g. bind = \"127.0.0.1:1883\""))
+            })?,
+            None => SocketAddr::from(([127, 0, 0, 1], 1883)),
+        },
+        node_id: t.int("node_id", 0, u32::MAX.into())?.map(|n| n as u32),
+    })
+}
+
+fn mysql(t: &Table<'_>) -> Result<MySqlConfig, ConfigError> {
+    let server = t.string("server")?.unwrap_or_else(|| "127.0.0.1:3306".into());
+    check_host_port(t, "server", &server)?;
+    Ok(MySqlConfig {
+        server,
+        username: t.string("username")?.unwrap_or_else(|| "root".into()),
+        password: t.secret("password")?.unwrap_or_default(),
+        database: t.non_empty_string("database")?.unwrap_or_else(|| "mqtt".into()),
+        pool_size: t.int("pool_size", 1, MAX_POOL_SIZE)?.unwrap_or(8) as u32,
+        ssl: ssl(&t.table("ssl", SSL_KEYS)?)?,
+        storage: storage(t, Templates::mysql_default())?,
+    })
+}
+
+fn sqlite(t: &Table<'_>) -> Result<SqliteConfig, ConfigError> {
+    Ok(SqliteConfig {
+        path: t.non_empty_string("path")?.map(PathBuf::from).unwrap_or_else(|| "data/offline-messages.db".into()),
+        storage: storage(t, Templates::sqlite_default())?,
+    })
+}
+
+/// Checks the types of the reference's Redis keys (accepted so a reference config moves over);
+/// returns `redis.enable`.
+fn check_redis(t: &Table<'_>) -> Result<bool, ConfigError> {
+    match t.get("servers")? {
+        None => {}
+        Some(Hocon::String(s)) => {
+            for server in s.split(',') {
+                check_host_port(t, "servers", server.trim())?;
+            }
+        }
+        Some(Hocon::Array(_)) => {
+            for server in t.string_list("servers")?.unwrap_or_default() {
+                check_host_port(t, "servers", &server)?;
+            }
+        }
+        Some(other) => return Err(t.type_error("servers", "\"host:port,host:port\" or a list of them", other)),
+    }
+    if let Some(kind) = t.string("redis_type")? {
+        if !["single", "sentinel", "cluster"].contains(&kind.as_str()) {
+            return Err(t.invalid("redis_type", format!("{kind:?} is none of \"single\", \"sentinel\", \"cluster\"")));
+        }
+    }
+    for key in ["sentinel", "username", "message_key_prefix", "subscription_key_prefix"] {
+        t.string(key)?;
+    }
+    t.secret("password")?;
+    t.int("database", 0, i64::from(u32::MAX))?;
+    t.int("pool_size", 1, MAX_POOL_SIZE)?;
+    t.string_list("topics")?;
+    t.duration("message_ttl", Unit::Seconds)?;
+    t.int("batch_size", 1, MAX_BATCH_SIZE)?;
+    t.positive_duration("batch_time")?;
+    ssl(&t.table("ssl", SSL_KEYS)?)?;
+    Ok(t.bool("enable")?.unwrap_or(false))
+}
+
+fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigError> {
+    let sql =
+        |key: &str, default: String| -> Result<String, ConfigError> { Ok(t.non_empty_string(key)?.unwrap_or(default)) };
+    Ok(StorageConfig {
+        topics: t.string_list("topics")?.unwrap_or_default(),
+        init_default_schema: t.bool("init_default_schema")?.unwrap_or(false),
+        templates: Templates {
+            insert_message_sql: sql("insert_message_sql", defaults.insert_message_sql)?,
+            delete_message_sql: sql("delete_message_sql", defaults.delete_message_sql)?,
+            select_message_sql: sql("select_message_sql", defaults.select_message_sql)?,
+            insert_subscription_sql: sql("insert_subscription_sql", defaults.insert_subscription_sql)?,
+            select_subscriptions_sql: sql("select_subscriptions_sql", defaults.select_subscriptions_sql)?,
+            delete_subscription_sql: sql("delete_subscription_sql", defaults.delete_subscription_sql)?,
+        },
+        batch_size: t.int("batch_size", 1, MAX_BATCH_SIZE)?.map(|n| n as usize).unwrap_or(DEFAULT_BATCH_SIZE),
+        batch_time: t.positive_duration("batch_time")?.unwrap_or(DEFAULT_BATCH_TIME),
+    })
+}
+
+fn ssl(t: &Table<'_>) -> Result<SslConfig, ConfigError> {
+    Ok(SslConfig {
+        enable: t.bool("enable")?.unwrap_or(false),
+        server_name_indication: t.string("server_name_indication")?,
+        verify: match t.string("verify")?.as_deref() {
+            None | Some("verify_peer") => SslVerify::VerifyPeer,
+            Some("verify_none") => SslVerify::VerifyNone,
+            Some(other) => {
+                return Err(t.invalid("verify", format!("{other:?} is neither \"verify_peer\" nor \"verify_none\"")))
+            }
+        },
+        cacertfile: t.non_empty_string("cacertfile")?.map(PathBuf::from),
+        certfile: t.non_empty_string("certfile")?.map(PathBuf::from),
+        keyfile: t.non_empty_string("keyfile")?.map(PathBuf::from),
+    })
+}
+
+/// "host:port" or "host"; the port, when given, must be a number.
+fn check_host_port(t: &Table<'_>, key: &str, value: &str) -> Result<(), ConfigError> {
+    let (host, port) = match value.rsplit_once(':') {
+        Some((host, port)) => (host, Some(port)),
+        None => (value, None),
+    };
+    if host.is_empty() || port.is_some_and(|p| p.parse::<u16>().is_err()) {
+        return Err(t.invalid(key, format!("{value:?} is not \"host:port\"; write e.g. \"127.0.0.1:3306\"")));
+    }
+    Ok(())
+}
+
+/// What a bare number means for a duration key.
+#[derive(Clone, Copy)]
+enum Unit {
+    Millis,
+    Seconds,
+}
+
+/// One HOCON object with its path, checked for unknown keys.
+struct Table<'a> {
+    path: String,
+    /// `None` for an absent block: every key takes its default.
+    map: Option<&'a Map>,
+    /// The whole document, to tell an unset `${?VAR}` from an unset `${VAR}`.
+    source: &'a str,
+}
+
+impl<'a> Table<'a> {
+    fn key(&self, key: &str) -> String {
+        if self.path.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.path)
+        }
+    }
+
+    fn checked(self, known: &[&str]) -> Result<Self, ConfigError> {
+        let Some(unknown) = self.map.into_iter().flat_map(|m| m.keys()).find(|k| !known.contains(&k.as_str())) else {
+            return Ok(self);
+        };
+        let suggestion = closest(unknown, known).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default();
+        let scope = if self.path.is_empty() { "at the top level".to_owned() } else { format!("in {}", self.path) };
+        Err(ConfigError::UnknownKey { key: self.key(unknown), suggestion, scope, known: known.join(", ") })
+    }
+
+    /// The value of `key`; `None` when absent, null, or an unset `${?VAR}` with no earlier value.
+    fn get(&self, key: &str) -> Result<Option<&'a Hocon>, ConfigError> {
+        match self.map.and_then(|m| m.get(key)) {
+            None | Some(Hocon::Null) => Ok(None),
+            // The crate gives an unset `${VAR}` and an unset `${?VAR}` the same value; only the
+            // source tells them apart. A name used in both forms counts as optional.
+            Some(Hocon::BadValue(hocon::Error::KeyNotFound { key: var })) => {
+                if self.source.contains(&format!("${{?{var}}}")) {
+                    Ok(None)
+                } else {
+                    Err(ConfigError::Unresolved { key: self.key(key), var: var.clone() })
+                }
+            }
+            Some(Hocon::BadValue(e)) => Err(self.invalid(key, e.to_string())),
+            Some(v) => Ok(Some(v)),
+        }
+    }
+
+    fn table(&self, key: &str, known: &[&str]) -> Result<Table<'a>, ConfigError> {
+        let map = match self.get(key)? {
+            None => None,
+            Some(Hocon::Hash(m)) => Some(m),
+            Some(other) => return Err(self.type_error(key, "an object { ... }", other)),
+        };
+        Table { path: self.key(key), map, source: self.source }.checked(known)
+    }
+
+    fn type_error(&self, key: &str, expected: &'static str, found: &Hocon) -> ConfigError {
+        ConfigError::Type { key: self.key(key), expected, found: kind(found) }
+    }
+
+    fn invalid(&self, key: &str, reason: String) -> ConfigError {
+        ConfigError::Invalid { key: self.key(key), reason }
+    }
+
+    /// Strings too: a `${?VAR}` always gives one.
+    fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(Hocon::Boolean(b)) => Ok(Some(*b)),
+            Some(Hocon::String(s)) if ["true", "yes", "on"].contains(&s.trim()) => Ok(Some(true)),
+            Some(Hocon::String(s)) if ["false", "no", "off"].contains(&s.trim()) => Ok(Some(false)),
+            Some(other) => Err(self.type_error(key, "true or false", other)),
+        }
+    }
+
+    fn string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(Hocon::String(s)) => Ok(Some(s.clone())),
+            // An unquoted integer or boolean where a string is expected (e.g. `database = 2024`).
+            Some(Hocon::Integer(i)) => Ok(Some(i.to_string())),
+            Some(Hocon::Boolean(b)) => Ok(Some(b.to_string())),
+            Some(other) => Err(self.type_error(key, "a string", other)),
+        }
+    }
+
+    fn non_empty_string(&self, key: &str) -> Result<Option<String>, ConfigError> {
+        match self.string(key)? {
+            Some(s) if s.trim().is_empty() => {
+                Err(self.invalid(key, "is empty; give a value or remove the key to use the default".into()))
+            }
+            s => Ok(s),
+        }
+    }
+
+    /// Only a real string: an unquoted number would come back rewritten (`0123` is 123).
+    fn secret(&self, key: &str) -> Result<Option<Secret>, ConfigError> {
+        match self.get(key)? {
+            None => Ok(None),
+            Some(Hocon::String(s)) => Ok(Some(Secret(s.clone()))),
+            Some(other) => Err(self.type_error(key, "a string in quotes", other)),
+        }
+    }
+
+    /// Integers, integral reals (`1e3`) and strings of digits (what a `${?VAR}` gives).
+    fn int(&self, key: &str, min: i64, max: i64) -> Result<Option<i64>, ConfigError> {
+        let n = match self.get(key)? {
+            None => return Ok(None),
+            Some(Hocon::Integer(i)) => *i,
+            Some(Hocon::Real(r)) if r.fract() == 0.0 && r.abs() < 9.0e15 => *r as i64,
+            Some(v @ Hocon::String(s)) => s.trim().parse().map_err(|_| self.type_error(key, "an integer", v))?,
+            Some(other) => return Err(self.type_error(key, "an integer", other)),
+        };
+        if n < min || n > max {
+            return Err(self.invalid(key, format!("{n} is out of range; use {min} to {max}")));
+        }
+        Ok(Some(n))
+    }
+
+    fn string_list(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
+        let items = match self.get(key)? {
+            None => return Ok(None),
+            Some(Hocon::Array(items)) => items,
+            Some(other) => return Err(self.type_error(key, "a list of strings, e.g. [\"#\"]", other)),
+        };
+        let mut list = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            match item {
+                Hocon::String(s) if !s.is_empty() => list.push(s.clone()),
+                Hocon::String(_) => {
+                    return Err(self.invalid(&format!("{key}[{i}]"), "is empty; remove it or write a filter".into()))
+                }
+                other => return Err(self.type_error(&format!("{key}[{i}]"), "a string, e.g. \"sensors/#\"", other)),
+            }
+        }
+        Ok(Some(list))
+    }
+
+    /// A number of `bare` units (milliseconds as the reference's `batch_time`, seconds as its
+    /// `message_ttl`) or a string with a unit ("100ms", "5s", "5m", "1h", "2d").
+    fn duration(&self, key: &str, bare: Unit) -> Result<Option<Duration>, ConfigError> {
+        const EXPECTED: &str = "a duration: a number or a string such as \"100ms\", \"5s\", \"5m\", \"1h\", \"2d\"";
+        let text = match self.get(key)? {
+            None => return Ok(None),
+            Some(Hocon::Integer(i)) => i.to_string(),
+            Some(Hocon::Real(r)) => r.to_string(),
+            Some(Hocon::String(s)) => s.clone(),
+            Some(other) => return Err(self.type_error(key, EXPECTED, other)),
+        };
+        if text.trim_start().starts_with('-') {
+            return Err(self.invalid(key, "is negative; give a duration such as \"5ms\"".into()));
+        }
+        parse_duration(&text, bare).map(Some).ok_or_else(|| ConfigError::Type {
+            key: self.key(key),
+            expected: EXPECTED,
+            found: "a string",
+        })
+    }
+
+    /// `batch_time`: a bare number is milliseconds, and zero would spin the writer.
+    fn positive_duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
+        match self.duration(key, Unit::Millis)? {
+            Some(d) if d.is_zero() => Err(self.invalid(key, "must be more than 0; write e.g. \"5ms\"".into())),
+            d => Ok(d),
+        }
+    }
+}
+
+/// HOCON's duration format: a decimal number, then optionally a unit (Lightbend config's names).
+fn parse_duration(text: &str, bare: Unit) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = (&text[..split], text[split..].trim());
+    let nanos_per_unit: u128 = match unit {
+        "" => match bare {
+            Unit::Millis => 1_000_000,
+            Unit::Seconds => 1_000_000_000,
+        },
+        "ns" | "nano" | "nanos" | "nanosecond" | "nanoseconds" => 1,
+        "us" | "micro" | "micros" | "microsecond" | "microseconds" => 1_000,
+        "ms" | "milli" | "millis" | "millisecond" | "milliseconds" => 1_000_000,
+        "s" | "second" | "seconds" => 1_000_000_000,
+        "m" | "minute" | "minutes" => 60_000_000_000,
+        "h" | "hour" | "hours" => 3_600_000_000_000,
+        "d" | "day" | "days" => 86_400_000_000_000,
+        _ => return None,
+    };
+    let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+    if whole.is_empty() && fraction.is_empty() || fraction.contains('.') || fraction.len() > 9 {
+        return None;
+    }
+    let whole: u128 = if whole.is_empty() { 0 } else { whole.parse().ok()? };
+    let fraction_nanos = if fraction.is_empty() {
+        0
+    } else {
+        fraction.parse::<u128>().ok()? * nanos_per_unit / 10u128.pow(fraction.len() as u32)
+    };
+    let nanos = whole.checked_mul(nanos_per_unit)?.checked_add(fraction_nanos)?;
+    Some(Duration::from_nanos(u64::try_from(nanos).ok()?))
+}
+
+/// A value's type for an error message (never the value: it may be a password).
+fn kind(h: &Hocon) -> &'static str {
+    match h {
+        Hocon::Integer(_) => "an integer",
+        Hocon::Real(_) => "a decimal number",
+        Hocon::String(_) => "a string",
+        Hocon::Boolean(_) => "a boolean",
+        Hocon::Array(_) => "a list",
+        Hocon::Hash(_) => "an object",
+        Hocon::Null => "null",
+        Hocon::BadValue(_) => "an unresolved value",
+    }
+}
+
+/// The known key a typo most likely meant: at most two edits away.
+fn closest<'k>(unknown: &str, known: &[&'k str]) -> Option<&'k str> {
+    fn edits(a: &str, b: &str) -> usize {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut diagonal = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let next = (diagonal + usize::from(ca != *cb)).min(row[j] + 1).min(row[j + 1] + 1);
+                diagonal = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    }
+    known.iter().map(|k| (edits(unknown, k), *k)).filter(|(d, _)| *d <= 2).min_by_key(|(d, _)| *d).map(|(_, k)| k)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(text: &str) -> String {
+        Config::parse_str(text).unwrap_err().to_string()
+    }
+
+    fn sqlite_with(keys: &str) -> StorageConfig {
+        Config::parse_str(&format!("sqlite {{ enable = true, {keys} }}")).unwrap().backend.storage().clone()
+    }
+
+    #[test]
+    fn the_shipped_config_enables_sqlite_for_everything() {
+        let c = Config::parse_str(include_str!("../config.hocon")).unwrap();
+        let Backend::Sqlite(s) = &c.backend else { panic!("sqlite expected") };
+        assert_eq!(s.path, PathBuf::from("data/offline-messages.db"));
+        assert_eq!(s.storage.topics, vec!["#"]);
+        assert!(s.storage.init_default_schema);
+        assert_eq!(s.storage.templates, Templates::sqlite_default());
+        assert_eq!((s.storage.batch_size, s.storage.batch_time), (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIME));
+        assert_eq!(c.broker.bind, "127.0.0.1:1883".parse().unwrap());
+        assert_eq!(c.broker.node_id, None);
+        assert!(c.warnings().is_empty());
+    }
+
+    #[test]
+    fn the_shipped_mysql_block_is_valid_once_enabled() {
+        // Later keys override earlier ones, as a user's edit would.
+        let text = format!("{}\nsqlite.enable = false\nmysql.enable = true\n", include_str!("../config.hocon"));
+        let c = Config::parse_str(&text).unwrap();
+        let Backend::MySql(m) = &c.backend else { panic!("mysql expected: {text}") };
+        assert_eq!((m.server.as_str(), m.username.as_str(), m.database.as_str()), ("127.0.0.1:3306", "root", "mqtt"));
+        assert_eq!(m.storage.templates, Templates::mysql_default());
+        assert_eq!(m.storage.topics, vec!["#"]);
+        assert!(m.storage.init_default_schema);
+        assert_eq!(m.ssl.verify, SslVerify::VerifyPeer);
+        assert!(!m.ssl.enable);
+    }
+
+    #[test]
+    fn a_block_may_hold_only_enable() {
+        let c = Config::parse_str("mysql { enable = true }").unwrap();
+        assert_eq!(c.broker.bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
+        let Backend::MySql(m) = &c.backend else { panic!() };
+        assert_eq!(
+            (m.server.as_str(), m.username.as_str(), m.password.expose(), m.database.as_str(), m.pool_size),
+            ("127.0.0.1:3306", "root", "", "mqtt", 8)
+        );
+        assert_eq!(m.storage.batch_size, DEFAULT_BATCH_SIZE);
+        assert_eq!(m.storage.batch_time, DEFAULT_BATCH_TIME);
+        assert_eq!(m.storage.templates, Templates::mysql_default());
+        assert!(m.storage.topics.is_empty(), "as the reference");
+        assert!(!m.storage.init_default_schema, "as the reference");
+        assert!(!m.ssl.enable);
+        assert_eq!(m.ssl.verify, SslVerify::VerifyPeer);
+        assert_eq!(c.backend.name(), "mysql");
+
+        let c = Config::parse_str("sqlite.enable = true\nmysql.enable = false\nredis.enable = false").unwrap();
+        let Backend::Sqlite(s) = &c.backend else { panic!() };
+        assert_eq!(s.path, PathBuf::from("data/offline-messages.db"));
+        assert_eq!(s.storage.templates, Templates::sqlite_default());
+        assert_eq!(c.backend.name(), "sqlite");
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let c = Config::parse_str(
+            r#"
+            broker { bind = "0.0.0.0:2883", node_id = 7 }
+            sqlite { enable = false }
+            mysql {
+              enable = true
+              server = "db.example:3307"
+              username = app
+              password = "pw"
+              database = 2024
+              pool_size = 3
+              topics = ["a/#", "b/+/c"]
+              init_default_schema = yes
+              insert_message_sql = "insert ${id}"
+              delete_message_sql = "delete ${id}"
+              select_message_sql = "select ${topic}"
+              insert_subscription_sql = "insert ${clientid}"
+              select_subscriptions_sql = "select ${clientid}"
+              delete_subscription_sql = "delete ${clientid}"
+              batch_size = 50
+              batch_time = 1s
+              ssl { enable = true, server_name_indication = "db", verify = verify_none,
+                    cacertfile = "ca.pem", certfile = "c.pem", keyfile = "k.pem" }
+            }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.broker.bind, "0.0.0.0:2883".parse().unwrap());
+        assert_eq!(c.broker.node_id, Some(7));
+        let Backend::MySql(m) = &c.backend else { panic!() };
+        assert_eq!((m.server.as_str(), m.username.as_str(), m.password.expose()), ("db.example:3307", "app", "pw"));
+        assert_eq!((m.database.as_str(), m.pool_size), ("2024", 3));
+        let s = &m.storage;
+        assert_eq!(s.topics, vec!["a/#", "b/+/c"]);
+        assert!(s.init_default_schema);
+        assert_eq!(s.templates.insert_message_sql, "insert ${id}");
+        assert_eq!(s.templates.delete_subscription_sql, "delete ${clientid}");
+        assert_eq!((s.batch_size, s.batch_time), (50, Duration::from_secs(1)));
+        assert!(m.ssl.enable);
+        assert_eq!(m.ssl.server_name_indication.as_deref(), Some("db"));
+        assert_eq!(m.ssl.verify, SslVerify::VerifyNone);
+        assert_eq!(m.ssl.cacertfile, Some(PathBuf::from("ca.pem")));
+        assert_eq!(m.ssl.keyfile, Some(PathBuf::from("k.pem")));
+        assert!(c.warnings().iter().any(|w| w.contains("server_name_indication")));
+    }
+
+    #[test]
+    fn exactly_one_backend() {
+        let both = err("mysql { enable = true }\nsqlite { enable = true }");
+        assert!(both.contains("`mysql.enable` and `sqlite.enable`"), "{both}");
+        for none in ["", "mysql { enable = false }", "mysql {}\nsqlite { enable = false }"] {
+            let e = err(none);
+            assert!(e.contains("mysql.enable") && e.contains("sqlite.enable"), "{e}");
+        }
+    }
+
+    #[test]
+    fn redis_is_accepted_but_not_built() {
+        assert!(err("sqlite { enable = true }\nredis { enable = true }").starts_with("redis.enable = true: the Redis"));
+        assert!(err("redis { enable = true }").contains("not built yet"));
+        Config::parse_str(
+            r##"sqlite { enable = true }
+            redis { enable = false, servers = "a:6379,b:6379", redis_type = sentinel, sentinel = mymaster,
+                    username = u, password = "p", database = 0, pool_size = 8, topics = ["#"],
+                    message_key_prefix = "mqtt:msg", subscription_key_prefix = "mqtt:sub", message_ttl = 7200,
+                    batch_size = 1, batch_time = 100, ssl { enable = false, verify = verify_none } }"##,
+        )
+        .unwrap();
+        assert!(err("sqlite.enable = true\nredis { redis_type = ring }").starts_with("redis.redis_type"));
+        assert!(err("sqlite.enable = true\nredis { ssl { verfy = 1 } }").starts_with("redis.ssl.verfy: unknown key"));
+        assert!(err("sqlite.enable = true\nredis { message_ttl = forever }").starts_with("redis.message_ttl: expected"));
+    }
+
+    #[test]
+    fn unknown_keys_name_the_full_path() {
+        let e = err("mysql { enable = true, bach_size = 5 }");
+        assert!(
+            e.starts_with(
+                "mysql.bach_size: unknown key (did you mean `batch_size`?); known keys in mysql are: enable,"
+            ),
+            "{e}"
+        );
+        assert!(err("mysql { enable = true, ssl { verfy = verify_none } }").starts_with("mysql.ssl.verfy: unknown key"));
+        let e = err("sqlite { enable = true }\nmqtt { port = 1 }");
+        assert!(e.starts_with("mqtt: unknown key; known keys at the top level are: broker, mysql"), "{e}");
+        assert!(err("sqlite { enable = true, ssl { enable = true } }").starts_with("sqlite.ssl: unknown key"));
+        assert!(err("sqlite.enable = true\nbroker.port = 1").starts_with("broker.port: unknown key"));
+    }
+
+    #[test]
+    fn wrong_types_name_key_and_type() {
+        assert_eq!(
+            err("sqlite { enable = true, batch_size = [1] }"),
+            "sqlite.batch_size: expected an integer, found a list"
+        );
+        assert_eq!(
+            err("sqlite { enable = true, batch_size = 2.5 }"),
+            "sqlite.batch_size: expected an integer, found a decimal number"
+        );
+        assert!(err("sqlite { enable = true, batch_size = 0 }").starts_with("sqlite.batch_size: 0 is out of range"));
+        assert!(err("sqlite { enable = true, batch_time = 0 }").starts_with("sqlite.batch_time: must be more than 0"));
+        assert!(
+            err("sqlite { enable = true, batch_time = \"0s\" }").starts_with("sqlite.batch_time: must be more than 0")
+        );
+        assert!(err("sqlite { enable = true, batch_time = -5 }").starts_with("sqlite.batch_time: is negative"));
+        assert!(err("sqlite { enable = true, batch_time = \"5 parsecs\" }")
+            .starts_with("sqlite.batch_time: expected a duration"));
+        assert!(err("sqlite { enable = true, batch_time = [5] }").starts_with("sqlite.batch_time: expected a duration"));
+        assert!(err("sqlite { enable = true, topics = \"#\" }").starts_with("sqlite.topics: expected a list"));
+        assert!(err("sqlite { enable = true, topics = [\"#\", 1] }").starts_with("sqlite.topics[1]: expected a string"));
+        assert!(err("sqlite { enable = true, topics = [\"\"] }").starts_with("sqlite.topics[0]: is empty"));
+        assert!(err("sqlite { enable = maybe }").starts_with("sqlite.enable: expected true or false, found a string"));
+        assert!(err("sqlite { enable = true, path = \"\" }").starts_with("sqlite.path: is empty"));
+        assert!(err("sqlite { enable = true, select_message_sql = \"\" }")
+            .starts_with("sqlite.select_message_sql: is empty"));
+        assert!(err("sqlite = true").starts_with("sqlite: expected an object"));
+        assert!(err("mysql { enable = true, ssl { verify = maybe } }").starts_with("mysql.ssl.verify"));
+        assert!(err("mysql { enable = true, pool_size = 0 }").starts_with("mysql.pool_size: 0 is out of range"));
+        assert!(err("mysql { enable = true, server = \"db:port\" }")
+            .starts_with("mysql.server: \"db:port\" is not \"host:port\""));
+        assert!(err("broker { bind = \"localhost\" }\nsqlite { enable = true }").starts_with("broker.bind"));
+        assert!(
+            err("broker { node_id = -1 }\nsqlite { enable = true }").starts_with("broker.node_id: -1 is out of range")
+        );
+        assert!(err("broker { node_id = 4294967296 }\nsqlite { enable = true }").starts_with("broker.node_id"));
+    }
+
+    #[test]
+    fn a_disabled_block_is_checked_too() {
+        assert!(
+            err("sqlite.enable = true\nmysql { enable = false, batch_size = many }").starts_with("mysql.batch_size")
+        );
+        assert!(err("mysql.enable = true\nsqlite { topics = \"#\" }").starts_with("sqlite.topics"));
+    }
+
+    #[test]
+    fn numbers_in_their_several_forms() {
+        assert_eq!(sqlite_with("batch_size = 1e3").batch_size, 1000);
+        assert_eq!(sqlite_with("batch_size = \"250\"").batch_size, 250);
+        assert_eq!(sqlite_with("batch_size = 250").batch_size, 250);
+        assert!(sqlite_with("init_default_schema = \"true\"").init_default_schema);
+    }
+
+    #[test]
+    fn durations_in_both_forms() {
+        let t = |v: &str| sqlite_with(&format!("batch_time = {v}")).batch_time;
+        assert_eq!(t("100"), Duration::from_millis(100));
+        assert_eq!(t("\"100\""), Duration::from_millis(100));
+        assert_eq!(t("\"100ms\""), Duration::from_millis(100));
+        assert_eq!(t("100ms"), Duration::from_millis(100));
+        assert_eq!(t("5 ms"), Duration::from_millis(5));
+        assert_eq!(t("5s"), Duration::from_secs(5));
+        assert_eq!(t("\"5m\""), Duration::from_secs(300));
+        assert_eq!(t("1h"), Duration::from_secs(3600));
+        assert_eq!(t("2d"), Duration::from_secs(2 * 86_400));
+        assert_eq!(t("\"2 seconds\""), Duration::from_secs(2));
+        assert_eq!(t("1.5s"), Duration::from_millis(1500));
+        assert_eq!(t("0.5"), Duration::from_micros(500));
+        assert_eq!(t("250us"), Duration::from_micros(250));
+        assert_eq!(parse_duration("7200", Unit::Seconds), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("2h", Unit::Seconds), Some(Duration::from_secs(7200)));
+        for bad in ["", "ms", "5x", "1.2.3s", ".s", "99999999999999999999d", "1.0000000001s"] {
+            assert_eq!(parse_duration(bad, Unit::Millis), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn environment_substitution() {
+        // Names no other test uses: tests run in parallel threads of one process.
+        std::env::set_var("OM_CONFIG_TEST_PASSWORD", "hunter2-from-env");
+        std::env::set_var("OM_CONFIG_TEST_BATCH", "64");
+        std::env::set_var("OM_CONFIG_TEST_ENABLE", "true");
+        let c = Config::parse_str(
+            "mysql { enable = ${?OM_CONFIG_TEST_ENABLE}, password = \"\", password = ${?OM_CONFIG_TEST_PASSWORD}, \
+             batch_size = ${?OM_CONFIG_TEST_BATCH} }",
+        )
+        .unwrap();
+        let Backend::MySql(m) = &c.backend else { panic!() };
+        assert_eq!(m.password.expose(), "hunter2-from-env");
+        assert_eq!(m.storage.batch_size, 64, "an environment value is a string; numbers accept it");
+
+        let unset = "OM_CONFIG_TEST_SURELY_UNSET";
+        let c = Config::parse_str(&format!("mysql {{ enable = true, password = \"kept\", password = ${{?{unset}}} }}"))
+            .unwrap();
+        let Backend::MySql(m) = &c.backend else { panic!() };
+        assert_eq!(m.password.expose(), "kept", "an unset ${{?VAR}} keeps the earlier value");
+        let c = Config::parse_str(&format!("mysql {{ enable = true, pool_size = ${{?{unset}}} }}")).unwrap();
+        let Backend::MySql(m) = &c.backend else { panic!() };
+        assert_eq!(m.pool_size, 8, "an unset ${{?VAR}} alone keeps the default");
+
+        let e = err(&format!("mysql {{ enable = true, password = \"x\", password = ${{{unset}}} }}"));
+        assert!(e.starts_with(&format!("mysql.password: ${{{unset}}} is neither an environment variable")), "{e}");
+    }
+
+    #[test]
+    fn passwords_never_print() {
+        let c = Config::parse_str("mysql { enable = true, password = \"hunter2\" }").unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"), "Debug hides the password");
+        let Backend::MySql(m) = &c.backend else { panic!() };
+        assert_eq!((format!("{:?}", m.password), m.password.to_string()), ("***".into(), "***".into()));
+        let e = err("mysql { enable = true, password = [\"hunter3\"] }");
+        assert_eq!(e, "mysql.password: expected a string in quotes, found a list");
+        let e = err("mysql { enable = true, password = 0123 }");
+        assert!(e.starts_with("mysql.password: expected a string in quotes") && !e.contains("123"), "{e}");
+        let e = err("sqlite.enable = true\nredis { password = 4567 }");
+        assert!(e.starts_with("redis.password") && !e.contains("4567"), "{e}");
+        let e = err("mysql {\n  enable = true\n  password = \"hunter4\n}");
+        assert!(e.contains("line 3") && !e.contains("hunter4"), "{e}");
+    }
+
+    #[test]
+    fn syntax_errors_give_a_line_instead_of_silently_dropping_the_rest() {
+        assert_eq!(sqlite_with("batch_size = 7\n  \t").batch_size, 7, "a last line of blanks is no error");
+        let e = err("sqlite { enable = true }\n\n# comment\nmysql { enable = }\nbroker { bind = \"0.0.0.0:1\" }");
+        assert!(e.starts_with("not valid HOCON: parsing stops at line 4;"), "{e}");
+        let e = err("sqlite {\n  enable = true\n  topics = [\"#\"\n}\n");
+        assert!(e.contains("line 3;"), "{e}");
+        let e = err("sqlite.enable = true\nmysql {\n  ssl {\n    enable = true\n    verify verify_none\n  }\n}");
+        assert!(e.contains("line 5;"), "{e}");
+        let e = err("sqlite.enable = true\nmysql {\n  server = 127.0.0.1:3306\n}");
+        assert!(e.contains("line 3;") && e.contains("must be quoted"), "{e}");
+        assert!(err("include \"other.conf\"\nsqlite.enable = true").starts_with("`include` is not supported"));
+    }
+
+    #[test]
+    fn load_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.hocon");
+        std::fs::write(&path, "sqlite { enable = true, bach_size = 1 }").unwrap();
+        let e = Config::load(&path).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("{}: sqlite.bach_size: unknown key", path.display())), "{e}");
+        let e = Config::load(&dir.path().join("missing.hocon")).unwrap_err().to_string();
+        assert!(e.starts_with("cannot read the config file") && e.contains("missing.hocon"), "{e}");
+        std::fs::write(&path, include_str!("../config.hocon")).unwrap();
+        assert_eq!(Config::load(&path).unwrap().backend.name(), "sqlite");
+    }
+
+    #[test]
+    fn warnings() {
+        let c = Config::parse_str("sqlite { enable = true, topics = [\"#\"], batch_size = 1 }").unwrap();
+        assert_eq!(c.warnings().len(), 1);
+        assert!(c.warnings()[0].starts_with("sqlite.batch_size = 1 writes one row per round trip"));
+        let c = Config::parse_str("mysql { enable = true }").unwrap();
+        assert_eq!(c.warnings().len(), 1);
+        assert!(c.warnings()[0].starts_with("mysql.topics is empty: no message will be stored"));
+    }
+
+    #[test]
+    fn typo_suggestions() {
+        assert_eq!(closest("bach_size", STORAGE_KEYS), Some("batch_size"));
+        assert_eq!(closest("passphrase", MYSQL_KEYS), None);
+        assert_eq!(closest("pasword", MYSQL_KEYS), Some("password"));
+    }
+}

@@ -1,0 +1,327 @@
+//! The engine: what a host calls when its broker publishes, acknowledges, subscribes, connects.
+//!
+//! It owns the store, the batch writer, the message-id generator and the index that maps an
+//! acknowledgement back to a stored row. It knows no broker: hosts convert their events into
+//! these calls and deliver replayed messages through a [`ReplaySink`].
+
+use std::collections::hash_map::RandomState;
+use std::collections::{HashMap, VecDeque};
+use std::hash::BuildHasher;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+
+use crate::config::Config;
+use crate::message::{Message, ReplayQuery, StoredMessage, Subscription};
+use crate::message_id::{random_node_id, MessageIdGenerator};
+use crate::store::{AckedMessage, Store, StoreError};
+use crate::topic::{is_sys_topic, parse_shared, TopicFilter};
+use crate::writer::{BatchLimits, BatchWriter, WriterStats};
+
+/// How many persisted or replayed messages the engine remembers, to turn their acks into deletes:
+/// the most recent ones. An ack for an older one finds nothing: its row stays stored and is
+/// replayed again on a later subscribe (a duplicate, never a loss).
+const ACK_INDEX_CAPACITY: usize = 200_000;
+
+/// Operations queued per batch in memory before publishers wait for the writer.
+const QUEUE_BATCHES: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{key}: {filter:?} is not a valid MQTT topic filter ({reason}); fix it in the config")]
+    TopicFilter { key: String, filter: String, reason: String },
+}
+
+/// Why a replay ended before its last row.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The subscriber went away; its remaining rows stay stored.
+    #[error("the subscriber is gone")]
+    SubscriberGone,
+    /// The subscriber stopped taking messages (no acknowledgements) for too long; its remaining
+    /// rows stay stored, and the database connection the replay held is released.
+    #[error("the subscriber took no message for {0:?}")]
+    SubscriberStalled(std::time::Duration),
+}
+
+/// Where a replay delivers: the host's path to one client's session.
+pub trait ReplaySink: Send {
+    /// Delivers one stored message, waiting as long as the client needs room (pacing). `timestamp_ms`
+    /// is the time the host must attach to the delivery, so that its ack finds the row again.
+    fn deliver(
+        &mut self,
+        m: StoredMessage,
+        timestamp_ms: i64,
+    ) -> impl std::future::Future<Output = Result<(), ReplayError>> + Send;
+}
+
+/// What identifies a delivered message when its ack comes back: the host reports the publisher,
+/// topic, publish time and payload of the acknowledged message.
+#[derive(Clone, Copy, Debug)]
+pub struct Delivery<'a> {
+    pub from: &'a str,
+    pub topic: &'a str,
+    pub timestamp_ms: i64,
+    pub payload: &'a [u8],
+    /// Delivered by the broker's retainer (the retain flag is set): the retainer stamps its own
+    /// delivery time, so such an ack is matched without the publish time.
+    pub retained: bool,
+}
+
+/// The publish time in the ack key of a retained delivery.
+const RETAINED: i64 = i64::MIN;
+
+/// A 64-bit hash of publisher, topic, publish time and payload: small enough to remember many,
+/// and a false match (two different messages, one hash) is about as likely as 2^-64 per pair.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+struct AckKey(u64);
+
+impl AckKey {
+    /// `keys` is per process and random, so that nobody can craft a message whose ack matches
+    /// another's.
+    fn of(d: Delivery<'_>, keys: &RandomState) -> AckKey {
+        AckKey(keys.hash_one((d.from, d.topic, if d.retained { RETAINED } else { d.timestamp_ms }, d.payload)))
+    }
+}
+
+/// Persisted messages that may still be acknowledged, oldest first. Identical messages (same
+/// publisher, topic, millisecond and payload) share a key and are removed one per ack.
+struct AckIndex {
+    rows: HashMap<AckKey, VecDeque<AckedMessage>>,
+    /// Keys in insertion order, acknowledged ones included: the last `capacity` insertions are kept.
+    order: VecDeque<AckKey>,
+    capacity: usize,
+}
+
+impl AckIndex {
+    fn new(capacity: usize) -> Self {
+        AckIndex { rows: HashMap::new(), order: VecDeque::new(), capacity }
+    }
+
+    fn insert(&mut self, key: AckKey, row: AckedMessage) {
+        if self.order.len() >= self.capacity {
+            if let Some(old) = self.order.pop_front() {
+                self.take(&old);
+            }
+        }
+        self.rows.entry(key).or_default().push_back(row);
+        self.order.push_back(key);
+    }
+
+    fn take(&mut self, key: &AckKey) -> Option<AckedMessage> {
+        let rows = self.rows.get_mut(key)?;
+        let row = rows.pop_front();
+        if rows.is_empty() {
+            self.rows.remove(key);
+        }
+        row
+    }
+}
+
+/// The host-independent plugin.
+pub struct Engine {
+    store: Arc<Store>,
+    writer: BatchWriter,
+    ids: MessageIdGenerator,
+    topics: Vec<TopicFilter>,
+    acks: Mutex<AckIndex>,
+    ack_keys: RandomState,
+}
+
+impl Engine {
+    /// Connects to the configured backend, checks its templates, and starts the writer.
+    pub async fn start(config: &Config) -> Result<Arc<Engine>, EngineError> {
+        let backend = &config.backend;
+        let storage = backend.storage();
+        let topics = storage
+            .topics
+            .iter()
+            .map(|f| {
+                TopicFilter::parse(f).map_err(|e| EngineError::TopicFilter {
+                    key: format!("{}.topics", backend.name()),
+                    filter: f.clone(),
+                    reason: e.to_string(),
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let store = Arc::new(Store::connect(backend).await?);
+        let limits = BatchLimits {
+            batch_size: storage.batch_size,
+            batch_time: storage.batch_time,
+            queue_capacity: storage.batch_size.saturating_mul(QUEUE_BATCHES),
+        };
+        let writer = BatchWriter::spawn(store.clone(), limits);
+        let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
+        tracing::info!(backend = backend.name(), node_id, topics = ?storage.topics, batch_size = limits.batch_size, batch_time_ms = limits.batch_time.as_millis() as u64, "offline-messages engine started");
+        Ok(Arc::new(Engine {
+            store,
+            writer,
+            ids: MessageIdGenerator::new(node_id),
+            topics,
+            acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
+            ack_keys: RandomState::new(),
+        }))
+    }
+
+    /// True when a publish with this topic and QoS is persisted: QoS 1 or 2, not a `$SYS` topic,
+    /// and matching one of the configured `topics`.
+    fn persists(&self, topic: &str, qos: u8) -> bool {
+        qos > 0 && !is_sys_topic(topic) && self.topics.iter().any(|f| f.matches(topic))
+    }
+
+    /// A client published: queue the message for the writer (if it is one we persist) and remember
+    /// it so that an ack can delete it. Never waits on the database.
+    pub async fn on_publish(&self, from: &str, topic: &str, qos: u8, retain: bool, payload: Bytes, timestamp_ms: i64) {
+        if !self.persists(topic, qos) {
+            return;
+        }
+        let m = Message::new(self.ids.next_id(), from.to_owned(), topic.to_owned(), qos, retain, payload, timestamp_ms);
+        for retained in if retain { &[false, true][..] } else { &[false] } {
+            let key = AckKey::of(
+                Delivery { from, topic, timestamp_ms, payload: &m.payload, retained: *retained },
+                &self.ack_keys,
+            );
+            self.remember(key, &m.msgid, from, topic);
+        }
+        self.writer.insert(m).await;
+    }
+
+    /// A subscriber acknowledged a delivery (PUBACK or PUBREC): if it is a persisted message, delete
+    /// its row (the first ack removes it for everybody, as in the reference plugin).
+    pub async fn on_acked(&self, d: Delivery<'_>) {
+        let row = self.acks.lock().expect("ack index lock").take(&AckKey::of(d, &self.ack_keys));
+        if let Some(row) = row {
+            self.writer.delete(row).await;
+        }
+    }
+
+    /// A client subscribed: store the subscription.
+    pub async fn on_subscribed(&self, sub: &Subscription) -> Result<(), StoreError> {
+        self.store.upsert_subscription(sub).await
+    }
+
+    /// A client unsubscribed: forget the subscription.
+    pub async fn on_unsubscribed(&self, sub: &Subscription) -> Result<(), StoreError> {
+        self.store.delete_subscription(sub).await
+    }
+
+    /// The subscriptions stored for a client, to restore when it connects without a clean start.
+    pub async fn stored_subscriptions(&self, client_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        self.store.select_subscriptions(client_id).await
+    }
+
+    /// A clean start: the new session has no subscriptions, so none stay stored.
+    pub async fn forget_subscriptions(&self, client_id: &str) -> Result<(), StoreError> {
+        for sub in self.store.select_subscriptions(client_id).await? {
+            self.store.delete_subscription(&sub).await?;
+        }
+        Ok(())
+    }
+
+    /// Replays the stored messages matching `sub` to `sink`, in the order of `select_message_sql`.
+    /// Messages still in the writer's queue are written first, so they are included, and acks
+    /// still queued are applied first, so those messages are not. The select narrows the rows by
+    /// the filter's literal prefix (`${topic_like}`); the MQTT match itself, wildcards and `$`
+    /// topics included, is done here, so a case-insensitive collation cannot widen it.
+    pub async fn replay<S: ReplaySink>(&self, sub: &Subscription, sink: &mut S) -> Result<u64, ReplayError> {
+        // A shared subscription `$share/group/filter` replays what was published to `filter`.
+        let text = parse_shared(&sub.filter).map_or(sub.filter.as_str(), |s| s.filter);
+        let Ok(filter) = TopicFilter::parse(text) else {
+            tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "not a valid topic filter; nothing replayed");
+            return Ok(0);
+        };
+        self.writer.flush().await;
+        let query_sub = Subscription { filter: text.to_owned(), ..sub.clone() };
+        let query = ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern() };
+        let mut rows = self.store.select_messages(&query);
+        let mut delivered = 0;
+        while let Some(row) = rows.next().await {
+            let m = row?;
+            if !filter.matches(&m.topic) {
+                continue;
+            }
+            let timestamp_ms = now_ms();
+            let delivery =
+                Delivery { from: &m.from, topic: &m.topic, timestamp_ms, payload: &m.payload, retained: false };
+            self.remember(AckKey::of(delivery, &self.ack_keys), &m.msgid, &m.from, &m.topic);
+            sink.deliver(m, timestamp_ms).await?;
+            delivered += 1;
+        }
+        Ok(delivered)
+    }
+
+    fn remember(&self, key: AckKey, msgid: &str, from: &str, topic: &str) {
+        let row = AckedMessage { msgid: msgid.to_owned(), from: from.to_owned(), topic: topic.to_owned() };
+        self.acks.lock().expect("ack index lock").insert(key, row);
+    }
+
+    pub fn writer_stats(&self) -> &WriterStats {
+        self.writer.stats()
+    }
+
+    /// Flushes the writer (waiting at most `deadline`) and closes the database pool.
+    pub async fn shutdown(&self, deadline: Duration) {
+        let queued = self.writer.queued();
+        match tokio::time::timeout(deadline, self.writer.flush()).await {
+            Ok(()) => tracing::info!(queued, "writer flushed"),
+            Err(_) => tracing::error!(
+                queued = self.writer.queued(),
+                deadline_ms = deadline.as_millis() as u64,
+                "the writer could not flush in time; queued messages are lost"
+            ),
+        }
+        self.store.close().await;
+    }
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: &str) -> AckedMessage {
+        AckedMessage { msgid: id.into(), from: "p".into(), topic: "t".into() }
+    }
+
+    #[test]
+    fn identical_messages_are_taken_one_per_ack_in_order() {
+        let mut index = AckIndex::new(10);
+        index.insert(AckKey(1), row("a"));
+        index.insert(AckKey(1), row("b"));
+        assert_eq!(index.take(&AckKey(1)), Some(row("a")));
+        assert_eq!(index.take(&AckKey(1)), Some(row("b")));
+        assert_eq!(index.take(&AckKey(1)), None);
+    }
+
+    #[test]
+    fn the_oldest_are_forgotten_beyond_capacity() {
+        let mut index = AckIndex::new(2);
+        for (k, id) in [(1, "a"), (2, "b"), (3, "c")] {
+            index.insert(AckKey(k), row(id));
+        }
+        assert_eq!(index.take(&AckKey(1)), None, "evicted");
+        assert_eq!(index.take(&AckKey(3)), Some(row("c")));
+        assert!(index.rows.len() <= 2 && index.order.len() <= 2);
+    }
+
+    #[test]
+    fn ack_keys_tell_retained_deliveries_and_publish_times_apart() {
+        let keys = RandomState::new();
+        let d = Delivery { from: "p", topic: "t", timestamp_ms: 5, payload: b"x", retained: false };
+        assert_eq!(AckKey::of(d, &keys), AckKey::of(d, &keys));
+        assert_ne!(AckKey::of(d, &keys), AckKey::of(Delivery { timestamp_ms: 6, ..d }, &keys));
+        // The retainer stamps its own time: a retained delivery matches whatever the time.
+        let r = Delivery { retained: true, ..d };
+        assert_eq!(AckKey::of(r, &keys), AckKey::of(Delivery { timestamp_ms: 99, ..r }, &keys));
+        assert_ne!(AckKey::of(d, &keys), AckKey::of(Delivery { payload: b"y", ..d }, &keys));
+    }
+}

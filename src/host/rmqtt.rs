@@ -1,0 +1,401 @@
+//! The rmqtt host: registers the engine as an rmqtt plugin and translates rmqtt hooks.
+//!
+//! This is the only module that imports rmqtt. It converts rmqtt's types at the edge, paces
+//! replays against the subscriber's session queue, and owns nothing else.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rmqtt::codec::types::Publish as CodecPublish;
+use rmqtt::context::ServerContext;
+use rmqtt::hook::{Handler, HookResult, Parameter, Register, ReturnType, Type};
+use rmqtt::plugin::{PackageInfo, Plugin};
+use rmqtt::session::Session;
+use rmqtt::types::{From, Id, Publish, QoS, Subscribe};
+use tokio::sync::Notify;
+
+use crate::engine::{Delivery, Engine, ReplayError, ReplaySink};
+use crate::message::{StoredMessage, Subscription};
+
+/// Plugin name in rmqtt's plugin manager.
+pub const PLUGIN_NAME: &str = "mqtt-offline-messages";
+
+/// Replayed messages carry a `From` with this listener id, so that their deliveries can be told
+/// apart from live traffic when pacing.
+const REPLAY_LISTENER_ID: u16 = u16::MAX;
+
+/// Replayed messages one client may have waiting in its session queue. rmqtt drops what goes beyond
+/// the queue's `max_mqueue_len` (1000 by default) silently, so a replay stays well below it.
+const REPLAY_WINDOW: usize = 200;
+
+/// How long a replay waits for progress before it checks that its subscriber is still connected.
+const REPLAY_STALL_CHECK: Duration = Duration::from_secs(1);
+
+/// A connected subscriber that takes nothing for this long ends its replay.
+const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Registers the plugin with rmqtt's plugin manager and starts it: use this to embed the plugin in
+/// your own rmqtt-based broker.
+pub async fn register(scx: &ServerContext, engine: Arc<Engine>) -> rmqtt::Result<()> {
+    let scx1 = scx.clone();
+    scx.plugins
+        .register(PLUGIN_NAME, true, false, move || -> rmqtt::plugin::DynPluginResult {
+            let (scx, engine) = (scx1.clone(), engine.clone());
+            Box::pin(async move { Ok(Box::new(OfflineMessagesPlugin::new(scx, engine)) as rmqtt::plugin::DynPlugin) })
+        })
+        .await
+}
+
+struct OfflineMessagesPlugin {
+    register: Box<dyn Register>,
+    hooks: Arc<Hooks>,
+}
+
+impl OfflineMessagesPlugin {
+    fn new(scx: ServerContext, engine: Arc<Engine>) -> Self {
+        let register = scx.extends.hook_mgr().register();
+        let hooks = Arc::new(Hooks { scx, engine, windows: Mutex::default(), resubscribes: Mutex::default() });
+        OfflineMessagesPlugin { register, hooks }
+    }
+}
+
+impl PackageInfo for OfflineMessagesPlugin {
+    fn name(&self) -> &str {
+        PLUGIN_NAME
+    }
+    fn version(&self) -> &str {
+        env!("CARGO_PKG_VERSION")
+    }
+    fn descr(&self) -> Option<&str> {
+        Some(env!("CARGO_PKG_DESCRIPTION"))
+    }
+}
+
+#[async_trait]
+impl Plugin for OfflineMessagesPlugin {
+    async fn init(&mut self) -> rmqtt::Result<()> {
+        for typ in [
+            Type::MessagePublish,
+            Type::MessageAcked,
+            Type::MessageDelivered,
+            Type::MessageDropped,
+            Type::ClientSubscribe,
+            Type::SessionSubscribed,
+            Type::SessionUnsubscribed,
+            Type::ClientConnected,
+            Type::SessionTerminated,
+        ] {
+            self.register.add(typ, Box::new(HookHandler(self.hooks.clone()))).await;
+        }
+        Ok(())
+    }
+
+    async fn start(&mut self) -> rmqtt::Result<()> {
+        self.register.start().await;
+        Ok(())
+    }
+
+    async fn stop(&mut self) -> rmqtt::Result<bool> {
+        self.register.stop().await;
+        Ok(true)
+    }
+
+    async fn attrs(&self) -> serde_json::Value {
+        let s = self.hooks.engine.writer_stats();
+        serde_json::json!({
+            "persisted": s.persisted.load(Ordering::Relaxed),
+            "deleted": s.deleted.load(Ordering::Relaxed),
+            "rejected": s.rejected.load(Ordering::Relaxed),
+            "retried_batches": s.retried_batches.load(Ordering::Relaxed),
+        })
+    }
+}
+
+/// Per-client count of replayed messages handed to the session and not yet delivered.
+#[derive(Default)]
+struct ReplayWindow {
+    outstanding: AtomicUsize,
+    progress: Notify,
+}
+
+impl ReplayWindow {
+    fn release(&self) {
+        let _ = self.outstanding.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+        self.progress.notify_waiters();
+    }
+}
+
+struct Hooks {
+    scx: ServerContext,
+    engine: Arc<Engine>,
+    windows: Mutex<HashMap<String, Arc<ReplayWindow>>>,
+    /// (client id, filter) of SUBSCRIBEs for a filter the session already holds: no second replay.
+    resubscribes: Mutex<HashSet<(String, String)>>,
+}
+
+struct HookHandler(Arc<Hooks>);
+
+#[async_trait]
+impl Handler for HookHandler {
+    async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
+        let hooks = &self.0;
+        match param {
+            Parameter::MessagePublish(_, from, publish) => {
+                let ts = publish.create_time.unwrap_or_else(crate::engine::now_ms);
+                let payload = publish.payload.clone();
+                let (client_id, topic) = (&from.id.client_id, &publish.topic);
+                hooks.engine.on_publish(client_id, topic, publish.qos.value(), publish.retain, payload, ts).await;
+            }
+            Parameter::MessageAcked(_, from, publish) => hooks.acked(from, publish).await,
+            Parameter::MessageDelivered(session, from, _) => hooks.delivered(&session.id.client_id, from),
+            Parameter::MessageDropped(Some(to), from, _, reason) => {
+                if from.id.lid == REPLAY_LISTENER_ID {
+                    tracing::warn!(client_id = %to.client_id, reason = %reason, "a replayed message was dropped by the broker; it stays stored");
+                }
+                hooks.delivered(&to.client_id, from);
+            }
+            Parameter::ClientSubscribe(session, sub) => hooks.subscribing(session, sub).await,
+            Parameter::SessionSubscribed(session, sub) => hooks.subscribed(session, sub).await,
+            Parameter::SessionUnsubscribed(session, unsub) => {
+                let sub = Subscription {
+                    client_id: session.id.client_id.to_string(),
+                    filter: unsub.topic_filter.to_string(),
+                    qos: 0,
+                };
+                hooks
+                    .resubscribes
+                    .lock()
+                    .expect("resubscribes lock")
+                    .remove(&(sub.client_id.clone(), sub.filter.clone()));
+                if let Err(e) = hooks.engine.on_unsubscribed(&sub).await {
+                    tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "deleting a stored subscription failed");
+                }
+            }
+            Parameter::ClientConnected(session) => hooks.connected(session).await,
+            Parameter::SessionTerminated(session, _) => hooks.terminated(session).await,
+            _ => {}
+        }
+        (true, acc)
+    }
+}
+
+impl Hooks {
+    async fn acked(&self, from: &From, publish: &Publish) {
+        let delivery = Delivery {
+            from: &from.id.client_id,
+            topic: &publish.topic,
+            timestamp_ms: publish.create_time.unwrap_or_default(),
+            payload: &publish.payload,
+            retained: publish.retain,
+        };
+        self.engine.on_acked(delivery).await;
+    }
+
+    fn delivered(&self, client_id: &str, from: &From) {
+        if from.id.lid != REPLAY_LISTENER_ID {
+            return;
+        }
+        if let Some(w) = self.windows.lock().expect("replay windows lock").get(client_id) {
+            w.release();
+        }
+    }
+
+    /// Before the broker adds a subscription: note whether the session already holds the filter
+    /// (as the reference 2.0.1 does, a re-subscribe stores the new QoS but does not replay again).
+    async fn subscribing(&self, session: &Session, sub: &Subscribe) {
+        let held = match session.subscriptions().await {
+            Ok(subs) => subs.to_topic_filters().await.contains(&sub.topic_filter),
+            Err(_) => false,
+        };
+        if held {
+            let key = (session.id.client_id.to_string(), sub.topic_filter.to_string());
+            self.resubscribes.lock().expect("resubscribes lock").insert(key);
+        }
+    }
+
+    async fn subscribed(self: &Arc<Self>, session: &Session, sub: &Subscribe) {
+        let key = (session.id.client_id.to_string(), sub.topic_filter.to_string());
+        let resubscribe = self.resubscribes.lock().expect("resubscribes lock").remove(&key);
+        let filter = match sub.opts.shared_group() {
+            Some(group) => format!("$share/{group}/{}", sub.topic_filter),
+            None => sub.topic_filter.to_string(),
+        };
+        let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: sub.opts.qos().value() };
+        if let Err(e) = self.engine.on_subscribed(&sub).await {
+            tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "storing a subscription failed");
+        }
+        if !resubscribe {
+            self.spawn_replay(session.id.clone(), sub);
+        }
+    }
+
+    /// A client connected: a clean start clears its stored subscriptions; a persistent session the
+    /// broker no longer holds (after a broker restart, or from another node) gets its stored
+    /// subscriptions back, each replayed.
+    async fn connected(self: &Arc<Self>, session: &Session) {
+        let clean_start = match session.connect_info().await {
+            Ok(info) => info.clean_start(),
+            Err(e) => {
+                tracing::warn!(client_id = %session.id.client_id, error = %e, "no connect info; subscriptions not restored");
+                return;
+            }
+        };
+        let client_id = session.id.client_id.to_string();
+        // A SUBSCRIBE the broker refused leaves its mark behind; a new connection starts clean.
+        self.resubscribes.lock().expect("resubscribes lock").retain(|(c, _)| *c != client_id);
+        if clean_start {
+            if let Err(e) = self.engine.forget_subscriptions(&client_id).await {
+                tracing::error!(client_id, error = %e, "clearing stored subscriptions on a clean start failed");
+            }
+            return;
+        }
+        // A resumed session (session present) gets its subscriptions back from the broker itself,
+        // in a state transfer that runs after this hook; only a session the broker no longer has
+        // (a broker restart, another node) needs them from the store.
+        if session.session_present().await.unwrap_or(false) {
+            return;
+        }
+        let stored = match self.engine.stored_subscriptions(&client_id).await {
+            Ok(subs) => subs,
+            Err(e) => {
+                tracing::error!(client_id, error = %e, "reading stored subscriptions failed; none restored");
+                return;
+            }
+        };
+        for sub in stored {
+            let qos = QoS::try_from(sub.qos).unwrap_or(QoS::AtLeastOnce);
+            let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, false, false) {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(client_id, topic = %sub.filter, error = %e, "a stored subscription is not a valid filter; skipped");
+                    continue;
+                }
+            };
+            let entry = self.scx.extends.shared().await.entry(session.id.clone());
+            match entry.subscribe(&subscribe).await {
+                Ok(_) => {
+                    tracing::info!(client_id, topic = %sub.filter, "restored a stored subscription");
+                    self.spawn_replay(session.id.clone(), sub);
+                }
+                Err(e) => {
+                    tracing::warn!(client_id, topic = %sub.filter, error = %e, "restoring a stored subscription failed")
+                }
+            }
+        }
+    }
+
+    /// A session ended (a clean session disconnected, or a persistent one expired): its
+    /// subscriptions end with it, as MQTT says. A broker shutdown ends no session, so the stored
+    /// subscriptions of persistent sessions survive a restart.
+    async fn terminated(&self, session: &Session) {
+        // A newer connection of the same client took over: its subscriptions are not ours to drop.
+        if self.scx.extends.shared().await.entry(session.id.clone()).id_same() == Some(false) {
+            return;
+        }
+        let client_id = session.id.client_id.to_string();
+        match self.engine.forget_subscriptions(&client_id).await {
+            Ok(()) => tracing::debug!(client_id, "session ended; its stored subscriptions are deleted"),
+            Err(e) => tracing::error!(client_id, error = %e, "deleting the subscriptions of an ended session failed"),
+        }
+    }
+
+    /// Replays in a task of its own: the hook runs on the client's task, which must keep running
+    /// to send SUBACK and deliver what the replay queues.
+    fn spawn_replay(self: &Arc<Self>, id: Id, sub: Subscription) {
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            let window =
+                hooks.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
+            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos };
+            match hooks.engine.replay(&sub, &mut sink).await {
+                Ok(0) => tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay"),
+                Ok(n) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = n, "replay done"),
+                Err(e @ (ReplayError::SubscriberGone | ReplayError::SubscriberStalled(_))) => {
+                    tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
+                }
+                Err(e) => {
+                    tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; the messages stay stored")
+                }
+            }
+            drop(sink);
+            let mut windows = hooks.windows.lock().expect("replay windows lock");
+            if windows.get(&sub.client_id).is_some_and(|w| Arc::strong_count(w) == 1) {
+                windows.remove(&sub.client_id);
+            }
+        });
+    }
+}
+
+/// Delivers replayed messages into one client's session, at most [`REPLAY_WINDOW`] ahead of what
+/// the session has sent on.
+struct SessionSink {
+    scx: ServerContext,
+    id: Id,
+    window: Arc<ReplayWindow>,
+    qos: u8,
+}
+
+impl ReplaySink for SessionSink {
+    async fn deliver(&mut self, m: StoredMessage, timestamp_ms: i64) -> Result<(), ReplayError> {
+        let waiting_since = tokio::time::Instant::now();
+        while self.window.outstanding.load(Ordering::Acquire) >= REPLAY_WINDOW {
+            let progressed = self.window.progress.notified();
+            if tokio::time::timeout(REPLAY_STALL_CHECK, progressed).await.is_ok() {
+                continue;
+            }
+            if !self.scx.extends.shared().await.entry(self.id.clone()).is_connected().await {
+                return Err(ReplayError::SubscriberGone);
+            }
+            if waiting_since.elapsed() > REPLAY_STALL_LIMIT {
+                return Err(ReplayError::SubscriberStalled(REPLAY_STALL_LIMIT));
+            }
+        }
+        if self.retainer_delivers(&m).await {
+            return Ok(());
+        }
+        let qos = QoS::try_from(m.qos.min(self.qos)).unwrap_or(QoS::AtLeastOnce);
+        let from = From::from_custom(Id::new(
+            self.scx.node.id(),
+            REPLAY_LISTENER_ID,
+            None,
+            None,
+            m.from.as_str().into(),
+            None,
+        ));
+        let publish = Publish::from(CodecPublish {
+            dup: false,
+            retain: false,
+            qos,
+            topic: m.topic.as_str().into(),
+            packet_id: None,
+            payload: m.payload,
+            properties: None,
+        })
+        .create_time(timestamp_ms);
+        self.window.outstanding.fetch_add(1, Ordering::AcqRel);
+        let entry = self.scx.extends.shared().await.entry(self.id.clone());
+        if entry.publish(from, publish).await.is_err() {
+            self.window.release();
+            return Err(ReplayError::SubscriberGone);
+        }
+        Ok(())
+    }
+}
+
+impl SessionSink {
+    /// A stored retained message that is still the topic's retained message reaches the new
+    /// subscriber from the broker's retainer; replaying it too would deliver it twice.
+    async fn retainer_delivers(&self, m: &StoredMessage) -> bool {
+        if !m.retain {
+            return false;
+        }
+        let retained = match self.scx.extends.retain().await.get(&m.topic.as_str().into()).await {
+            Ok(r) => r,
+            Err(_) => return false,
+        };
+        retained.iter().any(|(_, r)| r.publish.payload == m.payload && r.from.id.client_id.as_ref() == m.from)
+    }
+}

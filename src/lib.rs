@@ -1,0 +1,14 @@
+//! mqtt-offline-messages: persists MQTT messages to a SQL database and replays them to subscribers.
+//!
+//! The engine (everything but [`host`]) knows no broker; a host adapter translates a broker's
+//! events into [`engine::Engine`] calls.
+
+pub mod config;
+pub mod engine;
+pub mod host;
+pub mod message;
+pub mod message_id;
+pub mod store;
+pub mod template;
+pub mod topic;
+pub mod writer;

@@ -1,0 +1,116 @@
+//! `mqtt-offline-messages`: an rmqtt broker with the offline-messages plugin loaded.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use mqtt_offline_messages::config::Config;
+use mqtt_offline_messages::engine::Engine;
+use mqtt_offline_messages::host;
+use rmqtt::context::ServerContext;
+use rmqtt::net::Builder;
+use rmqtt::server::MqttServer;
+
+/// How long shutdown waits for the writer to flush before giving up.
+const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "An MQTT broker (rmqtt) that stores QoS 1/2 messages in MySQL or SQLite and replays them to subscribers"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker with the plugin (the default).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct RunArgs {
+    /// The config file.
+    #[arg(long, default_value = "config.hocon")]
+    config: PathBuf,
+    /// The MQTT TCP listener, overriding broker.bind (default 127.0.0.1:1883).
+    #[arg(long, value_name = "HOST:PORT")]
+    bind: Option<SocketAddr>,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,rmqtt=warn,rmqtt_retainer=warn".into()),
+        )
+        .init();
+    let cli = Cli::parse();
+    let args = match cli.command {
+        Some(Command::Run(args)) => args,
+        None => cli.run,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    match runtime.block_on(run(args)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(path: &Path) -> anyhow::Result<Config> {
+    if !path.exists() {
+        bail!("no config file at {}; pass --config PATH (the repository ships config.hocon)", path.display());
+    }
+    let config = Config::load(path)?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
+    Ok(config)
+}
+
+async fn run(args: RunArgs) -> anyhow::Result<()> {
+    let config = load_config(&args.config)?;
+    let addr = args.bind.unwrap_or(config.broker.bind);
+
+    // The retainer keeps retained messages in memory, without limits (its defaults).
+    let scx = ServerContext::new().plugins_config_map_add("rmqtt-retainer", "max_retained_messages = 0").build().await;
+    // Bind first: a taken port is the most common start-up failure and needs no database.
+    let listener = Builder::new().name("external/tcp").laddr(addr).allow_anonymous(true).bind().and_then(|l| l.tcp());
+    let listener = listener.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot listen on {addr}: {e}; choose another address with --bind HOST:PORT (or broker.bind in the config)"
+        )
+    })?;
+
+    let engine = Engine::start(&config).await?;
+    rmqtt_retainer::register(&scx, true, false).await.context("starting rmqtt's retainer")?;
+    host::rmqtt::register(&scx, engine.clone()).await.context("starting the offline-messages plugin")?;
+    tracing::info!(%addr, "MQTT broker listening");
+
+    let server = MqttServer::new(scx).listener(listener).build();
+    tokio::select! {
+        res = server.run() => res.context("the MQTT server stopped")?,
+        signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
+    }
+    engine.shutdown(SHUTDOWN_FLUSH).await;
+    Ok(())
+}
+
+async fn shutdown_signal() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
+    }
+}

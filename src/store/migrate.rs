@@ -1,0 +1,76 @@
+//! The default schema, applied when `init_default_schema = true`: numbered SQL files from
+//! `migrations/<backend>/`, compiled into the binary, each applied once and recorded in
+//! `offline_messages_schema`.
+
+use sqlx::{Database, Executor, Pool};
+
+use super::StoreError;
+
+pub struct Migration {
+    pub version: i64,
+    pub file: &'static str,
+    pub sql: &'static str,
+}
+
+macro_rules! migration {
+    ($version:expr, $backend:literal, $name:literal) => {
+        Migration {
+            version: $version,
+            file: concat!("migrations/", $backend, "/", $name),
+            sql: include_str!(concat!("../../migrations/", $backend, "/", $name)),
+        }
+    };
+}
+
+const MYSQL: &[Migration] =
+    &[migration!(1, "mysql", "0001_default_schema.sql"), migration!(2, "mysql", "0002_msgid_index.sql")];
+const SQLITE: &[Migration] =
+    &[migration!(1, "sqlite", "0001_default_schema.sql"), migration!(2, "sqlite", "0002_msgid_index.sql")];
+
+pub fn for_backend(backend: &str) -> &'static [Migration] {
+    if backend == "mysql" {
+        MYSQL
+    } else {
+        SQLITE
+    }
+}
+
+/// Applies the migrations not yet recorded, in order; returns the files it applied.
+pub async fn apply<DB>(pool: &Pool<DB>, migrations: &'static [Migration]) -> Result<Vec<&'static str>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB> + sqlx::Decode<'t, DB>,
+    for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'a> &'a str: sqlx::ColumnIndex<DB::Row>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    const TABLE: &str = "offline_messages_schema";
+    let err = |file| move |cause| StoreError::Migrate { file, cause };
+    let mut conn = pool.acquire().await.map_err(err(TABLE))?;
+    sqlx::raw_sql(
+        "CREATE TABLE IF NOT EXISTS offline_messages_schema (version BIGINT NOT NULL PRIMARY KEY, file VARCHAR(255) NOT NULL)",
+    )
+    .execute(&mut *conn)
+    .await
+    .map_err(err(TABLE))?;
+    let applied: Vec<i64> = sqlx::query_scalar("SELECT version FROM offline_messages_schema")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(err(TABLE))?;
+    let mut done = Vec::new();
+    for m in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+        // DDL commits implicitly on MySQL, so each file runs on its own and is recorded after it.
+        sqlx::raw_sql(m.sql).execute(&mut *conn).await.map_err(err(m.file))?;
+        sqlx::query("INSERT INTO offline_messages_schema (version, file) VALUES (?, ?)")
+            .bind(m.version)
+            .bind(m.file)
+            .execute(&mut *conn)
+            .await
+            .map_err(err(m.file))?;
+        tracing::info!(file = m.file, "applied schema migration");
+        done.push(m.file);
+    }
+    Ok(done)
+}

@@ -1,0 +1,439 @@
+//! The database (MySQL or SQLite) and the six SQL templates run against it.
+//!
+//! Two connection pools: replays stream their rows at the pace of slow subscribers, so they get a
+//! pool of their own (`pool_size`), and can never take the connections the batch writer and the
+//! subscription statements need.
+//!
+//! Every value reaches SQL as a bound parameter; template text is the only SQL text, and it comes
+//! from the operator's config, never from message data.
+
+mod migrate;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::stream::{BoxStream, StreamExt};
+use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
+use sqlx::query::Query;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Type};
+
+use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates};
+use crate::message::{Message, ReplayQuery, StoredMessage, Subscription};
+use crate::template::{
+    Bindings, SqlTemplate, TemplateError, Value, Var, MESSAGE_VARS, SELECT_MESSAGE_VARS, SUBSCRIPTION_VARS,
+};
+
+/// Connections for the writer and the subscription statements.
+const WRITE_CONNECTIONS: u32 = 2;
+/// SQLite serves readers in parallel (WAL); a few are enough on one disk.
+const SQLITE_REPLAY_CONNECTIONS: u32 = 4;
+/// Ids per `delete ... in (...)` statement.
+const DELETES_PER_STATEMENT: usize = 1000;
+/// Most placeholders one statement may carry: MySQL allows 65,535, SQLite (since 3.32) 32,766.
+const MAX_PARAMS: usize = 32_766;
+/// Payload bytes per multi-row statement, kept well under MySQL's default `max_allowed_packet` (16 MiB).
+const MAX_STATEMENT_PAYLOAD: usize = 4 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to {backend} at {target} ({key}): {cause}; check that the database is running and reachable, and the connection keys in the `{backend}` block")]
+    Connect { backend: &'static str, key: &'static str, target: String, cause: sqlx::Error },
+    #[error(transparent)]
+    Template(#[from] TemplateError),
+    #[error("{key}: the database cannot prepare this template: {cause}; fix the template, or create its tables (set `init_default_schema = true` for the default ones)")]
+    Prepare { key: &'static str, cause: sqlx::Error },
+    #[error("schema migration {file} failed: {cause}")]
+    Migrate { file: &'static str, cause: sqlx::Error },
+    #[error("{key}: {cause}")]
+    Query { key: &'static str, cause: sqlx::Error },
+    #[error("{key}: the result has no usable column `{column}` ({cause}); the select must return it by that name")]
+    Column { key: &'static str, column: &'static str, cause: sqlx::Error },
+    #[error("cannot create the directory for sqlite.path {path}: {cause}")]
+    SqliteDir { path: String, cause: std::io::Error },
+}
+
+enum Pool {
+    MySql(sqlx::MySqlPool),
+    Sqlite(sqlx::SqlitePool),
+}
+
+/// Runs `$body` with `$p` bound to the concrete pool, so each backend gets statically typed code.
+macro_rules! with_pool {
+    ($pool:expr, $p:ident => $body:expr) => {
+        match $pool {
+            Pool::MySql($p) => $body,
+            Pool::Sqlite($p) => $body,
+        }
+    };
+}
+
+/// The config keys of the six templates, in [`Statements`] order.
+const MYSQL_TEMPLATE_KEYS: [&str; 6] = [
+    "mysql.insert_message_sql",
+    "mysql.delete_message_sql",
+    "mysql.select_message_sql",
+    "mysql.insert_subscription_sql",
+    "mysql.select_subscriptions_sql",
+    "mysql.delete_subscription_sql",
+];
+const SQLITE_TEMPLATE_KEYS: [&str; 6] = [
+    "sqlite.insert_message_sql",
+    "sqlite.delete_message_sql",
+    "sqlite.select_message_sql",
+    "sqlite.insert_subscription_sql",
+    "sqlite.select_subscriptions_sql",
+    "sqlite.delete_subscription_sql",
+];
+
+/// The six statements of a backend block, parsed and checked.
+pub struct Statements {
+    pub insert_message: SqlTemplate,
+    pub delete_message: SqlTemplate,
+    pub select_message: SqlTemplate,
+    pub insert_subscription: SqlTemplate,
+    pub select_subscriptions: SqlTemplate,
+    pub delete_subscription: SqlTemplate,
+}
+
+impl Statements {
+    /// Parses every template of `backend`'s block (`"mysql"` or `"sqlite"`); errors name the full key.
+    pub fn parse(backend: &'static str, t: &Templates) -> Result<Statements, TemplateError> {
+        let [insert_message, delete_message, select_message, insert_subscription, select_subscriptions, delete_subscription] =
+            if backend == "mysql" { MYSQL_TEMPLATE_KEYS } else { SQLITE_TEMPLATE_KEYS };
+        Ok(Statements {
+            insert_message: SqlTemplate::parse(insert_message, &t.insert_message_sql, MESSAGE_VARS)?,
+            delete_message: SqlTemplate::parse(delete_message, &t.delete_message_sql, ACK_VARS)?,
+            select_message: SqlTemplate::parse(select_message, &t.select_message_sql, SELECT_MESSAGE_VARS)?,
+            insert_subscription: SqlTemplate::parse(
+                insert_subscription,
+                &t.insert_subscription_sql,
+                SUBSCRIPTION_VARS,
+            )?,
+            select_subscriptions: SqlTemplate::parse(
+                select_subscriptions,
+                &t.select_subscriptions_sql,
+                &[Var::ClientId],
+            )?,
+            delete_subscription: SqlTemplate::parse(
+                delete_subscription,
+                &t.delete_subscription_sql,
+                SUBSCRIPTION_VARS,
+            )?,
+        })
+    }
+
+    fn all(&self) -> [&SqlTemplate; 6] {
+        [
+            &self.insert_message,
+            &self.delete_message,
+            &self.select_message,
+            &self.insert_subscription,
+            &self.select_subscriptions,
+            &self.delete_subscription,
+        ]
+    }
+}
+
+/// What an ack knows of the message it acknowledges: the variables `delete_message_sql` may use.
+pub const ACK_VARS: &[Var] = &[Var::Id, Var::From, Var::Topic];
+
+/// An acknowledged message, for `delete_message_sql`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AckedMessage {
+    pub msgid: String,
+    pub from: String,
+    pub topic: String,
+}
+
+impl Bindings for AckedMessage {
+    fn value(&self, var: Var) -> Value<'_> {
+        match var {
+            Var::Id => Value::Text(&self.msgid),
+            Var::From | Var::ClientId => Value::Text(&self.from),
+            _ => Value::Text(&self.topic),
+        }
+    }
+}
+
+/// A connected database with its checked statements.
+pub struct Store {
+    /// The batch writer, subscription statements, schema checks.
+    writes: Pool,
+    /// Replays (`select_message_sql`).
+    replays: Pool,
+    statements: Statements,
+    /// Rows per insert statement: within the placeholder limit and `batch_size` (1 for a template
+    /// that cannot take many rows).
+    rows_per_statement: usize,
+}
+
+impl Store {
+    /// Connects, applies the default schema when asked, and prepares every template, so that a
+    /// broken template or a missing table stops start-up with the template's key.
+    pub async fn connect(backend: &Backend) -> Result<Store, StoreError> {
+        let (name, storage) = (backend.name(), backend.storage());
+        let statements = Statements::parse(name, &storage.templates)?;
+        let (writes, replays) = match backend {
+            Backend::MySql(cfg) => (
+                Pool::MySql(connect_mysql(cfg, WRITE_CONNECTIONS).await?),
+                Pool::MySql(connect_mysql(cfg, cfg.pool_size).await?),
+            ),
+            Backend::Sqlite(cfg) => (
+                Pool::Sqlite(connect_sqlite(cfg, WRITE_CONNECTIONS).await?),
+                Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?),
+            ),
+        };
+        let pool = &writes;
+        if storage.init_default_schema {
+            with_pool!(pool, p => migrate::apply(p, migrate::for_backend(name)).await)?;
+        }
+        for t in statements.all() {
+            with_pool!(pool, p => p.prepare(AssertSqlSafe(t.sql()).into_sql_str()).await.map(drop))
+                .map_err(|cause| StoreError::Prepare { key: t.key(), cause })?;
+        }
+        let insert = &statements.insert_message;
+        let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
+        Ok(Store { writes, replays, statements, rows_per_statement })
+    }
+
+    /// Writes one batch in one transaction: the inserts (as multi-row statements when the template
+    /// allows), then the deletes of acknowledged messages.
+    pub async fn write_batch(&self, inserts: &[Message], deletes: &[AckedMessage]) -> Result<(), StoreError> {
+        let (insert, delete) = (&self.statements.insert_message, &self.statements.delete_message);
+        let insert_chunks = self.insert_chunks(inserts);
+        let delete_chunks = deletes.chunks(if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
+        /// One statement for a chunk of rows: the multi-row form of a batchable template.
+        macro_rules! execute_chunk {
+            ($tx:expr, $t:expr, $chunk:expr) => {{
+                let sql = if $t.is_batchable() { $t.sql_for_rows($chunk.len()) } else { $t.sql().to_owned() };
+                let mut q = sqlx::query(AssertSqlSafe(sql));
+                for row in $chunk {
+                    q = bind_all(q, $t, row);
+                }
+                q.execute(&mut *$tx).await.map_err(|cause| StoreError::Query { key: $t.key(), cause })?;
+            }};
+        }
+        with_pool!(&self.writes, p => async {
+            let err = |cause| StoreError::Query { key: insert.key(), cause };
+            let mut tx = p.begin().await.map_err(err)?;
+            for chunk in &insert_chunks {
+                execute_chunk!(tx, insert, *chunk);
+            }
+            for chunk in delete_chunks {
+                execute_chunk!(tx, delete, chunk);
+            }
+            tx.commit().await.map_err(err)
+        }.await)
+    }
+
+    /// Splits a batch into statements: at most `rows_per_statement` rows and about
+    /// `MAX_STATEMENT_PAYLOAD` payload bytes each (a single large row still gets its own statement).
+    fn insert_chunks<'m>(&self, inserts: &'m [Message]) -> Vec<&'m [Message]> {
+        let mut chunks = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, m) in inserts.iter().enumerate() {
+            let rows = i - start;
+            if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > MAX_STATEMENT_PAYLOAD) {
+                chunks.push(&inserts[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += m.payload.len();
+        }
+        if start < inserts.len() {
+            chunks.push(&inserts[start..]);
+        }
+        chunks
+    }
+
+    /// Streams the stored messages for `sub` (`select_message_sql`), in the order the template
+    /// gives (the default orders by the table's auto-increment id, i.e. publish order).
+    pub fn select_messages<'a>(&'a self, query: &ReplayQuery<'_>) -> BoxStream<'a, Result<StoredMessage, StoreError>> {
+        let t = &self.statements.select_message;
+        let key = t.key();
+        with_pool!(&self.replays, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, query)
+            .fetch(p)
+            .map(move |row| {
+                let row = row.map_err(|cause| StoreError::Query { key, cause })?;
+                Ok(StoredMessage {
+                    msgid: column(&row, key, "msgid")?,
+                    topic: column(&row, key, "topic")?,
+                    from: optional_column::<_, String>(&row, key, "sender")?.unwrap_or_default(),
+                    qos: int_column(&row, key, "qos")?.unwrap_or(1).clamp(0, 2) as u8,
+                    retain: int_column(&row, key, "retain")?.unwrap_or(0) != 0,
+                    payload: Bytes::from(optional_column::<_, Vec<u8>>(&row, key, "payload")?.unwrap_or_default()),
+                })
+            })
+            .boxed())
+    }
+
+    pub async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        self.execute(&self.statements.insert_subscription, sub).await
+    }
+
+    pub async fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+        self.execute(&self.statements.delete_subscription, sub).await
+    }
+
+    /// The stored subscriptions of one client (`select_subscriptions_sql`, columns `topic`, `qos`).
+    pub async fn select_subscriptions(&self, client_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        let t = &self.statements.select_subscriptions;
+        let key = t.key();
+        let probe = Subscription { client_id: client_id.to_owned(), filter: String::new(), qos: 0 };
+        with_pool!(&self.writes, p => {
+            let rows = bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, &probe)
+                .fetch_all(p)
+                .await
+                .map_err(|cause| StoreError::Query { key, cause })?;
+            rows.iter()
+                .map(|row| {
+                    Ok(Subscription {
+                        client_id: client_id.to_owned(),
+                        filter: column(row, key, "topic")?,
+                        qos: int_column(row, key, "qos")?.unwrap_or(0).clamp(0, 2) as u8,
+                    })
+                })
+                .collect()
+        })
+    }
+
+    async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<(), StoreError> {
+        with_pool!(&self.writes, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(drop))
+            .map_err(|cause| StoreError::Query { key: t.key(), cause })
+    }
+
+    /// Closes the write pool, waiting for its connections. Replays in progress are not waited
+    /// for: a stalled one could hold its connection for minutes, and what it has not delivered
+    /// stays stored.
+    pub async fn close(&self) {
+        with_pool!(&self.writes, p => p.close().await)
+    }
+}
+
+/// Binds the template's variables, in placeholder order, from `b`.
+fn bind_all<'q, DB, B>(mut q: Query<'q, DB, DB::Arguments>, t: &SqlTemplate, b: &B) -> Query<'q, DB, DB::Arguments>
+where
+    DB: Database,
+    B: Bindings,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
+{
+    for v in t.values(b) {
+        q = match v {
+            Value::Int(i) => q.bind(i),
+            Value::Text(s) => q.bind(s),
+            Value::Bytes(bytes) => q.bind(bytes),
+        };
+    }
+    q
+}
+
+fn column<R, T>(row: &R, key: &'static str, column: &'static str) -> Result<T, StoreError>
+where
+    R: Row,
+    for<'r> T: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    row.try_get(column).map_err(|cause| StoreError::Column { key, column, cause })
+}
+
+/// A column the select may leave out, or return as NULL.
+fn optional_column<R, T>(row: &R, key: &'static str, column: &'static str) -> Result<Option<T>, StoreError>
+where
+    R: Row,
+    for<'r> T: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    match row.try_get::<Option<T>, _>(column) {
+        Err(sqlx::Error::ColumnNotFound(_)) => Ok(None),
+        other => other.map_err(|cause| StoreError::Column { key, column, cause }),
+    }
+}
+
+/// An integer column, signed or (MySQL) unsigned.
+fn int_column<R>(row: &R, key: &'static str, column: &'static str) -> Result<Option<i64>, StoreError>
+where
+    R: Row,
+    for<'r> i64: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'r> u64: sqlx::Decode<'r, R::Database> + Type<R::Database>,
+    for<'a> &'a str: sqlx::ColumnIndex<R>,
+{
+    match optional_column::<R, i64>(row, key, column) {
+        Err(_) => Ok(optional_column::<R, u64>(row, key, column)?.map(|v| v.min(i64::MAX as u64) as i64)),
+        ok => ok,
+    }
+}
+
+async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, StoreError> {
+    let connect_err =
+        |cause| StoreError::Connect { backend: "mysql", key: "mysql.server", target: cfg.server.clone(), cause };
+    let (host, port) = match cfg.server.rsplit_once(':') {
+        Some((h, p)) => (
+            h,
+            p.parse::<u16>().map_err(|_| {
+                connect_err(sqlx::Error::Configuration(
+                    format!("port {p:?} is not a number; write mysql.server as \"host:port\"").into(),
+                ))
+            })?,
+        ),
+        None => (cfg.server.as_str(), 3306),
+    };
+    let mut opts = MySqlConnectOptions::new()
+        .host(host)
+        .port(port)
+        .username(&cfg.username)
+        .database(&cfg.database)
+        .charset("utf8mb4");
+    if !cfg.password.expose().is_empty() {
+        opts = opts.password(cfg.password.expose());
+    }
+    opts = if cfg.ssl.enable {
+        let mode = match cfg.ssl.verify {
+            SslVerify::VerifyPeer => MySqlSslMode::VerifyIdentity,
+            SslVerify::VerifyNone => MySqlSslMode::Required,
+        };
+        let mut o = opts.ssl_mode(mode);
+        if let Some(ca) = &cfg.ssl.cacertfile {
+            o = o.ssl_ca(ca);
+        }
+        if let Some(cert) = &cfg.ssl.certfile {
+            o = o.ssl_client_cert(cert);
+        }
+        if let Some(key) = &cfg.ssl.keyfile {
+            o = o.ssl_client_key(key);
+        }
+        o
+    } else {
+        opts.ssl_mode(MySqlSslMode::Disabled)
+    };
+    MySqlPoolOptions::new()
+        .max_connections(connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(opts)
+        .await
+        .map_err(connect_err)
+}
+
+async fn connect_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::SqlitePool, StoreError> {
+    let path = cfg.path.display().to_string();
+    if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
+    }
+    let opts = SqliteConnectOptions::from_str("sqlite:")
+        .expect("a constant URL")
+        .filename(&cfg.path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .busy_timeout(Duration::from_secs(10))
+        // Lets `topic like 'prefix%'` use the topic index (SQLite's LIKE folds ASCII case otherwise);
+        // the exact match is done in Rust either way.
+        .pragma("case_sensitive_like", "ON");
+    SqlitePoolOptions::new()
+        .max_connections(connections)
+        .connect_with(opts)
+        .await
+        .map_err(|cause| StoreError::Connect { backend: "sqlite", key: "sqlite.path", target: path, cause })
+}

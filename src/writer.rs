@@ -1,0 +1,250 @@
+//! The batch writer: one task that turns queued inserts and ack-deletes into batched transactions.
+//!
+//! Operations are applied in the order they were queued, so a delete never overtakes the insert it
+//! cancels, and batches commit in the order they were filled (the table's auto-increment id is then
+//! publish order for each publisher). An ack that arrives while its insert is still queued cancels
+//! both: the row is never written.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::{sleep, timeout_at, Instant};
+
+use crate::message::Message;
+use crate::store::{AckedMessage, Store, StoreError};
+
+enum Op {
+    Insert(Message),
+    Delete(AckedMessage),
+    Flush(oneshot::Sender<()>),
+}
+
+/// Counters of what the writer did, readable while it runs.
+#[derive(Debug, Default)]
+pub struct WriterStats {
+    pub persisted: AtomicU64,
+    pub deleted: AtomicU64,
+    /// Inserts cancelled by an ack before they were written.
+    pub cancelled: AtomicU64,
+    pub retried_batches: AtomicU64,
+    /// Rows the database rejected on their own (logged with their msgid).
+    pub rejected: AtomicU64,
+}
+
+/// Batching limits, from the backend block's `batch_size` and `batch_time`.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchLimits {
+    pub batch_size: usize,
+    pub batch_time: Duration,
+    /// Operations queued before `insert` waits for the writer (back-pressure on publishers).
+    pub queue_capacity: usize,
+}
+
+/// The handle the engine queues work through; cheap to clone.
+#[derive(Clone)]
+pub struct BatchWriter {
+    tx: mpsc::Sender<Op>,
+    stats: Arc<WriterStats>,
+}
+
+impl BatchWriter {
+    /// Starts the writer task. It ends when every handle is dropped, after writing what it holds.
+    pub fn spawn(store: Arc<Store>, limits: BatchLimits) -> BatchWriter {
+        let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
+        let stats = Arc::new(WriterStats::default());
+        let task = WriterTask { store, limits, stats: stats.clone() };
+        tokio::spawn(task.run(rx));
+        BatchWriter { tx, stats }
+    }
+
+    /// Queues a message; waits only while the queue is full.
+    pub async fn insert(&self, m: Message) {
+        self.send(Op::Insert(m)).await
+    }
+
+    /// Queues the delete of an acknowledged message.
+    pub async fn delete(&self, a: AckedMessage) {
+        self.send(Op::Delete(a)).await
+    }
+
+    /// Returns once everything queued before this call is committed (or given up on).
+    pub async fn flush(&self) {
+        let (done, wait) = oneshot::channel();
+        self.send(Op::Flush(done)).await;
+        let _ = wait.await;
+    }
+
+    pub fn stats(&self) -> &WriterStats {
+        &self.stats
+    }
+
+    /// Operations waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
+    }
+
+    async fn send(&self, op: Op) {
+        if self.tx.send(op).await.is_err() {
+            tracing::error!("the batch writer has stopped; an operation was not queued");
+        }
+    }
+}
+
+struct WriterTask {
+    store: Arc<Store>,
+    limits: BatchLimits,
+    stats: Arc<WriterStats>,
+}
+
+impl WriterTask {
+    async fn run(self, mut rx: mpsc::Receiver<Op>) {
+        let is_insert = |o: &Op| matches!(o, Op::Insert(_));
+        let mut ops = Vec::with_capacity(self.limits.batch_size);
+        while let Some(first) = rx.recv().await {
+            // Fill the batch until it is full, `batch_time` has passed, or someone waits on a flush
+            // (what was queued after the flush may ride along: a flush only needs what came before).
+            let deadline = Instant::now() + self.limits.batch_time;
+            let mut inserts = usize::from(is_insert(&first));
+            let mut flush = matches!(first, Op::Flush(_));
+            ops.push(first);
+            while !flush && inserts < self.limits.batch_size {
+                let before = ops.len();
+                match timeout_at(deadline, rx.recv_many(&mut ops, self.limits.batch_size - inserts)).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        inserts += ops[before..].iter().filter(|o| is_insert(o)).count();
+                        flush = ops[before..].iter().any(|o| matches!(o, Op::Flush(_)));
+                    }
+                }
+            }
+            self.commit(&mut ops).await;
+        }
+        tracing::debug!("batch writer stopped");
+    }
+
+    /// Writes the queued operations in one transaction and answers the flushes among them.
+    async fn commit(&self, ops: &mut Vec<Op>) {
+        let mut inserts = Vec::new();
+        let mut deletes = Vec::new();
+        let mut flushes = Vec::new();
+        for op in ops.drain(..) {
+            match op {
+                Op::Insert(m) => inserts.push(m),
+                Op::Delete(a) => deletes.push(a),
+                Op::Flush(done) => flushes.push(done),
+            }
+        }
+        // An ack for a message still in this batch: neither write is needed.
+        let pending: HashSet<&str> = inserts.iter().map(|m| m.msgid.as_str()).collect();
+        let cancelled: HashSet<String> =
+            deletes.iter().filter(|d| pending.contains(d.msgid.as_str())).map(|d| d.msgid.clone()).collect();
+        if !cancelled.is_empty() {
+            inserts.retain(|m| !cancelled.contains(&m.msgid));
+            deletes.retain(|d| !cancelled.contains(&d.msgid));
+            self.stats.cancelled.fetch_add(cancelled.len() as u64, Ordering::Relaxed);
+        }
+        if !(inserts.is_empty() && deletes.is_empty()) {
+            self.write_with_retry(&inserts, &deletes).await;
+        }
+        for done in flushes {
+            let _ = done.send(());
+        }
+    }
+
+    async fn write_with_retry(&self, inserts: &[Message], deletes: &[AckedMessage]) {
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(50);
+        let mut failures = 0u32;
+        loop {
+            match self.store.write_batch(inserts, deletes).await {
+                Ok(()) => {
+                    self.record(inserts.len(), deletes.len());
+                    if failures > 0 {
+                        tracing::info!(rows = inserts.len(), failures, "batch written after retries");
+                    }
+                    tracing::debug!(
+                        rows = inserts.len(),
+                        deletes = deletes.len(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "batch committed"
+                    );
+                    return;
+                }
+                Err(StoreError::Query { cause: sqlx::Error::Database(db), key }) if !is_transient(db.as_ref()) => {
+                    // The database refused the content, not the connection: retrying the same
+                    // batch cannot help, so write row by row and report the rows it refuses.
+                    tracing::warn!(template = key, rows = inserts.len(), error = %db, "batch refused; writing its rows one by one");
+                    self.write_one_by_one(inserts, deletes).await;
+                    return;
+                }
+                Err(e) => {
+                    failures += 1;
+                    self.stats.retried_batches.fetch_add(1, Ordering::Relaxed);
+                    if failures == 1 || failures.is_power_of_two() {
+                        tracing::warn!(rows = inserts.len(), failures, retry_in_ms = backoff.as_millis() as u64, error = %e, "writing a batch failed; retrying");
+                    }
+                    sleep(backoff + jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn write_one_by_one(&self, inserts: &[Message], deletes: &[AckedMessage]) {
+        for m in inserts {
+            match self.write_alone(std::slice::from_ref(m), &[]).await {
+                Ok(()) => self.record(1, 0),
+                Err(e) => {
+                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, error = %e, "the database refused this message; it is not stored");
+                }
+            }
+        }
+        for d in deletes {
+            match self.write_alone(&[], std::slice::from_ref(d)).await {
+                Ok(()) => self.record(0, 1),
+                Err(e) => tracing::error!(msgid = %d.msgid, error = %e, "deleting an acknowledged message failed"),
+            }
+        }
+    }
+
+    /// One row on its own, retried a few times while the database says "try again".
+    async fn write_alone(&self, inserts: &[Message], deletes: &[AckedMessage]) -> Result<(), StoreError> {
+        let mut backoff = Duration::from_millis(50);
+        for _ in 0..5 {
+            match self.store.write_batch(inserts, deletes).await {
+                Err(StoreError::Query { cause: sqlx::Error::Database(db), .. }) if is_transient(db.as_ref()) => {
+                    sleep(backoff + jitter(backoff)).await;
+                    backoff *= 2;
+                }
+                other => return other,
+            }
+        }
+        self.store.write_batch(inserts, deletes).await
+    }
+
+    fn record(&self, inserted: usize, deleted: usize) {
+        self.stats.persisted.fetch_add(inserted as u64, Ordering::Relaxed);
+        self.stats.deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+    }
+}
+
+/// Database errors that say "try again" rather than "this row is wrong": deadlocks, lock waits,
+/// a busy SQLite file, a server going away mid-statement.
+fn is_transient(e: &dyn sqlx::error::DatabaseError) -> bool {
+    if let Some(mysql) = e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // lock wait timeout, deadlock, too many connections, shutdown in progress, gone away, lost
+        return matches!(mysql.number(), 1205 | 1213 | 1040 | 1053 | 2006 | 2013);
+    }
+    // SQLite (extended codes keep the primary code in the low byte): BUSY, LOCKED.
+    e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+/// Up to a quarter of `base`, so that brokers sharing a database do not retry in step.
+fn jitter(base: Duration) -> Duration {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    base / 4 * (nanos % 1000) / 1000
+}

@@ -1,0 +1,377 @@
+//! Test harness: a real database (its own MariaDB database or SQLite file per test), the real
+//! broker binary on a free port, and real MQTT clients.
+#![allow(dead_code)]
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
+use sqlx::{Connection, Row};
+use tokio::sync::mpsc;
+
+pub const MYSQL_SERVER: &str = "127.0.0.1:3306";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    MySql,
+    Sqlite,
+}
+
+/// A row of `mqtt_msg` as a test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MsgRow {
+    pub msgid: String,
+    pub topic: String,
+    pub sender: String,
+    pub qos: i64,
+    pub retain: i64,
+    pub payload: Vec<u8>,
+    pub arrived_ms: i64,
+}
+
+/// Runs `$body` with `$c` a fresh connection to the test's database, typed for its backend.
+macro_rules! with_conn {
+    ($env:expr, $c:ident => $body:expr) => {
+        match $env.backend {
+            Backend::MySql => {
+                let mut $c = $env.mysql().await;
+                $body
+            }
+            Backend::Sqlite => {
+                let mut $c = $env.sqlite().await;
+                $body
+            }
+        }
+    };
+}
+
+/// One test's database and files; the database is dropped with it.
+pub struct TestEnv {
+    pub backend: Backend,
+    pub dir: tempfile::TempDir,
+    pub db_name: String,
+    pub port: u16,
+}
+
+fn unique_name() -> String {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    format!("omtest_{}_{}_{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed), nanos % 100_000)
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn mysql_url(db: &str) -> String {
+    format!("mysql://root@{MYSQL_SERVER}/{db}")
+}
+
+impl TestEnv {
+    pub async fn new(backend: Backend) -> TestEnv {
+        let env = TestEnv { backend, dir: tempfile::tempdir().unwrap(), db_name: unique_name(), port: free_port() };
+        if backend == Backend::MySql {
+            let mut c = sqlx::MySqlConnection::connect(&mysql_url("mysql"))
+                .await
+                .expect("MariaDB on 127.0.0.1:3306 (root, no password)");
+            sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{}`", env.db_name)))
+                .execute(&mut c)
+                .await
+                .unwrap();
+        }
+        env
+    }
+
+    pub fn sqlite_path(&self) -> PathBuf {
+        self.dir.path().join("offline.db")
+    }
+
+    /// The enabled backend block with `extra` keys appended (later keys override earlier ones).
+    pub fn backend_block(&self, extra: &str) -> String {
+        match self.backend {
+            Backend::MySql => format!(
+                "mysql {{\n enable = true\n server = \"{MYSQL_SERVER}\"\n username = root\n password = \"\"\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n {extra}\n}}\nsqlite {{ enable = false }}\n",
+                self.db_name
+            ),
+            Backend::Sqlite => format!(
+                "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n {extra}\n}}\n",
+                self.sqlite_path().display()
+            ),
+        }
+    }
+
+    /// Writes config.hocon for this test and returns its path.
+    pub fn write_config(&self, text: &str) -> PathBuf {
+        let path = self.dir.path().join("config.hocon");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts the broker with the default backend block plus `extra` keys in it.
+    pub async fn start(&self, extra: &str) -> Broker {
+        let path = self.write_config(&self.backend_block(extra));
+        Broker::start(&path, self.port, self.dir.path().join("broker.log")).await
+    }
+
+    pub async fn messages(&self) -> Vec<MsgRow> {
+        let sql = match self.backend {
+            Backend::MySql => "select msgid, topic, sender, qos, retain, payload, CAST(UNIX_TIMESTAMP(arrived) AS SIGNED) * 1000 as arrived_ms from mqtt_msg order by id",
+            Backend::Sqlite => "select msgid, topic, sender, qos, retain, payload, arrived as arrived_ms from mqtt_msg order by id",
+        };
+        with_conn!(self, c => sqlx::query(sql).fetch_all(&mut c).await.unwrap().iter().map(|r| MsgRow {
+            msgid: r.get("msgid"),
+            topic: r.get("topic"),
+            sender: r.get("sender"),
+            qos: r.get("qos"),
+            retain: r.get("retain"),
+            payload: r.get("payload"),
+            arrived_ms: r.get("arrived_ms"),
+        }).collect())
+    }
+
+    /// `(clientid, topic, qos)` of every stored subscription, sorted.
+    pub async fn subscriptions(&self) -> Vec<(String, String, i64)> {
+        const SQL: &str = "select clientid, topic, qos from mqtt_sub order by clientid, topic";
+        with_conn!(self, c => sqlx::query(SQL).fetch_all(&mut c).await.unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
+    }
+
+    /// Runs a statement of the test's own (DDL, counting queries) and returns the first column of
+    /// the first row as an integer, if any.
+    pub async fn exec(&self, sql: &'static str) -> Option<i64> {
+        with_conn!(self, c => sqlx::query(sql).fetch_optional(&mut c).await.unwrap().map(|r| r.get(0)))
+    }
+
+    pub async fn count(&self, table: &str) -> i64 {
+        let sql: &'static str = match table {
+            "mqtt_msg" => "select count(*) from mqtt_msg",
+            "mqtt_sub" => "select count(*) from mqtt_sub",
+            other => panic!("no count query for {other}"),
+        };
+        self.exec(sql).await.unwrap()
+    }
+
+    /// Polls until `count(table) == n`; panics with the last count after `timeout`.
+    pub async fn wait_count(&self, table: &str, n: i64, timeout: Duration) {
+        let start = Instant::now();
+        loop {
+            let c = self.count(table).await;
+            if c == n {
+                return;
+            }
+            assert!(start.elapsed() < timeout, "{table}: expected {n} rows, still {c} after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub async fn mysql(&self) -> sqlx::MySqlConnection {
+        sqlx::MySqlConnection::connect(&mysql_url(&self.db_name)).await.unwrap()
+    }
+
+    pub async fn sqlite(&self) -> sqlx::SqliteConnection {
+        sqlx::SqliteConnection::connect(&format!("sqlite://{}?mode=rwc", self.sqlite_path().display())).await.unwrap()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        if self.backend != Backend::MySql {
+            return;
+        }
+        let db = self.db_name.clone();
+        // Drop runs inside or outside a runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(async {
+                if let Ok(mut c) = sqlx::MySqlConnection::connect(&mysql_url("mysql")).await {
+                    let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{db}`")))
+                        .execute(&mut c)
+                        .await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+/// The broker binary, running; stopped with SIGTERM when dropped.
+pub struct Broker {
+    child: Child,
+    pub port: u16,
+    pub log: PathBuf,
+}
+
+/// The line the broker logs once it accepts clients (a restart appends to the same log).
+const READY: &str = "MQTT broker listening";
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mqtt-offline-messages");
+
+impl Broker {
+    pub async fn start(config: &std::path::Path, port: u16, log: PathBuf) -> Broker {
+        let ready_before = std::fs::read_to_string(&log).unwrap_or_default().matches(READY).count();
+        let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "info,mqtt_offline_messages=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut broker = Broker { child, port, log };
+        let start = Instant::now();
+        loop {
+            if broker.log_text().matches(READY).count() > ready_before {
+                return broker;
+            }
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                panic!("broker exited with {status} at start-up:\n{}", broker.log_text());
+            }
+            assert!(start.elapsed() < Duration::from_secs(60), "broker not ready in 60 s:\n{}", broker.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// SIGTERM, then waits for a clean exit; returns the exit code.
+    pub fn stop(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(40) {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- broker log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// A real MQTT 3.1.1 client (rumqttc) whose received publishes are collected.
+pub struct Client {
+    pub client: AsyncClient,
+    publishes: mpsc::UnboundedReceiver<Publish>,
+    acks: mpsc::UnboundedReceiver<Packet>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client {
+    pub async fn connect(port: u16, id: &str, clean: bool) -> Client {
+        Client::connect_with(port, id, clean, false).await
+    }
+
+    /// With `manual_acks`, received QoS 1/2 messages are never acknowledged (a stuck subscriber).
+    pub async fn connect_with(port: u16, id: &str, clean: bool, manual_acks: bool) -> Client {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_manual_acks(manual_acks);
+        opts.set_clean_session(clean).set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+        let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        let (ptx, publishes) = mpsc::unbounded_channel();
+        let (atx, mut acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = ptx.send(p);
+                    }
+                    Ok(Event::Incoming(
+                        p @ (Packet::ConnAck(_)
+                        | Packet::SubAck(_)
+                        | Packet::UnsubAck(_)
+                        | Packet::PubAck(_)
+                        | Packet::PubComp(_)),
+                    )) => {
+                        let _ = atx.send(p);
+                    }
+                    // rumqttc reconnects on its own: a client that said goodbye must stay gone.
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        });
+        let mut c = Client { client, publishes, acks: mpsc::unbounded_channel().1, task };
+        match tokio::time::timeout(Duration::from_secs(20), acks.recv()).await {
+            Ok(Some(Packet::ConnAck(_))) => {}
+            other => panic!("no CONNACK for {id}: {other:?}"),
+        }
+        c.acks = acks;
+        c
+    }
+
+    async fn next_ack(&mut self, what: &str) -> Packet {
+        tokio::time::timeout(Duration::from_secs(30), self.acks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} in 30 s"))
+            .unwrap_or_else(|| panic!("connection closed waiting for {what}"))
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        self.client.subscribe(filter, qos).await.unwrap();
+        assert!(matches!(self.next_ack("SUBACK").await, Packet::SubAck(_)));
+    }
+
+    pub async fn unsubscribe(&mut self, filter: &str) {
+        self.client.unsubscribe(filter).await.unwrap();
+        assert!(matches!(self.next_ack("UNSUBACK").await, Packet::UnsubAck(_)));
+    }
+
+    /// Publishes and, for QoS 1/2, waits for the broker's acknowledgement.
+    pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.client.publish(topic, qos, retain, payload.into()).await.unwrap();
+        if qos != QoS::AtMostOnce {
+            self.next_ack("PUBACK/PUBCOMP").await;
+        }
+    }
+
+    /// Receives exactly `n` publishes (panics if they do not come within `timeout`).
+    pub async fn recv(&mut self, n: usize, timeout: Duration) -> Vec<Publish> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, self.publishes.recv()).await {
+                Ok(Some(p)) => got.push(p),
+                _ => panic!("received {} of {n} publishes in {timeout:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Everything that arrives within `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<Publish> {
+        let mut got = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout(quiet, self.publishes.recv()).await {
+            got.push(p);
+        }
+        got
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}

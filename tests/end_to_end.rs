@@ -1,0 +1,378 @@
+//! End to end: the real broker binary, real MQTT clients, real MariaDB (and SQLite).
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Client, TestEnv};
+use rumqttc::QoS;
+
+const LONG: Duration = Duration::from_secs(60);
+
+/// Runs one scenario against MariaDB and against SQLite, as two tests.
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$name(super::Backend::MySql).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+        }
+    };
+}
+
+/// Payload `i` of a sequence: binary, with NUL bytes and bytes that are not UTF-8.
+fn payload(i: usize) -> Vec<u8> {
+    let mut p = vec![0u8, 0xff, 0xfe, b'\'', b'\\', 0x80];
+    p.extend_from_slice(format!("#{i}").as_bytes());
+    p.push(0);
+    p
+}
+
+on_both_backends!(publishes_are_stored_with_every_field);
+async fn publishes_are_stored_with_every_field(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let mut publisher = Client::connect(env.port, "pub-1", true).await;
+    let before = mqtt_offline_messages::engine::now_ms();
+    for i in 0..20 {
+        publisher.publish("sensors/a/temp", QoS::AtLeastOnce, false, payload(i)).await;
+    }
+    publisher.publish("sensors/b", QoS::ExactlyOnce, false, b"qos2".to_vec()).await;
+    env.wait_count("mqtt_msg", 21, LONG).await;
+    let rows = env.messages().await;
+    for (i, row) in rows[..20].iter().enumerate() {
+        assert_eq!(row.topic, "sensors/a/temp");
+        assert_eq!(row.sender, "pub-1");
+        assert_eq!(row.qos, 1);
+        assert_eq!(row.retain, 0);
+        assert_eq!(row.payload, payload(i), "row {i} is in publish order and binary-safe");
+        // MySQL's default schema keeps whole seconds.
+        assert!(
+            row.arrived_ms >= before / 1000 * 1000 && row.arrived_ms <= mqtt_offline_messages::engine::now_ms(),
+            "arrived {}",
+            row.arrived_ms
+        );
+    }
+    assert_eq!((rows[20].topic.as_str(), rows[20].qos, rows[20].payload.as_slice()), ("sensors/b", 2, &b"qos2"[..]));
+    let ids: std::collections::HashSet<_> = rows.iter().map(|r| r.msgid.clone()).collect();
+    assert_eq!(ids.len(), 21, "message ids are unique");
+}
+
+on_both_backends!(replay_of_a_large_backlog_in_order_then_acks_delete);
+async fn replay_of_a_large_backlog_in_order_then_acks_delete(backend: Backend) {
+    // Far more than rmqtt's per-session queue (max_mqueue_len = 1000): the replay must be paced.
+    const N: usize = 5000;
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let publisher = Client::connect(env.port, "pub-big", true).await;
+    for i in 0..N {
+        publisher.client.publish("backlog/t", QoS::AtLeastOnce, false, format!("m{i}")).await.unwrap();
+    }
+    env.wait_count("mqtt_msg", N as i64, LONG).await;
+
+    let mut sub = Client::connect(env.port, "sub-big", true).await;
+    sub.subscribe("backlog/t", QoS::AtLeastOnce).await;
+    let got = sub.recv(N, LONG).await;
+    let payloads: Vec<String> = got.iter().map(|p| String::from_utf8(p.payload.to_vec()).unwrap()).collect();
+    let expected: Vec<String> = (0..N).map(|i| format!("m{i}")).collect();
+    assert_eq!(payloads, expected, "every stored message, once, in publish order");
+    assert!(sub.drain(Duration::from_millis(500)).await.is_empty(), "nothing twice");
+    // rumqttc acknowledges each one; the first ack deletes the row.
+    env.wait_count("mqtt_msg", 0, LONG).await;
+
+    let mut second = Client::connect(env.port, "sub-second", true).await;
+    second.subscribe("backlog/t", QoS::AtLeastOnce).await;
+    assert!(second.drain(Duration::from_secs(1)).await.is_empty(), "acknowledged messages are never replayed");
+}
+
+on_both_backends!(subscriptions_are_stored_restored_and_cleared);
+async fn subscriptions_are_stored_restored_and_cleared(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let mut broker = env.start("").await;
+    let mut client = Client::connect(env.port, "dev-1", false).await;
+    client.subscribe("cmd/dev-1", QoS::AtLeastOnce).await;
+    client.subscribe("cmd/all", QoS::AtLeastOnce).await;
+    assert_eq!(
+        env.subscriptions().await,
+        vec![("dev-1".into(), "cmd/all".into(), 1), ("dev-1".into(), "cmd/dev-1".into(), 1)]
+    );
+    client.unsubscribe("cmd/all").await;
+    assert_eq!(env.subscriptions().await, vec![("dev-1".into(), "cmd/dev-1".into(), 1)], "unsubscribe removes the row");
+    client.disconnect().await;
+
+    // Stored while the persistent session is offline: delivered on reconnect, once.
+    let mut publisher = Client::connect(env.port, "ctl", true).await;
+    publisher.publish("cmd/dev-1", QoS::AtLeastOnce, false, "reboot").await;
+    let mut client = Client::connect(env.port, "dev-1", false).await;
+    let got = client.recv(1, LONG).await;
+    assert_eq!(got[0].payload.as_ref(), b"reboot");
+    assert!(client.drain(Duration::from_millis(700)).await.is_empty(), "not again from the replay");
+    env.wait_count("mqtt_msg", 0, LONG).await;
+    client.disconnect().await;
+
+    // A broker restart loses rmqtt's in-memory sessions: the subscription comes back from mqtt_sub.
+    publisher.disconnect().await;
+    assert_eq!(broker.stop(), Some(0), "SIGTERM exits cleanly");
+    let broker2 = env.start("").await;
+    let mut publisher = Client::connect(env.port, "ctl", true).await;
+    publisher.publish("cmd/dev-1", QoS::AtLeastOnce, false, "after-restart-1").await;
+    let mut client = Client::connect(env.port, "dev-1", false).await;
+    let got = client.recv(1, LONG).await;
+    assert_eq!(got[0].payload.as_ref(), b"after-restart-1", "replayed through the restored subscription");
+    // The restored subscription is live too.
+    publisher.publish("cmd/dev-1", QoS::AtLeastOnce, false, "after-restart-2").await;
+    let got = client.recv(1, LONG).await;
+    assert_eq!(got[0].payload.as_ref(), b"after-restart-2");
+    client.disconnect().await;
+
+    // A clean start is a new session with no subscriptions, and what it subscribes ends with it.
+    let mut client = Client::connect(env.port, "dev-1", true).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(env.subscriptions().await.is_empty(), "a clean start clears the stored subscriptions");
+    client.subscribe("cmd/clean", QoS::AtLeastOnce).await;
+    assert_eq!(env.subscriptions().await, vec![("dev-1".into(), "cmd/clean".into(), 1)]);
+    client.disconnect().await;
+    env.wait_count("mqtt_sub", 0, LONG).await;
+    drop(broker2);
+}
+
+on_both_backends!(only_matching_qos1_and_2_non_sys_topics_are_stored);
+async fn only_matching_qos1_and_2_non_sys_topics_are_stored(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start(r#"topics = ["keep/#", "+/exact"]"#).await;
+    let mut p = Client::connect(env.port, "filter-pub", true).await;
+    p.publish("keep/a", QoS::AtMostOnce, false, "qos0").await;
+    p.publish("drop/a", QoS::AtLeastOnce, false, "no match").await;
+    p.publish("$SYS/keep/x", QoS::AtLeastOnce, false, "sys").await;
+    p.publish("keep/b", QoS::AtLeastOnce, false, "yes1").await;
+    p.publish("x/exact", QoS::ExactlyOnce, false, "yes2").await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let topics: Vec<String> = env.messages().await.into_iter().map(|r| r.topic).collect();
+    assert_eq!(topics, vec!["keep/b", "x/exact"]);
+}
+
+on_both_backends!(hostile_topic_and_client_id_are_stored_verbatim);
+async fn hostile_topic_and_client_id_are_stored_verbatim(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let client_id = r#"x'); DROP TABLE mqtt_sub; -- "\"#;
+    let topic = r#"a/'; DELETE FROM mqtt_msg; --/"quoted"/back\slash/select * from"#;
+    let mut c = Client::connect(env.port, client_id, false).await;
+    c.subscribe(topic, QoS::AtLeastOnce).await;
+    c.publish(topic, QoS::AtLeastOnce, false, "payload'\\").await;
+    c.recv(1, LONG).await;
+    env.wait_count("mqtt_msg", 0, LONG).await;
+    env.wait_count("mqtt_sub", 1, LONG).await;
+    // Offline now: the next message stays stored (its persistent session queues it unacknowledged).
+    c.disconnect().await;
+    assert_eq!(env.subscriptions().await, vec![(client_id.to_string(), topic.to_string(), 1)]);
+    let mut p = Client::connect(env.port, "other", true).await;
+    p.publish(topic, QoS::AtLeastOnce, false, "second").await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    let rows = env.messages().await;
+    assert_eq!((rows[0].topic.as_str(), rows[0].sender.as_str()), (topic, "other"));
+    assert_eq!(env.count("mqtt_sub").await, 1, "both tables intact");
+}
+
+on_both_backends!(a_users_own_insert_template_is_used);
+async fn a_users_own_insert_template_is_used(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    match backend {
+        Backend::MySql => env.exec("create table my_log (topic varchar(200) not null, body blob)").await,
+        Backend::Sqlite => env.exec("create table my_log (topic text not null, body blob)").await,
+    };
+    let _broker =
+        env.start(r#"insert_message_sql = "insert into my_log (topic, body) values (${topic}, ${payload})""#).await;
+    let mut p = Client::connect(env.port, "tmpl-pub", true).await;
+    for i in 0..3 {
+        p.publish("custom/t", QoS::AtLeastOnce, false, format!("b{i}")).await;
+    }
+    let start = std::time::Instant::now();
+    while env.exec("select count(*) from my_log").await != Some(3) {
+        assert!(start.elapsed() < LONG, "rows never reached my_log");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(env.count("mqtt_msg").await, 0, "the default table is not written");
+}
+
+on_both_backends!(a_retained_message_reaches_a_new_subscriber_once);
+async fn a_retained_message_reaches_a_new_subscriber_once(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let mut p = Client::connect(env.port, "ret-pub", true).await;
+    p.publish("state/door", QoS::AtLeastOnce, false, "opened").await;
+    p.publish("state/door", QoS::AtLeastOnce, true, "closed").await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    let mut s = Client::connect(env.port, "ret-sub", true).await;
+    s.subscribe("state/door", QoS::AtLeastOnce).await;
+    let mut got: Vec<Vec<u8>> = s.recv(2, LONG).await.into_iter().map(|p| p.payload.to_vec()).collect();
+    got.extend(s.drain(Duration::from_millis(700)).await.into_iter().map(|p| p.payload.to_vec()));
+    got.sort();
+    assert_eq!(got, vec![b"closed".to_vec(), b"opened".to_vec()], "the stored message and the retained one, each once");
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}
+
+/// Runs Debian's `mosquitto_pub` or `mosquitto_sub` (package mosquitto-clients) against the
+/// broker as an MQTT 5 client with QoS 1.
+fn mosquitto(program: &str, port: u16, client_id: &str, topic: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "5", "-q", "1", "-i", client_id, "-t", topic])
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (Debian package mosquitto-clients): {e}"))
+}
+
+/// A client nobody here wrote.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_publish_and_receive_the_replay() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let _broker = env.start("").await;
+    let port = env.port;
+    for i in 0..3 {
+        let out = mosquitto("mosquitto_pub", port, "mosq-pub", "mosq/t", &["-m", &format!("hello {i}")]);
+        assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    let out = tokio::task::spawn_blocking(move || {
+        mosquitto("mosquitto_sub", port, "mosq-sub", "mosq/t", &["-C", "3", "-W", "30"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello 0\nhello 1\nhello 2\n");
+    env.wait_count("mqtt_msg", 0, LONG).await;
+    // mosquitto_sub's session was a clean one: its subscription ended with it.
+    env.wait_count("mqtt_sub", 0, LONG).await;
+}
+
+on_both_backends!(an_ack_before_the_flush_still_deletes);
+async fn an_ack_before_the_flush_still_deletes(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    // The writer holds messages for up to 3 s, so the live subscriber acks long before the insert.
+    let _broker = env.start(r#"batch_time = 3s"#).await;
+    let mut live = Client::connect(env.port, "live-sub", true).await;
+    live.subscribe("fast/t", QoS::AtLeastOnce).await;
+    let mut p = Client::connect(env.port, "fast-pub", true).await;
+    p.publish("fast/t", QoS::AtLeastOnce, false, "acked-early").await;
+    assert_eq!(live.recv(1, LONG).await[0].payload.as_ref(), b"acked-early");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A new subscriber's replay flushes the writer first: the acked message must not come back.
+    let mut late = Client::connect(env.port, "late-sub", true).await;
+    late.subscribe("fast/t", QoS::AtLeastOnce).await;
+    assert!(late.drain(Duration::from_secs(1)).await.is_empty(), "an acknowledged message is never replayed");
+    assert_eq!(env.count("mqtt_msg").await, 0);
+}
+
+on_both_backends!(sigterm_flushes_what_the_writer_holds);
+async fn sigterm_flushes_what_the_writer_holds(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let mut broker = env.start(r#"batch_time = 60s"#).await;
+    let mut p = Client::connect(env.port, "late-flush", true).await;
+    for i in 0..3 {
+        p.publish("flush/t", QoS::AtLeastOnce, false, format!("f{i}")).await;
+    }
+    assert_eq!(env.count("mqtt_msg").await, 0, "still in the writer's buffer");
+    p.disconnect().await;
+    assert_eq!(broker.stop(), Some(0));
+    assert_eq!(
+        env.messages().await.iter().map(|r| r.payload.clone()).collect::<Vec<_>>(),
+        vec![b"f0".to_vec(), b"f1".to_vec(), b"f2".to_vec()]
+    );
+}
+
+on_both_backends!(wildcard_subscriptions_replay_every_matching_message_in_order);
+async fn wildcard_subscriptions_replay_every_matching_message_in_order(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let mut p = Client::connect(env.port, "wild-pub", true).await;
+    // Topics chosen against the traps: LIKE's own wildcards and escape, case, the parent of `#`.
+    let topics =
+        ["home", "home/kitchen/temp", "office/1", "home/hall", "Home/x", "home%_!/a", "homeX/a", "home%_!/b/c"];
+    for (i, t) in topics.iter().enumerate() {
+        p.publish(t, QoS::AtLeastOnce, false, format!("{i}")).await;
+    }
+    env.wait_count("mqtt_msg", topics.len() as i64, LONG).await;
+
+    let replayed = |got: Vec<rumqttc::Publish>| -> Vec<String> {
+        got.into_iter().map(|p| format!("{}={}", p.topic, String::from_utf8_lossy(&p.payload))).collect()
+    };
+    let mut s = Client::connect(env.port, "wild-sub-1", true).await;
+    s.subscribe("home%_!/+", QoS::AtLeastOnce).await;
+    assert_eq!(replayed(s.drain(Duration::from_millis(700)).await), vec!["home%_!/a=5"]);
+    s.subscribe("home/#", QoS::AtLeastOnce).await;
+    assert_eq!(
+        replayed(s.drain(Duration::from_millis(700)).await),
+        vec!["home=0", "home/kitchen/temp=1", "home/hall=3"]
+    );
+    s.subscribe("+/1", QoS::AtLeastOnce).await;
+    assert_eq!(replayed(s.drain(Duration::from_millis(700)).await), vec!["office/1=2"]);
+    s.subscribe("#", QoS::AtLeastOnce).await;
+    assert_eq!(replayed(s.drain(Duration::from_millis(700)).await), vec!["Home/x=4", "homeX/a=6", "home%_!/b/c=7"]);
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}
+
+/// MySQL: the only backend with a `pool_size` to exhaust.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_does_not_stop_the_writer() {
+    let env = TestEnv::new(Backend::MySql).await;
+    // One replay connection: the stuck replay holds it for as long as it waits.
+    let mut broker = env.start("pool_size = 1").await;
+    let p = Client::connect(env.port, "stuck-pub", true).await;
+    for i in 0..400 {
+        p.client.publish("stuck/t", QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+    }
+    env.wait_count("mqtt_msg", 400, LONG).await;
+    // Never acknowledges: the broker stops after its inflight window, the replay waits for room.
+    let mut stuck = Client::connect_with(env.port, "stuck-sub", true, true).await;
+    stuck.subscribe("stuck/t", QoS::AtLeastOnce).await;
+    stuck.recv(10, LONG).await;
+    for i in 0..50 {
+        p.client.publish("other/t", QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+    }
+    env.wait_count("mqtt_msg", 450, LONG).await;
+    drop(stuck);
+    assert_eq!(broker.stop(), Some(0), "shutdown does not wait for the stuck replay");
+}
+
+on_both_backends!(a_resubscribe_does_not_replay_the_backlog_again);
+async fn a_resubscribe_does_not_replay_the_backlog_again(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let mut p = Client::connect(env.port, "resub-pub", true).await;
+    for i in 0..5 {
+        p.publish("resub/t", QoS::AtLeastOnce, false, format!("{i}")).await;
+    }
+    env.wait_count("mqtt_msg", 5, LONG).await;
+    // QoS 0: the subscriber never acks, so the rows stay (queue mode as the reference).
+    let mut s = Client::connect(env.port, "resub-sub", true).await;
+    s.subscribe("resub/t", QoS::AtMostOnce).await;
+    assert_eq!(s.recv(5, LONG).await.len(), 5);
+    s.subscribe("resub/t", QoS::AtMostOnce).await;
+    assert!(s.drain(Duration::from_secs(1)).await.is_empty(), "the same filter again: no second replay");
+    assert_eq!(env.count("mqtt_msg").await, 5);
+}
+
+on_both_backends!(a_row_the_database_refuses_does_not_fail_its_batch);
+async fn a_row_the_database_refuses_does_not_fail_its_batch(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    env.exec("create table short_log (topic varchar(100) not null check (length(topic) <= 8), body blob)").await;
+    // A long batch_time puts all five in one batch.
+    let broker = env.start(r#"insert_message_sql = "insert into short_log (topic, body) values (${topic}, ${payload})", batch_time = 1s"#).await;
+    let p = Client::connect(env.port, "refused-pub", true).await;
+    for t in ["ok/1", "ok/2", "far/too/long/topic", "ok/3", "ok/4"] {
+        p.client.publish(t, QoS::AtLeastOnce, false, t.as_bytes().to_vec()).await.unwrap();
+    }
+    let start = std::time::Instant::now();
+    while env.exec("select count(*) from short_log").await != Some(4) {
+        assert!(start.elapsed() < LONG, "the four good rows never landed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(broker.log_text().contains("the database refused this message"), "the refused row is logged");
+}
