@@ -17,6 +17,7 @@ use crate::config::Config;
 use crate::message::{Message, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
 use crate::store::{AckedMessage, Store, StoreError};
+use crate::subscriptions::SubscriptionWriter;
 use crate::topic::{is_sys_topic, parse_shared, TopicFilter};
 use crate::writer::{BatchLimits, BatchWriter, WriterStats};
 
@@ -128,6 +129,7 @@ impl AckIndex {
 pub struct Engine {
     store: Arc<Store>,
     writer: BatchWriter,
+    subscriptions: SubscriptionWriter,
     ids: MessageIdGenerator,
     topics: Vec<TopicFilter>,
     acks: Mutex<AckIndex>,
@@ -157,11 +159,13 @@ impl Engine {
             queue_capacity: storage.batch_size.saturating_mul(QUEUE_BATCHES),
         };
         let writer = BatchWriter::spawn(store.clone(), limits);
+        let subscriptions = SubscriptionWriter::spawn(store.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
         tracing::info!(backend = backend.name(), node_id, topics = ?storage.topics, batch_size = limits.batch_size, batch_time_ms = limits.batch_time.as_millis() as u64, "offline-messages engine started");
         Ok(Arc::new(Engine {
             store,
             writer,
+            subscriptions,
             ids: MessageIdGenerator::new(node_id),
             topics,
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
@@ -203,25 +207,24 @@ impl Engine {
 
     /// A client subscribed: store the subscription.
     pub async fn on_subscribed(&self, sub: &Subscription) -> Result<(), StoreError> {
-        self.store.upsert_subscription(sub).await
+        self.subscriptions.upsert(sub.clone()).await
     }
 
     /// A client unsubscribed: forget the subscription.
     pub async fn on_unsubscribed(&self, sub: &Subscription) -> Result<(), StoreError> {
-        self.store.delete_subscription(sub).await
+        self.subscriptions.delete(sub.clone()).await
     }
 
     /// The subscriptions stored for a client, to restore when it connects without a clean start.
     pub async fn stored_subscriptions(&self, client_id: &str) -> Result<Vec<Subscription>, StoreError> {
+        self.subscriptions.flush().await;
         self.store.select_subscriptions(client_id).await
     }
 
-    /// A clean start: the new session has no subscriptions, so none stay stored.
-    pub async fn forget_subscriptions(&self, client_id: &str) -> Result<(), StoreError> {
-        for sub in self.store.select_subscriptions(client_id).await? {
-            self.store.delete_subscription(&sub).await?;
-        }
-        Ok(())
+    /// A clean start or an ended session: no subscription of the client stays stored. Queued, not
+    /// awaited, so the broker's session teardown never waits on the database.
+    pub fn forget_subscriptions(&self, client_id: &str) {
+        self.subscriptions.forget(client_id);
     }
 
     /// Replays the stored messages matching `sub` to `sink`, in the order of `select_message_sql`.
@@ -265,11 +268,12 @@ impl Engine {
         self.writer.stats()
     }
 
-    /// Flushes the writer (waiting at most `deadline`) and closes the database pool.
+    /// Flushes the writers (waiting at most `deadline`) and closes the database pool.
     pub async fn shutdown(&self, deadline: Duration) {
         let queued = self.writer.queued();
-        match tokio::time::timeout(deadline, self.writer.flush()).await {
-            Ok(()) => tracing::info!(queued, "writer flushed"),
+        let flushed = async { tokio::join!(self.writer.flush(), self.subscriptions.flush()) };
+        match tokio::time::timeout(deadline, flushed).await {
+            Ok(_) => tracing::info!(queued, "writer flushed"),
             Err(_) => tracing::error!(
                 queued = self.writer.queued(),
                 deadline_ms = deadline.as_millis() as u64,

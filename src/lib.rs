@@ -9,6 +9,7 @@ pub mod host;
 pub mod message;
 pub mod message_id;
 pub mod store;
+pub mod subscriptions;
 pub mod template;
 pub mod topic;
 pub mod writer;

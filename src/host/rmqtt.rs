@@ -247,9 +247,7 @@ impl Hooks {
         // A SUBSCRIBE the broker refused leaves its mark behind; a new connection starts clean.
         self.resubscribes.lock().expect("resubscribes lock").retain(|(c, _)| *c != client_id);
         if clean_start {
-            if let Err(e) = self.engine.forget_subscriptions(&client_id).await {
-                tracing::error!(client_id, error = %e, "clearing stored subscriptions on a clean start failed");
-            }
+            self.engine.forget_subscriptions(&client_id);
             return;
         }
         // A resumed session (session present) gets its subscriptions back from the broker itself,
@@ -295,11 +293,8 @@ impl Hooks {
         if self.scx.extends.shared().await.entry(session.id.clone()).id_same() == Some(false) {
             return;
         }
-        let client_id = session.id.client_id.to_string();
-        match self.engine.forget_subscriptions(&client_id).await {
-            Ok(()) => tracing::debug!(client_id, "session ended; its stored subscriptions are deleted"),
-            Err(e) => tracing::error!(client_id, error = %e, "deleting the subscriptions of an ended session failed"),
-        }
+        tracing::debug!(client_id = %session.id.client_id, "session ended; its stored subscriptions go");
+        self.engine.forget_subscriptions(&session.id.client_id);
     }
 
     /// Replays in a task of its own: the hook runs on the client's task, which must keep running
