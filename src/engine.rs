@@ -60,6 +60,12 @@ pub trait ReplaySink: Send {
         m: StoredMessage,
         timestamp_ms: i64,
     ) -> impl std::future::Future<Output = Result<(), ReplayError>> + Send;
+
+    /// True when the stored row with this message id must not be delivered (the subscriber gets a
+    /// live copy instead; see [`crate::gate`]).
+    fn skip(&mut self, _msgid: &str) -> bool {
+        false
+    }
 }
 
 /// What identifies a delivered message when its ack comes back: the host reports the publisher,
@@ -246,7 +252,7 @@ impl Engine {
         let mut delivered = 0;
         while let Some(row) = rows.next().await {
             let m = row?;
-            if !filter.matches(&m.topic) {
+            if !filter.matches(&m.topic) || sink.skip(&m.msgid) {
                 continue;
             }
             let timestamp_ms = now_ms();
@@ -257,6 +263,12 @@ impl Engine {
             delivered += 1;
         }
         Ok(delivered)
+    }
+
+    /// The message id of a persisted message the broker is delivering live, if it is still known.
+    pub fn msgid_of(&self, d: Delivery<'_>) -> Option<String> {
+        let key = AckKey::of(d, &self.ack_keys);
+        self.acks.lock().expect("ack index lock").rows.get(&key)?.front().map(|r| r.msgid.clone())
     }
 
     fn remember(&self, key: AckKey, msgid: &str, from: &str, topic: &str) {

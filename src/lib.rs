@@ -5,6 +5,7 @@
 
 pub mod config;
 pub mod engine;
+pub mod gate;
 pub mod host;
 pub mod message;
 pub mod message_id;

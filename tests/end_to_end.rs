@@ -378,3 +378,41 @@ async fn a_row_the_database_refuses_does_not_fail_its_batch(backend: Backend) {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(broker.log_text().contains("the database refused this message"), "the refused row is logged");
 }
+
+// Reference weakness 9: a publish racing a subscribe came twice, or before older stored messages.
+on_both_backends!(messages_published_during_a_replay_follow_it_once_each);
+async fn messages_published_during_a_replay_follow_it_once_each(backend: Backend) {
+    const BACKLOG: usize = 3000;
+    const LIVE: usize = 3000;
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let mut p = Client::connect(env.port, "seam-pub", true).await;
+    for i in 0..BACKLOG {
+        p.publish("seam/t", QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    env.wait_count("mqtt_msg", BACKLOG as i64, LONG).await;
+    let publishing = tokio::spawn(async move {
+        for i in BACKLOG..BACKLOG + LIVE {
+            p.publish("seam/t", QoS::AtLeastOnce, false, i.to_string()).await;
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let mut s = Client::connect(env.port, "seam-sub", true).await;
+    s.subscribe("seam/#", QoS::AtLeastOnce).await;
+    assert!(!publishing.is_finished(), "the subscribe must race the live publishes");
+    publishing.await.unwrap();
+    let got: Vec<usize> = s
+        .recv(BACKLOG + LIVE, LONG)
+        .await
+        .iter()
+        .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
+        .collect();
+    let extra = s.drain(Duration::from_secs(1)).await.len();
+    let out_of_order = got.windows(2).filter(|w| w[0] >= w[1]).count();
+    let breaks: Vec<_> =
+        got.windows(2).enumerate().filter(|(_, w)| w[0] >= w[1]).map(|(i, w)| (i, w[0], w[1])).collect();
+    assert_eq!(out_of_order, 0, "every message after the one before it: {breaks:?}");
+    assert_eq!(got, (0..BACKLOG + LIVE).collect::<Vec<_>>());
+    assert_eq!(extra, 0, "no message twice");
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}

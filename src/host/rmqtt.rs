@@ -3,7 +3,7 @@
 //! This is the only module that imports rmqtt. It converts rmqtt's types at the edge, paces
 //! replays against the subscriber's session queue, and owns nothing else.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -18,7 +18,11 @@ use rmqtt::types::{From, Id, Publish, QoS, Subscribe};
 use tokio::sync::Notify;
 
 use crate::engine::{Delivery, Engine, ReplayError, ReplaySink};
+use crate::gate::{Gate, Gates};
 use crate::message::{StoredMessage, Subscription};
+
+/// A live message held back while a replay runs.
+type Live = (From, Publish);
 
 /// Plugin name in rmqtt's plugin manager.
 pub const PLUGIN_NAME: &str = "mqtt-offline-messages";
@@ -57,7 +61,13 @@ struct OfflineMessagesPlugin {
 impl OfflineMessagesPlugin {
     fn new(scx: ServerContext, engine: Arc<Engine>) -> Self {
         let register = scx.extends.hook_mgr().register();
-        let hooks = Arc::new(Hooks { scx, engine, windows: Mutex::default(), resubscribes: Mutex::default() });
+        let hooks = Arc::new(Hooks {
+            scx,
+            engine,
+            windows: Mutex::default(),
+            resubscribes: Mutex::default(),
+            gates: Gates::default(),
+        });
         OfflineMessagesPlugin { register, hooks }
     }
 }
@@ -82,6 +92,7 @@ impl Plugin for OfflineMessagesPlugin {
             Type::MessageAcked,
             Type::MessageDelivered,
             Type::MessageDropped,
+            Type::MessageExpiryCheck,
             Type::ClientSubscribe,
             Type::SessionSubscribed,
             Type::SessionUnsubscribed,
@@ -134,6 +145,8 @@ struct Hooks {
     windows: Mutex<HashMap<String, Arc<ReplayWindow>>>,
     /// (client id, filter) of SUBSCRIBEs for a filter the session already holds: no second replay.
     resubscribes: Mutex<HashSet<(String, String)>>,
+    /// Live messages held back while their subscription's replay runs.
+    gates: Gates<Live>,
 }
 
 struct HookHandler(Arc<Hooks>);
@@ -151,6 +164,12 @@ impl Handler for HookHandler {
             }
             Parameter::MessageAcked(_, from, publish) => hooks.acked(from, publish).await,
             Parameter::MessageDelivered(session, from, _) => hooks.delivered(&session.id.client_id, from),
+            Parameter::MessageExpiryCheck(session, from, publish) => {
+                if hooks.hold(&session.id.client_id, from, publish) {
+                    // The broker drops it here; the replay delivers it after the stored messages.
+                    return (false, Some(HookResult::MessageExpiry));
+                }
+            }
             Parameter::MessageDropped(Some(to), from, _, reason) => {
                 if from.id.lid == REPLAY_LISTENER_ID {
                     tracing::warn!(client_id = %to.client_id, reason = %reason, "a replayed message was dropped by the broker; it stays stored");
@@ -203,33 +222,52 @@ impl Hooks {
         }
     }
 
-    /// Before the broker adds a subscription: note whether the session already holds the filter
-    /// (as the reference 2.0.1 does, a re-subscribe stores the new QoS but does not replay again).
+    /// Before the broker adds a subscription: a new one gets a gate, so that its live messages wait
+    /// for its replay. One the session already holds is noted: as the reference 2.0.1 does, a
+    /// re-subscribe stores the new QoS but does not replay again.
     async fn subscribing(&self, session: &Session, sub: &Subscribe) {
         let held = match session.subscriptions().await {
             Ok(subs) => subs.to_topic_filters().await.contains(&sub.topic_filter),
             Err(_) => false,
         };
+        let filter = subscribed_filter(sub);
         if held {
-            let key = (session.id.client_id.to_string(), sub.topic_filter.to_string());
-            self.resubscribes.lock().expect("resubscribes lock").insert(key);
+            self.resubscribes.lock().expect("resubscribes lock").insert((session.id.client_id.to_string(), filter));
+        } else {
+            self.gates.open(&session.id.client_id, &filter);
         }
     }
 
     async fn subscribed(self: &Arc<Self>, session: &Session, sub: &Subscribe) {
-        let key = (session.id.client_id.to_string(), sub.topic_filter.to_string());
-        let resubscribe = self.resubscribes.lock().expect("resubscribes lock").remove(&key);
-        let filter = match sub.opts.shared_group() {
-            Some(group) => format!("$share/{group}/{}", sub.topic_filter),
-            None => sub.topic_filter.to_string(),
-        };
-        let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: sub.opts.qos().value() };
+        let filter = subscribed_filter(sub);
+        let client_id = session.id.client_id.to_string();
+        let resubscribe =
+            self.resubscribes.lock().expect("resubscribes lock").remove(&(client_id.clone(), filter.clone()));
+        let sub = Subscription { client_id, filter, qos: sub.opts.qos().value() };
         if let Err(e) = self.engine.on_subscribed(&sub).await {
             tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "storing a subscription failed");
         }
         if !resubscribe {
-            self.spawn_replay(session.id.clone(), sub);
+            let gate = self.gates.claim(&sub.client_id, &sub.filter);
+            self.spawn_replay(session.id.clone(), sub, gate);
         }
+    }
+
+    /// A live delivery to `client_id`: true if a running replay holds it back.
+    fn hold(&self, client_id: &str, from: &From, publish: &Publish) -> bool {
+        // Replayed messages pass; so do the retainer's, which a replay never delivers itself.
+        if from.id.lid == REPLAY_LISTENER_ID || publish.retain {
+            return false;
+        }
+        let delivery = Delivery {
+            from: &from.id.client_id,
+            topic: &publish.topic,
+            timestamp_ms: publish.create_time.unwrap_or_default(),
+            payload: &publish.payload,
+            retained: false,
+        };
+        let live = (from.clone(), publish.clone());
+        self.gates.hold(client_id, &publish.topic, live, || self.engine.msgid_of(delivery)).is_ok()
     }
 
     /// A client connected: a clean start clears its stored subscriptions; a persistent session the
@@ -246,6 +284,7 @@ impl Hooks {
         let client_id = session.id.client_id.to_string();
         // A SUBSCRIBE the broker refused leaves its mark behind; a new connection starts clean.
         self.resubscribes.lock().expect("resubscribes lock").retain(|(c, _)| *c != client_id);
+        self.gates.close_client(&client_id);
         if clean_start {
             self.engine.forget_subscriptions(&client_id);
             return;
@@ -272,13 +311,16 @@ impl Hooks {
                     continue;
                 }
             };
+            let gate = self.gates.open(&client_id, &sub.filter);
             let entry = self.scx.extends.shared().await.entry(session.id.clone());
             match entry.subscribe(&subscribe).await {
                 Ok(_) => {
                     tracing::info!(client_id, topic = %sub.filter, "restored a stored subscription");
-                    self.spawn_replay(session.id.clone(), sub);
+                    let gate = self.gates.claim(&client_id, &sub.filter);
+                    self.spawn_replay(session.id.clone(), sub, gate);
                 }
                 Err(e) => {
+                    self.gates.close(&gate);
                     tracing::warn!(client_id, topic = %sub.filter, error = %e, "restoring a stored subscription failed")
                 }
             }
@@ -293,19 +335,22 @@ impl Hooks {
         if self.scx.extends.shared().await.entry(session.id.clone()).id_same() == Some(false) {
             return;
         }
+        self.gates.close_client(&session.id.client_id);
         tracing::debug!(client_id = %session.id.client_id, "session ended; its stored subscriptions go");
         self.engine.forget_subscriptions(&session.id.client_id);
     }
 
     /// Replays in a task of its own: the hook runs on the client's task, which must keep running
-    /// to send SUBACK and deliver what the replay queues.
-    fn spawn_replay(self: &Arc<Self>, id: Id, sub: Subscription) {
+    /// to send SUBACK and deliver what the replay queues. The live messages the gate held back
+    /// follow the stored ones.
+    fn spawn_replay(self: &Arc<Self>, id: Id, sub: Subscription, gate: Option<Arc<Gate<Live>>>) {
         let hooks = self.clone();
         tokio::spawn(async move {
             let window =
                 hooks.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
-            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos };
-            match hooks.engine.replay(&sub, &mut sink).await {
+            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos, gate };
+            let result = hooks.engine.replay(&sub, &mut sink).await;
+            match &result {
                 Ok(0) => tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay"),
                 Ok(n) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = n, "replay done"),
                 Err(e @ (ReplayError::SubscriberGone | ReplayError::SubscriberStalled(_))) => {
@@ -313,6 +358,13 @@ impl Hooks {
                 }
                 Err(e) => {
                     tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; the messages stay stored")
+                }
+            }
+            if let Some(gate) = sink.gate.take() {
+                if matches!(result, Err(ReplayError::SubscriberGone)) {
+                    hooks.gates.close(&gate);
+                } else {
+                    sink.release_held(&hooks.gates, &gate).await;
                 }
             }
             drop(sink);
@@ -324,6 +376,14 @@ impl Hooks {
     }
 }
 
+/// The filter a SUBSCRIBE names, `$share/group/` included.
+fn subscribed_filter(sub: &Subscribe) -> String {
+    match sub.opts.shared_group() {
+        Some(group) => format!("$share/{group}/{}", sub.topic_filter),
+        None => sub.topic_filter.to_string(),
+    }
+}
+
 /// Delivers replayed messages into one client's session, at most [`REPLAY_WINDOW`] ahead of what
 /// the session has sent on.
 struct SessionSink {
@@ -331,12 +391,53 @@ struct SessionSink {
     id: Id,
     window: Arc<ReplayWindow>,
     qos: u8,
+    gate: Option<Arc<Gate<Live>>>,
 }
 
 impl ReplaySink for SessionSink {
     async fn deliver(&mut self, m: StoredMessage, timestamp_ms: i64) -> Result<(), ReplayError> {
+        if self.retainer_delivers(&m).await {
+            return Ok(());
+        }
+        let qos = QoS::try_from(m.qos.min(self.qos)).unwrap_or(QoS::AtLeastOnce);
+        let publish = Publish::from(CodecPublish {
+            dup: false,
+            retain: false,
+            qos,
+            topic: m.topic.as_str().into(),
+            packet_id: None,
+            payload: m.payload,
+            properties: None,
+        })
+        .create_time(timestamp_ms);
+        self.forward(&m.from, publish).await
+    }
+
+    fn skip(&mut self, msgid: &str) -> bool {
+        self.gate.as_ref().is_some_and(|g| g.replaying(msgid))
+    }
+}
+
+impl SessionSink {
+    /// Queues one message into the session, from `publisher` through the replay's listener id,
+    /// once the session has room for it.
+    async fn forward(&mut self, publisher: &str, publish: Publish) -> Result<(), ReplayError> {
+        self.wait_below(REPLAY_WINDOW).await?;
+        let from =
+            From::from_custom(Id::new(self.scx.node.id(), REPLAY_LISTENER_ID, None, None, publisher.into(), None));
+        self.window.outstanding.fetch_add(1, Ordering::AcqRel);
+        let entry = self.scx.extends.shared().await.entry(self.id.clone());
+        if entry.publish(from, publish).await.is_err() {
+            self.window.release();
+            return Err(ReplayError::SubscriberGone);
+        }
+        Ok(())
+    }
+
+    /// Waits until fewer than `limit` forwarded messages are still in the session's queue.
+    async fn wait_below(&self, limit: usize) -> Result<(), ReplayError> {
         let waiting_since = tokio::time::Instant::now();
-        while self.window.outstanding.load(Ordering::Acquire) >= REPLAY_WINDOW {
+        while self.window.outstanding.load(Ordering::Acquire) >= limit {
             let progressed = self.window.progress.notified();
             if tokio::time::timeout(REPLAY_STALL_CHECK, progressed).await.is_ok() {
                 continue;
@@ -348,39 +449,36 @@ impl ReplaySink for SessionSink {
                 return Err(ReplayError::SubscriberStalled(REPLAY_STALL_LIMIT));
             }
         }
-        if self.retainer_delivers(&m).await {
-            return Ok(());
+        Ok(())
+    }
+
+    /// Delivers what the gate held back while the replay ran, until it holds nothing and closes.
+    /// The gate checks a live message when it leaves the session's queue, so it closes only once
+    /// everything forwarded has left it: a live message queued behind the replay is held, too.
+    async fn release_held(&mut self, gates: &Gates<Live>, gate: &Gate<Live>) {
+        loop {
+            let result = match self.wait_below(1).await {
+                Ok(()) => match gates.drain_or_close(gate) {
+                    None => return,
+                    Some(held) => self.forward_all(held).await,
+                },
+                Err(e) => Err(e),
+            };
+            if let Err(e) = result {
+                tracing::info!(client_id = %self.id.client_id, reason = %e, "live messages held during a replay were not delivered; the persisted ones stay stored");
+                gates.close(gate);
+                return;
+            }
         }
-        let qos = QoS::try_from(m.qos.min(self.qos)).unwrap_or(QoS::AtLeastOnce);
-        let from = From::from_custom(Id::new(
-            self.scx.node.id(),
-            REPLAY_LISTENER_ID,
-            None,
-            None,
-            m.from.as_str().into(),
-            None,
-        ));
-        let publish = Publish::from(CodecPublish {
-            dup: false,
-            retain: false,
-            qos,
-            topic: m.topic.as_str().into(),
-            packet_id: None,
-            payload: m.payload,
-            properties: None,
-        })
-        .create_time(timestamp_ms);
-        self.window.outstanding.fetch_add(1, Ordering::AcqRel);
-        let entry = self.scx.extends.shared().await.entry(self.id.clone());
-        if entry.publish(from, publish).await.is_err() {
-            self.window.release();
-            return Err(ReplayError::SubscriberGone);
+    }
+
+    async fn forward_all(&mut self, held: VecDeque<Live>) -> Result<(), ReplayError> {
+        for (from, publish) in held {
+            self.forward(&from.id.client_id, publish).await?;
         }
         Ok(())
     }
-}
 
-impl SessionSink {
     /// A stored retained message that is still the topic's retained message reaches the new
     /// subscriber from the broker's retainer; replaying it too would deliver it twice.
     async fn retainer_delivers(&self, m: &StoredMessage) -> bool {
