@@ -164,11 +164,11 @@ impl Handler for HookHandler {
             }
             Parameter::MessageAcked(_, from, publish) => hooks.acked(from, publish).await,
             Parameter::MessageDelivered(session, from, _) => hooks.delivered(&session.id.client_id, from),
-            Parameter::MessageExpiryCheck(session, from, publish) => {
-                if hooks.hold(&session.id.client_id, from, publish) {
-                    // The broker drops it here; the replay delivers it after the stored messages.
-                    return (false, Some(HookResult::MessageExpiry));
-                }
+            // The broker drops a held message here; the replay delivers it after the stored ones.
+            Parameter::MessageExpiryCheck(session, from, publish)
+                if hooks.hold(&session.id.client_id, from, publish) =>
+            {
+                return (false, Some(HookResult::MessageExpiry));
             }
             Parameter::MessageDropped(Some(to), from, _, reason) => {
                 if from.id.lid == REPLAY_LISTENER_ID {
