@@ -154,6 +154,34 @@ pub struct StorageConfig {
     pub templates: Templates,
     pub batch_size: usize,
     pub batch_time: Duration,
+    pub delivery_mode: DeliveryMode,
+    pub restore_subscriptions: RestoreSubscriptions,
+    /// How long a message is kept; `None` keeps it until acknowledged (or forever in `fanout`).
+    pub message_ttl: Option<Duration>,
+    /// Stored messages kept per topic, oldest dropped first; `None`: no cap.
+    pub max_messages_per_topic: Option<u64>,
+    /// Rows one replay query reads; a replay reads page after page until it has them all.
+    pub replay_page_size: u32,
+}
+
+/// What an acknowledgement does to a stored message (`delivery_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DeliveryMode {
+    /// The reference's: the first ack deletes the message for everybody.
+    #[default]
+    Queue,
+    /// Rows stay; each subscriber gets every message once.
+    Fanout,
+}
+
+/// When stored subscriptions are restored (`restore_subscriptions`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestoreSubscriptions {
+    /// MQTT's sessions: a clean start clears them; an ended session takes them along.
+    #[default]
+    Persistent,
+    /// The reference's: kept until unsubscribed, restored on every connect.
+    Always,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -164,32 +192,49 @@ pub struct Templates {
     pub insert_subscription_sql: String,
     pub select_subscriptions_sql: String,
     pub delete_subscription_sql: String,
+    pub insert_delivery_sql: String,
+    pub purge_expired_sql: String,
+    pub trim_topic_sql: String,
 }
 
 const DELETE_MESSAGE_SQL: &str = "delete from mqtt_msg where msgid = ${id}";
-const SELECT_MESSAGE_SQL: &str = "select * from mqtt_msg where topic like ${topic_like} escape '!' order by id";
+/// Unexpired rows matching the filter's literal prefix that this client has not had yet, a page
+/// at a time, in publish order.
+const SELECT_MESSAGE_SQL: &str = "select * from mqtt_msg m where m.topic like ${topic_like} escape '!' \
+and m.id > ${after_id} and (m.expiry is null or m.expiry > ${now}) \
+and not exists (select 1 from mqtt_delivered d where d.clientid = ${clientid} and d.msgid = m.msgid) \
+order by m.id limit ${limit}";
 const SELECT_SUBSCRIPTIONS_SQL: &str = "select topic, qos from mqtt_sub where clientid = ${clientid}";
 const DELETE_SUBSCRIPTION_SQL: &str = "delete from mqtt_sub where clientid = ${clientid} and topic = ${topic}";
 
 impl Templates {
-    /// The reference plugin's templates (MySQL dialect), except the select: it reads the filter's
-    /// topic range (wildcards included) in publish order.
+    /// The reference plugin's templates (MySQL dialect) with our columns (`expiry`, `properties`),
+    /// and ours for what the reference lacks. The select reads the filter's literal prefix, pages,
+    /// and leaves out expired rows and rows this client has had.
     pub fn mysql_default() -> Templates {
         Templates {
-            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, FROM_UNIXTIME(${timestamp}/1000))".into(),
+            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, FROM_UNIXTIME(${timestamp}/1000), ${expiry}, ${properties})".into(),
             delete_message_sql: DELETE_MESSAGE_SQL.into(),
             select_message_sql: SELECT_MESSAGE_SQL.into(),
             insert_subscription_sql: "insert into mqtt_sub(clientid, topic, qos) values(${clientid}, ${topic}, ${qos}) on duplicate key update qos = ${qos}".into(),
             select_subscriptions_sql: SELECT_SUBSCRIPTIONS_SQL.into(),
             delete_subscription_sql: DELETE_SUBSCRIPTION_SQL.into(),
+            // `ignore` also skips a message that is gone already (the foreign key).
+            insert_delivery_sql: "insert ignore into mqtt_delivered(clientid, msgid) values(${clientid}, ${id})".into(),
+            purge_expired_sql: "delete from mqtt_msg where expiry <= ${now} order by expiry limit ${limit}".into(),
+            trim_topic_sql: "delete from mqtt_msg where topic = ${topic} and id <= (select id from (select id from mqtt_msg where topic = ${topic} order by id desc limit 1 offset ${limit}) newest)".into(),
         }
     }
 
     /// The same in SQLite's dialect (`arrived` holds unix milliseconds).
     pub fn sqlite_default() -> Templates {
         Templates {
-            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, ${timestamp})".into(),
+            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, ${timestamp}, ${expiry}, ${properties})".into(),
             insert_subscription_sql: "insert into mqtt_sub(clientid, topic, qos) values(${clientid}, ${topic}, ${qos}) on conflict(clientid, topic) do update set qos = excluded.qos".into(),
+            // SQLite's `or ignore` does not cover the foreign key: skip a message that is gone here.
+            insert_delivery_sql: "insert or ignore into mqtt_delivered(clientid, msgid) select ${clientid}, ${id} where exists (select 1 from mqtt_msg where msgid = ${id})".into(),
+            purge_expired_sql: "delete from mqtt_msg where id in (select id from mqtt_msg where expiry <= ${now} order by expiry limit ${limit})".into(),
+            trim_topic_sql: "delete from mqtt_msg where topic = ${topic} and id <= (select id from mqtt_msg where topic = ${topic} order by id desc limit 1 offset ${limit})".into(),
             ..Templates::mysql_default()
         }
     }
@@ -199,9 +244,11 @@ impl Templates {
 /// the benchmark picks them.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(5);
+pub const DEFAULT_REPLAY_PAGE_SIZE: u32 = 1000;
 
 const MAX_BATCH_SIZE: i64 = 1_000_000;
 const MAX_POOL_SIZE: i64 = 1024;
+const MAX_REPLAY_PAGE_SIZE: i64 = 1_000_000;
 
 const TOP_KEYS: &[&str] = &["broker", "mysql", "sqlite", "redis"];
 const BROKER_KEYS: &[&str] = &["bind", "node_id"];
@@ -217,6 +264,14 @@ const STORAGE_KEYS: &[&str] = &[
     "delete_subscription_sql",
     "batch_size",
     "batch_time",
+    "insert_delivery_sql",
+    "purge_expired_sql",
+    "trim_topic_sql",
+    "delivery_mode",
+    "restore_subscriptions",
+    "message_ttl",
+    "max_messages_per_topic",
+    "replay_page_size",
 ];
 const MYSQL_KEYS: &[&str] = &["server", "username", "password", "database", "pool_size", "ssl"];
 const SQLITE_KEYS: &[&str] = &["path"];
@@ -413,9 +468,34 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
             insert_subscription_sql: sql("insert_subscription_sql", defaults.insert_subscription_sql)?,
             select_subscriptions_sql: sql("select_subscriptions_sql", defaults.select_subscriptions_sql)?,
             delete_subscription_sql: sql("delete_subscription_sql", defaults.delete_subscription_sql)?,
+            insert_delivery_sql: sql("insert_delivery_sql", defaults.insert_delivery_sql)?,
+            purge_expired_sql: sql("purge_expired_sql", defaults.purge_expired_sql)?,
+            trim_topic_sql: sql("trim_topic_sql", defaults.trim_topic_sql)?,
         },
         batch_size: t.int("batch_size", 1, MAX_BATCH_SIZE)?.map(|n| n as usize).unwrap_or(DEFAULT_BATCH_SIZE),
         batch_time: t.positive_duration("batch_time")?.unwrap_or(DEFAULT_BATCH_TIME),
+        delivery_mode: match t.string("delivery_mode")?.as_deref() {
+            None | Some("queue") => DeliveryMode::Queue,
+            Some("fanout") => DeliveryMode::Fanout,
+            Some(other) => {
+                return Err(t.invalid("delivery_mode", format!("{other:?} is neither \"queue\" nor \"fanout\"")))
+            }
+        },
+        restore_subscriptions: match t.string("restore_subscriptions")?.as_deref() {
+            None | Some("persistent") => RestoreSubscriptions::Persistent,
+            Some("always") => RestoreSubscriptions::Always,
+            Some(other) => {
+                return Err(
+                    t.invalid("restore_subscriptions", format!("{other:?} is neither \"persistent\" nor \"always\""))
+                )
+            }
+        },
+        // A bare number is seconds, as the reference's redis.message_ttl.
+        message_ttl: t.duration("message_ttl", Unit::Seconds)?.filter(|d| !d.is_zero()),
+        max_messages_per_topic: t.int("max_messages_per_topic", 0, i64::MAX)?.filter(|n| *n > 0).map(|n| n as u64),
+        replay_page_size: t
+            .int("replay_page_size", 1, MAX_REPLAY_PAGE_SIZE)?
+            .map_or(DEFAULT_REPLAY_PAGE_SIZE, |n| n as u32),
     })
 }
 
@@ -708,6 +788,9 @@ mod tests {
         assert!(s.storage.init_default_schema);
         assert_eq!(s.storage.templates, Templates::sqlite_default());
         assert_eq!((s.storage.batch_size, s.storage.batch_time), (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIME));
+        assert_eq!(s.storage.message_ttl, Some(Duration::from_secs(7 * 24 * 3600)), "a finite TTL ships");
+        assert_eq!((s.storage.delivery_mode, s.storage.restore_subscriptions), Default::default());
+        assert_eq!((s.storage.max_messages_per_topic, s.storage.replay_page_size), (None, DEFAULT_REPLAY_PAGE_SIZE));
         assert_eq!(c.broker.bind, "127.0.0.1:1883".parse().unwrap());
         assert_eq!(c.broker.node_id, None);
         assert!(c.warnings().is_empty());
@@ -775,6 +858,14 @@ mod tests {
               delete_subscription_sql = "delete ${clientid}"
               batch_size = 50
               batch_time = 1s
+              insert_delivery_sql = "insert ${clientid}"
+              purge_expired_sql = "delete ${now}"
+              trim_topic_sql = "delete ${topic}"
+              delivery_mode = fanout
+              restore_subscriptions = always
+              message_ttl = 90
+              max_messages_per_topic = 10
+              replay_page_size = 20
               ssl { enable = true, server_name_indication = "db", verify = verify_none,
                     cacertfile = "ca.pem", certfile = "c.pem", keyfile = "k.pem" }
             }
@@ -792,6 +883,12 @@ mod tests {
         assert_eq!(s.templates.insert_message_sql, "insert ${id}");
         assert_eq!(s.templates.delete_subscription_sql, "delete ${clientid}");
         assert_eq!((s.batch_size, s.batch_time), (50, Duration::from_secs(1)));
+        assert_eq!(s.templates.insert_delivery_sql, "insert ${clientid}");
+        assert_eq!(s.templates.purge_expired_sql, "delete ${now}");
+        assert_eq!(s.templates.trim_topic_sql, "delete ${topic}");
+        assert_eq!((s.delivery_mode, s.restore_subscriptions), (DeliveryMode::Fanout, RestoreSubscriptions::Always));
+        assert_eq!(s.message_ttl, Some(Duration::from_secs(90)), "a bare number is seconds");
+        assert_eq!((s.max_messages_per_topic, s.replay_page_size), (Some(10), 20));
         assert!(m.ssl.enable);
         assert_eq!(m.ssl.server_name_indication.as_deref(), Some("db"));
         assert_eq!(m.ssl.verify, SslVerify::VerifyNone);
@@ -879,6 +976,18 @@ mod tests {
             err("broker { node_id = -1 }\nsqlite { enable = true }").starts_with("broker.node_id: -1 is out of range")
         );
         assert!(err("broker { node_id = 4294967296 }\nsqlite { enable = true }").starts_with("broker.node_id"));
+        assert_eq!(
+            err("sqlite { enable = true, delivery_mode = broadcast }"),
+            "sqlite.delivery_mode: \"broadcast\" is neither \"queue\" nor \"fanout\""
+        );
+        assert!(
+            err("sqlite { enable = true, restore_subscriptions = never }").starts_with("sqlite.restore_subscriptions")
+        );
+        assert!(err("sqlite { enable = true, message_ttl = -1 }").starts_with("sqlite.message_ttl: is negative"));
+        assert!(err("sqlite { enable = true, replay_page_size = 0 }").starts_with("sqlite.replay_page_size: 0 is out"));
+        assert!(
+            err("sqlite { enable = true, max_messages_per_topic = -1 }").starts_with("sqlite.max_messages_per_topic")
+        );
     }
 
     #[test]

@@ -5,16 +5,15 @@
 //! these calls and deliver replayed messages through a [`ReplaySink`].
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 
-use crate::config::Config;
-use crate::message::{Message, ReplayQuery, StoredMessage, Subscription};
+use crate::config::{Config, DeliveryMode, RestoreSubscriptions};
+use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
 use crate::store::{AckedMessage, Store, StoreError};
 use crate::subscriptions::SubscriptionWriter;
@@ -28,6 +27,11 @@ const ACK_INDEX_CAPACITY: usize = 200_000;
 
 /// Operations queued per batch in memory before publishers wait for the writer.
 const QUEUE_BATCHES: usize = 16;
+
+/// How often expired messages are purged and topics trimmed to `max_messages_per_topic`.
+const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// Rows per purge statement: short transactions, short locks.
+const PURGE_BATCH: i64 = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
@@ -54,7 +58,8 @@ pub enum ReplayError {
 /// Where a replay delivers: the host's path to one client's session.
 pub trait ReplaySink: Send {
     /// Delivers one stored message, waiting as long as the client needs room (pacing). `timestamp_ms`
-    /// is the time the host must attach to the delivery, so that its ack finds the row again.
+    /// is the time the host must attach to the delivery, so that its ack finds the row again; the
+    /// message's `expiry_ms`, if any, is in the future.
     fn deliver(
         &mut self,
         m: StoredMessage,
@@ -121,6 +126,11 @@ impl AckIndex {
         self.order.push_back(key);
     }
 
+    /// The message id of the oldest message with this key, which stays.
+    fn peek(&self, key: &AckKey) -> Option<String> {
+        self.rows.get(key)?.front().map(|r| r.msgid.clone())
+    }
+
     fn take(&mut self, key: &AckKey) -> Option<AckedMessage> {
         let rows = self.rows.get_mut(key)?;
         let row = rows.pop_front();
@@ -140,6 +150,13 @@ pub struct Engine {
     topics: Vec<TopicFilter>,
     acks: Mutex<AckIndex>,
     ack_keys: RandomState,
+    mode: DeliveryMode,
+    restore: RestoreSubscriptions,
+    message_ttl: Option<Duration>,
+    page_size: u32,
+    /// Topics written since the last trim, when `max_messages_per_topic` is set.
+    written_topics: Option<Mutex<HashSet<String>>>,
+    maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Engine {
@@ -167,8 +184,17 @@ impl Engine {
         let writer = BatchWriter::spawn(store.clone(), limits);
         let subscriptions = SubscriptionWriter::spawn(store.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
-        tracing::info!(backend = backend.name(), node_id, topics = ?storage.topics, batch_size = limits.batch_size, batch_time_ms = limits.batch_time.as_millis() as u64, "offline-messages engine started");
-        Ok(Arc::new(Engine {
+        tracing::info!(
+            backend = backend.name(),
+            node_id,
+            topics = ?storage.topics,
+            batch_size = limits.batch_size,
+            batch_time_ms = limits.batch_time.as_millis() as u64,
+            delivery_mode = ?storage.delivery_mode,
+            message_ttl_s = storage.message_ttl.map(|d| d.as_secs()),
+            "offline-messages engine started"
+        );
+        let engine = Arc::new(Engine {
             store,
             writer,
             subscriptions,
@@ -176,7 +202,20 @@ impl Engine {
             topics,
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
             ack_keys: RandomState::new(),
-        }))
+            mode: storage.delivery_mode,
+            restore: storage.restore_subscriptions,
+            message_ttl: storage.message_ttl,
+            page_size: storage.replay_page_size,
+            written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
+            maintenance: Mutex::default(),
+        });
+        let task = tokio::spawn(maintain(Arc::downgrade(&engine), storage.max_messages_per_topic));
+        *engine.maintenance.lock().expect("maintenance lock") = Some(task);
+        Ok(engine)
+    }
+
+    pub fn restore_subscriptions(&self) -> RestoreSubscriptions {
+        self.restore
     }
 
     /// True when a publish with this topic and QoS is persisted: QoS 1 or 2, not a `$SYS` topic,
@@ -186,28 +225,60 @@ impl Engine {
     }
 
     /// A client published: queue the message for the writer (if it is one we persist) and remember
-    /// it so that an ack can delete it. Never waits on the database.
-    pub async fn on_publish(&self, from: &str, topic: &str, qos: u8, retain: bool, payload: Bytes, timestamp_ms: i64) {
-        if !self.persists(topic, qos) {
+    /// it so that an ack can find its row. Never waits on the database (only, under overload, for
+    /// room in the writer's queue).
+    pub async fn on_publish(&self, p: Publish) {
+        if !self.persists(&p.topic, p.qos) {
             return;
         }
-        let m = Message::new(self.ids.next_id(), from.to_owned(), topic.to_owned(), qos, retain, payload, timestamp_ms);
-        for retained in if retain { &[false, true][..] } else { &[false] } {
-            let key = AckKey::of(
-                Delivery { from, topic, timestamp_ms, payload: &m.payload, retained: *retained },
-                &self.ack_keys,
-            );
-            self.remember(key, &m.msgid, from, topic);
+        let ts = p.timestamp_ms;
+        let ttl_expiry = self.message_ttl.map(|ttl| ts.saturating_add(ttl.as_millis() as i64));
+        let mqtt_expiry = p.properties.message_expiry_interval.map(|s| ts.saturating_add(i64::from(s) * 1000));
+        let expiry = match (ttl_expiry, mqtt_expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let m = Message::new(self.ids.next_id(), p, expiry);
+        for retained in if m.retain { &[false, true][..] } else { &[false] } {
+            let d =
+                Delivery { from: &m.from, topic: &m.topic, timestamp_ms: ts, payload: &m.payload, retained: *retained };
+            self.remember(AckKey::of(d, &self.ack_keys), &m.msgid, &m.from, &m.topic);
+        }
+        if let Some(topics) = &self.written_topics {
+            let mut topics = topics.lock().expect("written topics lock");
+            if !topics.contains(&m.topic) {
+                topics.insert(m.topic.clone());
+            }
         }
         self.writer.insert(m).await;
     }
 
-    /// A subscriber acknowledged a delivery (PUBACK or PUBREC): if it is a persisted message, delete
-    /// its row (the first ack removes it for everybody, as in the reference plugin).
-    pub async fn on_acked(&self, d: Delivery<'_>) {
-        let row = self.acks.lock().expect("ack index lock").take(&AckKey::of(d, &self.ack_keys));
-        if let Some(row) = row {
-            self.writer.delete(row).await;
+    /// `subscriber` acknowledged a delivery (PUBACK or PUBREC) of a persisted message: in `queue`
+    /// mode its row is deleted (the first ack removes it for everybody, as in the reference
+    /// plugin); in `fanout` mode the subscriber is recorded as having had it.
+    pub async fn on_acked(&self, subscriber: &str, d: Delivery<'_>) {
+        let key = AckKey::of(d, &self.ack_keys);
+        match self.mode {
+            DeliveryMode::Queue => {
+                let row = self.acks.lock().expect("ack index lock").take(&key);
+                if let Some(row) = row {
+                    self.writer.delete(row).await;
+                }
+            }
+            DeliveryMode::Fanout => self.record_delivery(subscriber, key).await,
+        }
+    }
+
+    /// A persisted message went out to `subscriber` at QoS 0: no ack will come, so the delivery
+    /// counts as one. The row stays for subscribers that ack; this one does not get it again.
+    pub async fn on_delivered_qos0(&self, subscriber: &str, d: Delivery<'_>) {
+        self.record_delivery(subscriber, AckKey::of(d, &self.ack_keys)).await;
+    }
+
+    async fn record_delivery(&self, subscriber: &str, key: AckKey) {
+        let msgid = self.acks.lock().expect("ack index lock").peek(&key);
+        if let Some(msgid) = msgid {
+            self.writer.delivered(DeliveryRecord { client_id: subscriber.to_owned(), msgid }).await;
         }
     }
 
@@ -230,14 +301,17 @@ impl Engine {
     /// A clean start or an ended session: no subscription of the client stays stored. Queued, not
     /// awaited, so the broker's session teardown never waits on the database.
     pub fn forget_subscriptions(&self, client_id: &str) {
-        self.subscriptions.forget(client_id);
+        if self.restore == RestoreSubscriptions::Persistent {
+            self.subscriptions.forget(client_id);
+        }
     }
 
-    /// Replays the stored messages matching `sub` to `sink`, in the order of `select_message_sql`.
-    /// Messages still in the writer's queue are written first, so they are included, and acks
-    /// still queued are applied first, so those messages are not. The select narrows the rows by
-    /// the filter's literal prefix (`${topic_like}`); the MQTT match itself, wildcards and `$`
-    /// topics included, is done here, so a case-insensitive collation cannot widen it.
+    /// Replays the stored messages matching `sub` to `sink`, in the order of `select_message_sql`,
+    /// a page of `replay_page_size` rows at a time (when the template pages). Messages still in the
+    /// writer's queue are written first, so they are included, and acks still queued are applied
+    /// first, so those messages are not. The select narrows the rows by the filter's literal
+    /// prefix (`${topic_like}`); the MQTT match itself, wildcards and `$` topics included, is done
+    /// here, so a case-insensitive collation cannot widen it. Expired rows are never delivered.
     pub async fn replay<S: ReplaySink>(&self, sub: &Subscription, sink: &mut S) -> Result<u64, ReplayError> {
         // A shared subscription `$share/group/filter` replays what was published to `filter`.
         let text = parse_shared(&sub.filter).map_or(sub.filter.as_str(), |s| s.filter);
@@ -247,28 +321,52 @@ impl Engine {
         };
         self.writer.flush().await;
         let query_sub = Subscription { filter: text.to_owned(), ..sub.clone() };
-        let query = ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern() };
-        let mut rows = self.store.select_messages(&query);
-        let mut delivered = 0;
-        while let Some(row) = rows.next().await {
-            let m = row?;
-            if !filter.matches(&m.topic) || sink.skip(&m.msgid) {
-                continue;
+        let limit = i64::from(self.page_size);
+        let pages = self.store.replay_pages();
+        let (mut after_id, mut delivered) = (0, 0);
+        loop {
+            let query =
+                ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after_id, limit };
+            let mut rows = self.store.select_messages(&query);
+            let mut read = 0;
+            while let Some(row) = rows.next().await {
+                let m = row?;
+                read += 1;
+                match m.id {
+                    Some(id) => after_id = after_id.max(id),
+                    None if pages => return Err(ReplayError::Store(StoreError::NoId { key: self.store.select_key() })),
+                    None => {}
+                }
+                let now = now_ms();
+                if !filter.matches(&m.topic) || m.expiry_ms.is_some_and(|e| e <= now) || sink.skip(&m.msgid) {
+                    continue;
+                }
+                if m.qos.min(sub.qos) == 0 {
+                    // Delivered at QoS 0: no ack will come, the delivery is this client's ack.
+                    let record = DeliveryRecord { client_id: sub.client_id.clone(), msgid: m.msgid.clone() };
+                    self.writer.delivered(record).await;
+                } else {
+                    let d = Delivery {
+                        from: &m.from,
+                        topic: &m.topic,
+                        timestamp_ms: now,
+                        payload: &m.payload,
+                        retained: false,
+                    };
+                    self.remember(AckKey::of(d, &self.ack_keys), &m.msgid, &m.from, &m.topic);
+                }
+                sink.deliver(m, now).await?;
+                delivered += 1;
             }
-            let timestamp_ms = now_ms();
-            let delivery =
-                Delivery { from: &m.from, topic: &m.topic, timestamp_ms, payload: &m.payload, retained: false };
-            self.remember(AckKey::of(delivery, &self.ack_keys), &m.msgid, &m.from, &m.topic);
-            sink.deliver(m, timestamp_ms).await?;
-            delivered += 1;
+            if !pages || read < limit {
+                return Ok(delivered);
+            }
         }
-        Ok(delivered)
     }
 
     /// The message id of a persisted message the broker is delivering live, if it is still known.
     pub fn msgid_of(&self, d: Delivery<'_>) -> Option<String> {
-        let key = AckKey::of(d, &self.ack_keys);
-        self.acks.lock().expect("ack index lock").rows.get(&key)?.front().map(|r| r.msgid.clone())
+        self.acks.lock().expect("ack index lock").peek(&AckKey::of(d, &self.ack_keys))
     }
 
     fn remember(&self, key: AckKey, msgid: &str, from: &str, topic: &str) {
@@ -282,6 +380,9 @@ impl Engine {
 
     /// Flushes the writers (waiting at most `deadline`) and closes the database pool.
     pub async fn shutdown(&self, deadline: Duration) {
+        if let Some(task) = self.maintenance.lock().expect("maintenance lock").take() {
+            task.abort();
+        }
         let queued = self.writer.queued();
         let flushed = async { tokio::join!(self.writer.flush(), self.subscriptions.flush()) };
         match tokio::time::timeout(deadline, flushed).await {
@@ -293,6 +394,49 @@ impl Engine {
             ),
         }
         self.store.close().await;
+    }
+}
+
+/// Purges expired messages and trims topics beyond `max_messages_per_topic`, in short statements,
+/// until the engine is gone.
+async fn maintain(engine: std::sync::Weak<Engine>, max_per_topic: Option<u64>) {
+    let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(engine) = engine.upgrade() else { return };
+        let mut purged = 0;
+        loop {
+            match engine.store.purge_expired(now_ms(), PURGE_BATCH).await {
+                Ok(n) => {
+                    purged += n;
+                    if n < PURGE_BATCH as u64 {
+                        break;
+                    }
+                    // Room for other statements between the purge's short transactions.
+                    tokio::task::yield_now().await;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "purging expired messages failed; retrying later");
+                    break;
+                }
+            }
+        }
+        if purged > 0 {
+            tracing::debug!(rows = purged, "purged expired messages");
+        }
+        if let (Some(keep), Some(written)) = (max_per_topic, &engine.written_topics) {
+            let topics = std::mem::take(&mut *written.lock().expect("written topics lock"));
+            for topic in topics {
+                match engine.store.trim_topic(&topic, keep).await {
+                    Ok(0) => {}
+                    Ok(n) => {
+                        tracing::debug!(topic, rows = n, "dropped the oldest messages beyond max_messages_per_topic")
+                    }
+                    Err(e) => tracing::warn!(topic, error = %e, "trimming a topic failed; retrying later"),
+                }
+            }
+        }
     }
 }
 

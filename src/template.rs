@@ -22,10 +22,20 @@ pub enum Var {
     ClientId,
     /// `topic_like`: a LIKE pattern selecting the topics a filter may match.
     TopicLike,
+    /// When the message expires, unix milliseconds; NULL when it never does.
+    Expiry,
+    /// MQTT 5 properties as a JSON object; NULL when the message has none.
+    Properties,
+    /// The current time, unix milliseconds.
+    Now,
+    /// Paging: the last `id` the replay has read (0 before the first page).
+    AfterId,
+    /// Paging, purging: rows per statement.
+    Limit,
 }
 
 impl Var {
-    const ALL: [Var; 9] = [
+    const ALL: [Var; 14] = [
         Var::Id,
         Var::From,
         Var::Topic,
@@ -35,6 +45,11 @@ impl Var {
         Var::Timestamp,
         Var::ClientId,
         Var::TopicLike,
+        Var::Expiry,
+        Var::Properties,
+        Var::Now,
+        Var::AfterId,
+        Var::Limit,
     ];
 
     /// The name written between `${` and `}`.
@@ -49,6 +64,11 @@ impl Var {
             Var::Timestamp => "timestamp",
             Var::ClientId => "clientid",
             Var::TopicLike => "topic_like",
+            Var::Expiry => "expiry",
+            Var::Properties => "properties",
+            Var::Now => "now",
+            Var::AfterId => "after_id",
+            Var::Limit => "limit",
         }
     }
 
@@ -58,15 +78,34 @@ impl Var {
 }
 
 /// Variables of message statements.
-pub const MESSAGE_VARS: &[Var] = &[Var::Id, Var::From, Var::Topic, Var::Qos, Var::Retain, Var::Payload, Var::Timestamp];
+pub const MESSAGE_VARS: &[Var] = &[
+    Var::Id,
+    Var::From,
+    Var::Topic,
+    Var::Qos,
+    Var::Retain,
+    Var::Payload,
+    Var::Timestamp,
+    Var::Expiry,
+    Var::Properties,
+];
 /// Variables of subscription statements.
 pub const SUBSCRIPTION_VARS: &[Var] = &[Var::ClientId, Var::Topic, Var::Qos];
-/// Variables of `select_message_sql`: the subscription's, and the filter's LIKE pattern.
-pub const SELECT_MESSAGE_VARS: &[Var] = &[Var::ClientId, Var::Topic, Var::Qos, Var::TopicLike];
+/// Variables of `select_message_sql`: the subscription's, the filter's LIKE pattern, the time and
+/// the page.
+pub const SELECT_MESSAGE_VARS: &[Var] =
+    &[Var::ClientId, Var::Topic, Var::Qos, Var::TopicLike, Var::Now, Var::AfterId, Var::Limit];
+/// Variables of `insert_delivery_sql`: which client has had which message.
+pub const DELIVERY_VARS: &[Var] = &[Var::ClientId, Var::Id];
+/// Variables of `purge_expired_sql`.
+pub const PURGE_VARS: &[Var] = &[Var::Now, Var::Limit];
+/// Variables of `trim_topic_sql`: the topic and how many of its messages to keep.
+pub const TRIM_VARS: &[Var] = &[Var::Topic, Var::Limit];
 
 /// A value to bind.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Value<'a> {
+    Null,
     Int(i64),
     Text(&'a str),
     Bytes(&'a [u8]),

@@ -1,4 +1,5 @@
-//! The batch writer: one task that turns queued inserts and ack-deletes into batched transactions.
+//! The batch writer: one task that turns queued inserts, ack-deletes and delivery records into
+//! batched transactions.
 //!
 //! Operations are applied in the order they were queued, so a delete never overtakes the insert it
 //! cancels, and batches commit in the order they were filled (the table's auto-increment id is then
@@ -13,12 +14,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout_at, Instant};
 
-use crate::message::Message;
-use crate::store::{AckedMessage, Store, StoreError};
+use crate::message::{DeliveryRecord, Message};
+use crate::store::{AckedMessage, Batch, Store, StoreError};
 
 enum Op {
     Insert(Message),
     Delete(AckedMessage),
+    Delivered(DeliveryRecord),
     Flush(oneshot::Sender<()>),
 }
 
@@ -68,6 +70,11 @@ impl BatchWriter {
     /// Queues the delete of an acknowledged message.
     pub async fn delete(&self, a: AckedMessage) {
         self.send(Op::Delete(a)).await
+    }
+
+    /// Queues the record that a client has had a message.
+    pub async fn delivered(&self, d: DeliveryRecord) {
+        self.send(Op::Delivered(d)).await
     }
 
     /// Returns once everything queued before this call is committed (or given up on).
@@ -127,47 +134,50 @@ impl WriterTask {
 
     /// Writes the queued operations in one transaction and answers the flushes among them.
     async fn commit(&self, ops: &mut Vec<Op>) {
-        let mut inserts = Vec::new();
-        let mut deletes = Vec::new();
+        let mut batch = Batch::default();
         let mut flushes = Vec::new();
         for op in ops.drain(..) {
             match op {
-                Op::Insert(m) => inserts.push(m),
-                Op::Delete(a) => deletes.push(a),
+                Op::Insert(m) => batch.inserts.push(m),
+                Op::Delete(a) => batch.deletes.push(a),
+                Op::Delivered(d) => batch.deliveries.push(d),
                 Op::Flush(done) => flushes.push(done),
             }
         }
         // An ack for a message still in this batch: neither write is needed.
-        let pending: HashSet<&str> = inserts.iter().map(|m| m.msgid.as_str()).collect();
+        let pending: HashSet<&str> = batch.inserts.iter().map(|m| m.msgid.as_str()).collect();
         let cancelled: HashSet<String> =
-            deletes.iter().filter(|d| pending.contains(d.msgid.as_str())).map(|d| d.msgid.clone()).collect();
+            batch.deletes.iter().filter(|d| pending.contains(d.msgid.as_str())).map(|d| d.msgid.clone()).collect();
         if !cancelled.is_empty() {
-            inserts.retain(|m| !cancelled.contains(&m.msgid));
-            deletes.retain(|d| !cancelled.contains(&d.msgid));
+            batch.inserts.retain(|m| !cancelled.contains(&m.msgid));
+            batch.deletes.retain(|d| !cancelled.contains(&d.msgid));
+            batch.deliveries.retain(|d| !cancelled.contains(&d.msgid));
             self.stats.cancelled.fetch_add(cancelled.len() as u64, Ordering::Relaxed);
         }
-        if !(inserts.is_empty() && deletes.is_empty()) {
-            self.write_with_retry(&inserts, &deletes).await;
+        if !batch.is_empty() {
+            self.write_with_retry(batch).await;
         }
         for done in flushes {
             let _ = done.send(());
         }
     }
 
-    async fn write_with_retry(&self, inserts: &[Message], deletes: &[AckedMessage]) {
+    async fn write_with_retry(&self, batch: Batch) {
         let started = Instant::now();
         let mut backoff = Duration::from_millis(50);
         let mut failures = 0u32;
+        let rows = batch.inserts.len();
         loop {
-            match self.store.write_batch(inserts, deletes).await {
+            match self.store.write_batch(&batch).await {
                 Ok(()) => {
-                    self.record(inserts.len(), deletes.len());
+                    self.record(rows, batch.deletes.len());
                     if failures > 0 {
-                        tracing::info!(rows = inserts.len(), failures, "batch written after retries");
+                        tracing::info!(rows, failures, "batch written after retries");
                     }
                     tracing::debug!(
-                        rows = inserts.len(),
-                        deletes = deletes.len(),
+                        rows,
+                        deletes = batch.deletes.len(),
+                        deliveries = batch.deliveries.len(),
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "batch committed"
                     );
@@ -176,15 +186,15 @@ impl WriterTask {
                 Err(StoreError::Query { cause: sqlx::Error::Database(db), key }) if !is_transient(db.as_ref()) => {
                     // The database refused the content, not the connection: retrying the same
                     // batch cannot help, so write row by row and report the rows it refuses.
-                    tracing::warn!(template = key, rows = inserts.len(), error = %db, "batch refused; writing its rows one by one");
-                    self.write_one_by_one(inserts, deletes).await;
+                    tracing::warn!(template = key, rows, error = %db, "batch refused; writing its rows one by one");
+                    self.write_one_by_one(batch).await;
                     return;
                 }
                 Err(e) => {
                     failures += 1;
                     self.stats.retried_batches.fetch_add(1, Ordering::Relaxed);
                     if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(rows = inserts.len(), failures, retry_in_ms = backoff.as_millis() as u64, error = %e, "writing a batch failed; retrying");
+                        tracing::warn!(rows, failures, retry_in_ms = backoff.as_millis() as u64, error = %e, "writing a batch failed; retrying");
                     }
                     sleep(backoff + jitter(backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -193,29 +203,37 @@ impl WriterTask {
         }
     }
 
-    async fn write_one_by_one(&self, inserts: &[Message], deletes: &[AckedMessage]) {
-        for m in inserts {
-            match self.write_alone(std::slice::from_ref(m), &[]).await {
+    async fn write_one_by_one(&self, batch: Batch) {
+        for m in batch.inserts {
+            let (msgid, topic, from) = (m.msgid.clone(), m.topic.clone(), m.from.clone());
+            match self.write_alone(Batch { inserts: vec![m], ..Batch::default() }).await {
                 Ok(()) => self.record(1, 0),
                 Err(e) => {
                     self.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, error = %e, "the database refused this message; it is not stored");
+                    tracing::error!(msgid, topic, client_id = from, error = %e, "the database refused this message; it is not stored");
                 }
             }
         }
-        for d in deletes {
-            match self.write_alone(&[], std::slice::from_ref(d)).await {
+        for d in batch.deletes {
+            let msgid = d.msgid.clone();
+            match self.write_alone(Batch { deletes: vec![d], ..Batch::default() }).await {
                 Ok(()) => self.record(0, 1),
-                Err(e) => tracing::error!(msgid = %d.msgid, error = %e, "deleting an acknowledged message failed"),
+                Err(e) => tracing::error!(msgid, error = %e, "deleting an acknowledged message failed"),
+            }
+        }
+        for d in batch.deliveries {
+            let (msgid, client_id) = (d.msgid.clone(), d.client_id.clone());
+            if let Err(e) = self.write_alone(Batch { deliveries: vec![d], ..Batch::default() }).await {
+                tracing::error!(msgid, client_id, error = %e, "recording a delivery failed; the client may get this message again");
             }
         }
     }
 
     /// One row on its own, retried a few times while the database says "try again".
-    async fn write_alone(&self, inserts: &[Message], deletes: &[AckedMessage]) -> Result<(), StoreError> {
+    async fn write_alone(&self, batch: Batch) -> Result<(), StoreError> {
         let mut backoff = Duration::from_millis(50);
         for _ in 0..5 {
-            match self.store.write_batch(inserts, deletes).await {
+            match self.store.write_batch(&batch).await {
                 Err(StoreError::Query { cause: sqlx::Error::Database(db), .. }) if is_transient(db.as_ref()) => {
                     sleep(backoff + jitter(backoff)).await;
                     backoff *= 2;
@@ -223,7 +241,7 @@ impl WriterTask {
                 other => return other,
             }
         }
-        self.store.write_batch(inserts, deletes).await
+        self.store.write_batch(&batch).await
     }
 
     fn record(&self, inserted: usize, deleted: usize) {

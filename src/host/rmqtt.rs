@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rmqtt::codec::types::Publish as CodecPublish;
+use rmqtt::codec::v5::PublishProperties;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, Register, ReturnType, Type};
 use rmqtt::plugin::{PackageInfo, Plugin};
@@ -17,9 +18,10 @@ use rmqtt::session::Session;
 use rmqtt::types::{From, Id, Publish, QoS, Subscribe};
 use tokio::sync::Notify;
 
+use crate::config::RestoreSubscriptions;
 use crate::engine::{Delivery, Engine, ReplayError, ReplaySink};
 use crate::gate::{Gate, Gates};
-use crate::message::{StoredMessage, Subscription};
+use crate::message::{Properties, Publish as EnginePublish, StoredMessage, Subscription};
 
 /// A live message held back while a replay runs.
 type Live = (From, Publish);
@@ -157,13 +159,26 @@ impl Handler for HookHandler {
         let hooks = &self.0;
         match param {
             Parameter::MessagePublish(_, from, publish) => {
-                let ts = publish.create_time.unwrap_or_else(crate::engine::now_ms);
-                let payload = publish.payload.clone();
-                let (client_id, topic) = (&from.id.client_id, &publish.topic);
-                hooks.engine.on_publish(client_id, topic, publish.qos.value(), publish.retain, payload, ts).await;
+                let p = EnginePublish {
+                    from: from.id.client_id.to_string(),
+                    topic: publish.topic.to_string(),
+                    qos: publish.qos.value(),
+                    retain: publish.retain,
+                    payload: publish.payload.clone(),
+                    timestamp_ms: publish.create_time.unwrap_or_else(crate::engine::now_ms),
+                    properties: publish.properties.as_ref().map(properties_of).unwrap_or_default(),
+                };
+                hooks.engine.on_publish(p).await;
             }
-            Parameter::MessageAcked(_, from, publish) => hooks.acked(from, publish).await,
-            Parameter::MessageDelivered(session, from, _) => hooks.delivered(&session.id.client_id, from),
+            Parameter::MessageAcked(session, from, publish) => {
+                hooks.engine.on_acked(&session.id.client_id, delivery_of(from, publish)).await
+            }
+            Parameter::MessageDelivered(session, from, publish) => {
+                if publish.qos == QoS::AtMostOnce {
+                    hooks.engine.on_delivered_qos0(&session.id.client_id, delivery_of(from, publish)).await;
+                }
+                hooks.delivered(&session.id.client_id, from)
+            }
             // The broker drops a held message here; the replay delivers it after the stored ones.
             Parameter::MessageExpiryCheck(session, from, publish)
                 if hooks.hold(&session.id.client_id, from, publish) =>
@@ -202,17 +217,6 @@ impl Handler for HookHandler {
 }
 
 impl Hooks {
-    async fn acked(&self, from: &From, publish: &Publish) {
-        let delivery = Delivery {
-            from: &from.id.client_id,
-            topic: &publish.topic,
-            timestamp_ms: publish.create_time.unwrap_or_default(),
-            payload: &publish.payload,
-            retained: publish.retain,
-        };
-        self.engine.on_acked(delivery).await;
-    }
-
     fn delivered(&self, client_id: &str, from: &From) {
         if from.id.lid != REPLAY_LISTENER_ID {
             return;
@@ -259,20 +263,14 @@ impl Hooks {
         if from.id.lid == REPLAY_LISTENER_ID || publish.retain {
             return false;
         }
-        let delivery = Delivery {
-            from: &from.id.client_id,
-            topic: &publish.topic,
-            timestamp_ms: publish.create_time.unwrap_or_default(),
-            payload: &publish.payload,
-            retained: false,
-        };
         let live = (from.clone(), publish.clone());
-        self.gates.hold(client_id, &publish.topic, live, || self.engine.msgid_of(delivery)).is_ok()
+        self.gates.hold(client_id, &publish.topic, live, || self.engine.msgid_of(delivery_of(from, publish))).is_ok()
     }
 
     /// A client connected: a clean start clears its stored subscriptions; a persistent session the
     /// broker no longer holds (after a broker restart, or from another node) gets its stored
-    /// subscriptions back, each replayed.
+    /// subscriptions back, each replayed. With `restore_subscriptions = "always"` every connect
+    /// without a session restores them, clean start included.
     async fn connected(self: &Arc<Self>, session: &Session) {
         let clean_start = match session.connect_info().await {
             Ok(info) => info.clean_start(),
@@ -285,14 +283,15 @@ impl Hooks {
         // A SUBSCRIBE the broker refused leaves its mark behind; a new connection starts clean.
         self.resubscribes.lock().expect("resubscribes lock").retain(|(c, _)| *c != client_id);
         self.gates.close_client(&client_id);
-        if clean_start {
+        let always = self.engine.restore_subscriptions() == RestoreSubscriptions::Always;
+        if clean_start && !always {
             self.engine.forget_subscriptions(&client_id);
             return;
         }
         // A resumed session (session present) gets its subscriptions back from the broker itself,
         // in a state transfer that runs after this hook; only a session the broker no longer has
-        // (a broker restart, another node) needs them from the store.
-        if session.session_present().await.unwrap_or(false) {
+        // (a clean start under `always`, a broker restart, another node) needs them from the store.
+        if !clean_start && session.session_present().await.unwrap_or(false) {
             return;
         }
         let stored = match self.engine.stored_subscriptions(&client_id).await {
@@ -376,6 +375,46 @@ impl Hooks {
     }
 }
 
+/// What an ack or a delivery report identifies a persisted message by.
+fn delivery_of<'a>(from: &'a From, publish: &'a Publish) -> Delivery<'a> {
+    Delivery {
+        from: &from.id.client_id,
+        topic: &publish.topic,
+        timestamp_ms: publish.create_time.unwrap_or_default(),
+        payload: &publish.payload,
+        retained: publish.retain,
+    }
+}
+
+fn properties_of(p: &PublishProperties) -> Properties {
+    Properties {
+        payload_format_indicator: p.is_utf8_payload.then_some(1),
+        message_expiry_interval: p.message_expiry_interval.map(|s| s.get()),
+        content_type: p.content_type.as_ref().map(|s| s.to_string()),
+        response_topic: p.response_topic.as_ref().map(|s| s.to_string()),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+    }
+}
+
+/// The properties a replayed message goes out with: the stored ones, and the expiry left
+/// (`remaining`, seconds) in place of the interval published. `None` when there are none, as for
+/// an MQTT 3 publish.
+fn codec_properties(p: &Properties, remaining: Option<u32>) -> Option<PublishProperties> {
+    if *p == Properties::default() && remaining.is_none() {
+        return None;
+    }
+    Some(PublishProperties {
+        is_utf8_payload: p.payload_format_indicator == Some(1),
+        message_expiry_interval: remaining.and_then(std::num::NonZeroU32::new),
+        content_type: p.content_type.as_deref().map(Into::into),
+        response_topic: p.response_topic.as_deref().map(Into::into),
+        correlation_data: p.correlation_data.clone(),
+        user_properties: p.user_properties.iter().map(|(k, v)| (k.as_str().into(), v.as_str().into())).collect(),
+        ..PublishProperties::default()
+    })
+}
+
 /// The filter a SUBSCRIBE names, `$share/group/` included.
 fn subscribed_filter(sub: &Subscribe) -> String {
     match sub.opts.shared_group() {
@@ -400,6 +439,8 @@ impl ReplaySink for SessionSink {
             return Ok(());
         }
         let qos = QoS::try_from(m.qos.min(self.qos)).unwrap_or(QoS::AtLeastOnce);
+        // The expiry left, rounded up to whole seconds as MQTT counts it.
+        let remaining = m.expiry_ms.map(|e| ((e - timestamp_ms).max(1) as u64).div_ceil(1000) as u32);
         let publish = Publish::from(CodecPublish {
             dup: false,
             retain: false,
@@ -407,7 +448,7 @@ impl ReplaySink for SessionSink {
             topic: m.topic.as_str().into(),
             packet_id: None,
             payload: m.payload,
-            properties: None,
+            properties: codec_properties(&m.properties, remaining),
         })
         .create_time(timestamp_ms);
         self.forward(&m.from, publish).await

@@ -22,10 +22,16 @@ macro_rules! migration {
     };
 }
 
-const MYSQL: &[Migration] =
-    &[migration!(1, "mysql", "0001_default_schema.sql"), migration!(2, "mysql", "0002_msgid_index.sql")];
-const SQLITE: &[Migration] =
-    &[migration!(1, "sqlite", "0001_default_schema.sql"), migration!(2, "sqlite", "0002_msgid_index.sql")];
+const MYSQL: &[Migration] = &[
+    migration!(1, "mysql", "0001_default_schema.sql"),
+    migration!(2, "mysql", "0002_msgid_index.sql"),
+    migration!(3, "mysql", "0003_fidelity_expiry_deliveries.sql"),
+];
+const SQLITE: &[Migration] = &[
+    migration!(1, "sqlite", "0001_default_schema.sql"),
+    migration!(2, "sqlite", "0002_msgid_index.sql"),
+    migration!(3, "sqlite", "0003_fidelity_expiry_deliveries.sql"),
+];
 
 pub fn for_backend(backend: &str) -> &'static [Migration] {
     if backend == "mysql" {

@@ -1,4 +1,4 @@
-//! The database (MySQL or SQLite) and the six SQL templates run against it.
+//! The database (MySQL or SQLite) and the SQL templates run against it.
 //!
 //! Two connection pools: replays stream their rows at the pace of slow subscribers, so they get a
 //! pool of their own (`pool_size`), and can never take the connections the batch writer and the
@@ -20,9 +20,10 @@ use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, S
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Type};
 
 use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates};
-use crate::message::{Message, ReplayQuery, StoredMessage, Subscription};
+use crate::message::{DeliveryRecord, Maintenance, Message, Properties, ReplayQuery, StoredMessage, Subscription};
 use crate::template::{
-    Bindings, SqlTemplate, TemplateError, Value, Var, MESSAGE_VARS, SELECT_MESSAGE_VARS, SUBSCRIPTION_VARS,
+    Bindings, SqlTemplate, TemplateError, Value, Var, DELIVERY_VARS, MESSAGE_VARS, PURGE_VARS, SELECT_MESSAGE_VARS,
+    SUBSCRIPTION_VARS, TRIM_VARS,
 };
 
 /// Connections for the writer and the subscription statements.
@@ -50,6 +51,8 @@ pub enum StoreError {
     Query { key: &'static str, cause: sqlx::Error },
     #[error("{key}: the result has no usable column `{column}` ({cause}); the select must return it by that name")]
     Column { key: &'static str, column: &'static str, cause: sqlx::Error },
+    #[error("{key}: the select uses ${{after_id}} to read page by page, so it must return the `id` column; add it, or drop the paging")]
+    NoId { key: &'static str },
     #[error("cannot create the directory for sqlite.path {path}: {cause}")]
     SqliteDir { path: String, cause: std::io::Error },
 }
@@ -69,25 +72,23 @@ macro_rules! with_pool {
     };
 }
 
-/// The config keys of the six templates, in [`Statements`] order.
-const MYSQL_TEMPLATE_KEYS: [&str; 6] = [
-    "mysql.insert_message_sql",
-    "mysql.delete_message_sql",
-    "mysql.select_message_sql",
-    "mysql.insert_subscription_sql",
-    "mysql.select_subscriptions_sql",
-    "mysql.delete_subscription_sql",
-];
-const SQLITE_TEMPLATE_KEYS: [&str; 6] = [
-    "sqlite.insert_message_sql",
-    "sqlite.delete_message_sql",
-    "sqlite.select_message_sql",
-    "sqlite.insert_subscription_sql",
-    "sqlite.select_subscriptions_sql",
-    "sqlite.delete_subscription_sql",
-];
+/// The config keys of the templates, `mysql.` and `sqlite.`, in [`Statements`] order.
+macro_rules! template_keys {
+    ($($name:literal),*) => { ([$(concat!("mysql.", $name)),*], [$(concat!("sqlite.", $name)),*]) };
+}
+const TEMPLATE_KEYS: ([&str; 9], [&str; 9]) = template_keys!(
+    "insert_message_sql",
+    "delete_message_sql",
+    "select_message_sql",
+    "insert_subscription_sql",
+    "select_subscriptions_sql",
+    "delete_subscription_sql",
+    "insert_delivery_sql",
+    "purge_expired_sql",
+    "trim_topic_sql"
+);
 
-/// The six statements of a backend block, parsed and checked.
+/// The statements of a backend block, parsed and checked.
 pub struct Statements {
     pub insert_message: SqlTemplate,
     pub delete_message: SqlTemplate,
@@ -95,13 +96,17 @@ pub struct Statements {
     pub insert_subscription: SqlTemplate,
     pub select_subscriptions: SqlTemplate,
     pub delete_subscription: SqlTemplate,
+    pub insert_delivery: SqlTemplate,
+    pub purge_expired: SqlTemplate,
+    pub trim_topic: SqlTemplate,
 }
 
 impl Statements {
     /// Parses every template of `backend`'s block (`"mysql"` or `"sqlite"`); errors name the full key.
     pub fn parse(backend: &'static str, t: &Templates) -> Result<Statements, TemplateError> {
-        let [insert_message, delete_message, select_message, insert_subscription, select_subscriptions, delete_subscription] =
-            if backend == "mysql" { MYSQL_TEMPLATE_KEYS } else { SQLITE_TEMPLATE_KEYS };
+        let keys = if backend == "mysql" { TEMPLATE_KEYS.0 } else { TEMPLATE_KEYS.1 };
+        let [insert_message, delete_message, select_message, insert_subscription, select_subscriptions, delete_subscription, insert_delivery, purge_expired, trim_topic] =
+            keys;
         Ok(Statements {
             insert_message: SqlTemplate::parse(insert_message, &t.insert_message_sql, MESSAGE_VARS)?,
             delete_message: SqlTemplate::parse(delete_message, &t.delete_message_sql, ACK_VARS)?,
@@ -121,10 +126,13 @@ impl Statements {
                 &t.delete_subscription_sql,
                 SUBSCRIPTION_VARS,
             )?,
+            insert_delivery: SqlTemplate::parse(insert_delivery, &t.insert_delivery_sql, DELIVERY_VARS)?,
+            purge_expired: SqlTemplate::parse(purge_expired, &t.purge_expired_sql, PURGE_VARS)?,
+            trim_topic: SqlTemplate::parse(trim_topic, &t.trim_topic_sql, TRIM_VARS)?,
         })
     }
 
-    fn all(&self) -> [&SqlTemplate; 6] {
+    fn all(&self) -> [&SqlTemplate; 9] {
         [
             &self.insert_message,
             &self.delete_message,
@@ -132,7 +140,24 @@ impl Statements {
             &self.insert_subscription,
             &self.select_subscriptions,
             &self.delete_subscription,
+            &self.insert_delivery,
+            &self.purge_expired,
+            &self.trim_topic,
         ]
+    }
+}
+
+/// One transaction of the batch writer.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub inserts: Vec<Message>,
+    pub deletes: Vec<AckedMessage>,
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.inserts.is_empty() && self.deletes.is_empty() && self.deliveries.is_empty()
     }
 }
 
@@ -199,11 +224,13 @@ impl Store {
     }
 
     /// Writes one batch in one transaction: the inserts (as multi-row statements when the template
-    /// allows), then the deletes of acknowledged messages.
-    pub async fn write_batch(&self, inserts: &[Message], deletes: &[AckedMessage]) -> Result<(), StoreError> {
+    /// allows), the deletes of acknowledged messages, then the delivery records.
+    pub async fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
         let (insert, delete) = (&self.statements.insert_message, &self.statements.delete_message);
-        let insert_chunks = self.insert_chunks(inserts);
-        let delete_chunks = deletes.chunks(if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
+        let record = &self.statements.insert_delivery;
+        let insert_chunks = self.insert_chunks(&batch.inserts);
+        let delete_chunks = batch.deletes.chunks(if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
+        let record_chunks = batch.deliveries.chunks(if record.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
         /// One statement for a chunk of rows: the multi-row form of a batchable template.
         macro_rules! execute_chunk {
             ($tx:expr, $t:expr, $chunk:expr) => {{
@@ -223,6 +250,9 @@ impl Store {
             }
             for chunk in delete_chunks {
                 execute_chunk!(tx, delete, chunk);
+            }
+            for chunk in record_chunks {
+                execute_chunk!(tx, record, chunk);
             }
             tx.commit().await.map_err(err)
         }.await)
@@ -247,8 +277,17 @@ impl Store {
         chunks
     }
 
-    /// Streams the stored messages for `sub` (`select_message_sql`), in the order the template
-    /// gives (the default orders by the table's auto-increment id, i.e. publish order).
+    pub fn select_key(&self) -> &'static str {
+        self.statements.select_message.key()
+    }
+
+    /// True when `select_message_sql` reads a page at a time (it uses `${after_id}`).
+    pub fn replay_pages(&self) -> bool {
+        self.statements.select_message.vars().contains(&Var::AfterId)
+    }
+
+    /// Streams the stored messages for one page of a replay (`select_message_sql`), in the order
+    /// the template gives (the default orders by the table's auto-increment id: publish order).
     pub fn select_messages<'a>(&'a self, query: &ReplayQuery<'_>) -> BoxStream<'a, Result<StoredMessage, StoreError>> {
         let t = &self.statements.select_message;
         let key = t.key();
@@ -257,23 +296,28 @@ impl Store {
             .map(move |row| {
                 let row = row.map_err(|cause| StoreError::Query { key, cause })?;
                 Ok(StoredMessage {
+                    id: int_column(&row, key, "id")?,
                     msgid: column(&row, key, "msgid")?,
                     topic: column(&row, key, "topic")?,
                     from: optional_column::<_, String>(&row, key, "sender")?.unwrap_or_default(),
                     qos: int_column(&row, key, "qos")?.unwrap_or(1).clamp(0, 2) as u8,
                     retain: int_column(&row, key, "retain")?.unwrap_or(0) != 0,
                     payload: Bytes::from(optional_column::<_, Vec<u8>>(&row, key, "payload")?.unwrap_or_default()),
+                    expiry_ms: int_column(&row, key, "expiry")?,
+                    properties: optional_column::<_, String>(&row, key, "properties")?
+                        .map(|t| Properties::from_json(&t))
+                        .unwrap_or_default(),
                 })
             })
             .boxed())
     }
 
     pub async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        self.execute(&self.statements.insert_subscription, sub).await
+        self.execute(&self.statements.insert_subscription, sub).await.map(drop)
     }
 
     pub async fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
-        self.execute(&self.statements.delete_subscription, sub).await
+        self.execute(&self.statements.delete_subscription, sub).await.map(drop)
     }
 
     /// The stored subscriptions of one client (`select_subscriptions_sql`, columns `topic`, `qos`).
@@ -298,8 +342,20 @@ impl Store {
         })
     }
 
-    async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<(), StoreError> {
-        with_pool!(&self.writes, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(drop))
+    /// Deletes up to `limit` expired messages (`purge_expired_sql`); returns how many.
+    pub async fn purge_expired(&self, now_ms: i64, limit: i64) -> Result<u64, StoreError> {
+        self.execute(&self.statements.purge_expired, &Maintenance { now_ms, limit, topic: "" }).await
+    }
+
+    /// Deletes the oldest messages of `topic` beyond the newest `keep` (`trim_topic_sql`).
+    pub async fn trim_topic(&self, topic: &str, keep: u64) -> Result<u64, StoreError> {
+        let limit = keep.min(i64::MAX as u64) as i64;
+        self.execute(&self.statements.trim_topic, &Maintenance { now_ms: 0, limit, topic }).await
+    }
+
+    /// Runs one statement; returns the rows it changed.
+    async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<u64, StoreError> {
+        with_pool!(&self.writes, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()))
             .map_err(|cause| StoreError::Query { key: t.key(), cause })
     }
 
@@ -317,11 +373,13 @@ where
     DB: Database,
     B: Bindings,
     for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB>,
     for<'t> &'t str: Encode<'t, DB> + Type<DB>,
     for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
 {
     for v in t.values(b) {
         q = match v {
+            Value::Null => q.bind(None::<i64>),
             Value::Int(i) => q.bind(i),
             Value::Text(s) => q.bind(s),
             Value::Bytes(bytes) => q.bind(bytes),
