@@ -84,7 +84,14 @@ pub struct BrokerConfig {
     pub bind: SocketAddr,
     /// Node id in message ids (`broker.node_id`); random per process when unset.
     pub node_id: Option<u32>,
+    /// Largest MQTT packet the listener accepts, bytes (`broker.max_packet_size`).
+    pub max_packet_size: u32,
 }
+
+/// rmqtt's and EMQX's default: 1 MiB.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 1 << 20;
+/// MQTT's own limit (the Remaining Length field): 256 MiB.
+const MQTT_MAX_PACKET_SIZE: i64 = 268_435_455;
 
 /// The one enabled backend block.
 #[derive(Clone, Debug)]
@@ -251,7 +258,7 @@ const MAX_POOL_SIZE: i64 = 1024;
 const MAX_REPLAY_PAGE_SIZE: i64 = 1_000_000;
 
 const TOP_KEYS: &[&str] = &["broker", "mysql", "sqlite", "redis"];
-const BROKER_KEYS: &[&str] = &["bind", "node_id"];
+const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size"];
 const STORAGE_KEYS: &[&str] = &[
     "enable",
     "topics",
@@ -395,6 +402,9 @@ fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
             None => SocketAddr::from(([127, 0, 0, 1], 1883)),
         },
         node_id: t.int("node_id", 0, u32::MAX.into())?.map(|n| n as u32),
+        max_packet_size: t
+            .int("max_packet_size", 64, MQTT_MAX_PACKET_SIZE)?
+            .map_or(DEFAULT_MAX_PACKET_SIZE, |n| n as u32),
     })
 }
 
@@ -792,7 +802,7 @@ mod tests {
         assert_eq!((s.storage.delivery_mode, s.storage.restore_subscriptions), Default::default());
         assert_eq!((s.storage.max_messages_per_topic, s.storage.replay_page_size), (None, DEFAULT_REPLAY_PAGE_SIZE));
         assert_eq!(c.broker.bind, "127.0.0.1:1883".parse().unwrap());
-        assert_eq!(c.broker.node_id, None);
+        assert_eq!((c.broker.node_id, c.broker.max_packet_size), (None, DEFAULT_MAX_PACKET_SIZE));
         assert!(c.warnings().is_empty());
     }
 
@@ -839,7 +849,7 @@ mod tests {
     fn every_key_is_read() {
         let c = Config::parse_str(
             r#"
-            broker { bind = "0.0.0.0:2883", node_id = 7 }
+            broker { bind = "0.0.0.0:2883", node_id = 7, max_packet_size = 300000 }
             sqlite { enable = false }
             mysql {
               enable = true
@@ -873,7 +883,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.broker.bind, "0.0.0.0:2883".parse().unwrap());
-        assert_eq!(c.broker.node_id, Some(7));
+        assert_eq!((c.broker.node_id, c.broker.max_packet_size), (Some(7), 300_000));
         let Backend::MySql(m) = &c.backend else { panic!() };
         assert_eq!((m.server.as_str(), m.username.as_str(), m.password.expose()), ("db.example:3307", "app", "pw"));
         assert_eq!((m.database.as_str(), m.pool_size), ("2024", 3));

@@ -85,7 +85,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     // The retainer keeps retained messages in memory, without limits (its defaults).
     let scx = ServerContext::new().plugins_config_map_add("rmqtt-retainer", "max_retained_messages = 0").build().await;
     // Bind first: a taken port is the most common start-up failure and needs no database.
-    let listener = Builder::new().name("external/tcp").laddr(addr).allow_anonymous(true).bind().and_then(|l| l.tcp());
+    let listener = Builder::new()
+        .name("external/tcp")
+        .laddr(addr)
+        .allow_anonymous(true)
+        .max_packet_size(config.broker.max_packet_size)
+        .bind()
+        .and_then(|l| l.tcp());
     let listener = listener.map_err(|e| {
         anyhow::anyhow!(
             "cannot listen on {addr}: {e}; choose another address with --bind HOST:PORT (or broker.bind in the config)"

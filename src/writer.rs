@@ -32,7 +32,8 @@ pub struct WriterStats {
     /// Inserts cancelled by an ack before they were written.
     pub cancelled: AtomicU64,
     pub retried_batches: AtomicU64,
-    /// Rows the database rejected on their own (logged with their msgid).
+    /// Rows the database rejected on their own, or that no statement could carry (logged with their
+    /// msgid).
     pub rejected: AtomicU64,
 }
 
@@ -144,6 +145,15 @@ impl WriterTask {
                 Op::Flush(done) => flushes.push(done),
             }
         }
+        // A payload no statement can carry would fail every batch it is in: refused on its own.
+        batch.inserts.retain(|m| match self.store.check_payload(m.payload.len()) {
+            Ok(()) => true,
+            Err(limit) => {
+                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, payload_bytes = m.payload.len(), limit_bytes = limit, "payload too large for the database's max_allowed_packet; this message is not stored (raise max_allowed_packet on the MySQL server to store it)");
+                false
+            }
+        });
         // An ack for a message still in this batch: neither write is needed.
         let pending: HashSet<&str> = batch.inserts.iter().map(|m| m.msgid.as_str()).collect();
         let cancelled: HashSet<String> =

@@ -145,7 +145,8 @@ struct Hooks {
     scx: ServerContext,
     engine: Arc<Engine>,
     windows: Mutex<HashMap<String, Arc<ReplayWindow>>>,
-    /// (client id, filter) of SUBSCRIBEs for a filter the session already holds: no second replay.
+    /// (client id, filter) of SUBSCRIBEs that get no replay: the session holds the filter already,
+    /// or its shared-subscription group has other members.
     resubscribes: Mutex<HashSet<(String, String)>>,
     /// Live messages held back while their subscription's replay runs.
     gates: Gates<Live>,
@@ -228,14 +229,15 @@ impl Hooks {
 
     /// Before the broker adds a subscription: a new one gets a gate, so that its live messages wait
     /// for its replay. One the session already holds is noted: as the reference 2.0.1 does, a
-    /// re-subscribe stores the new QoS but does not replay again.
+    /// re-subscribe stores the new QoS but does not replay again. Nor does a member joining a
+    /// shared-subscription group that has members already: a group gets its backlog once.
     async fn subscribing(&self, session: &Session, sub: &Subscribe) {
         let held = match session.subscriptions().await {
             Ok(subs) => subs.to_topic_filters().await.contains(&sub.topic_filter),
             Err(_) => false,
         };
         let filter = subscribed_filter(sub);
-        if held {
+        if held || self.group_has_members(session, sub).await {
             self.resubscribes.lock().expect("resubscribes lock").insert((session.id.client_id.to_string(), filter));
         } else {
             self.gates.open(&session.id.client_id, &filter);
@@ -255,6 +257,17 @@ impl Hooks {
             let gate = self.gates.claim(&sub.client_id, &sub.filter);
             self.spawn_replay(session.id.clone(), sub, gate);
         }
+    }
+
+    /// True for a shared subscription whose group already has another member on this broker.
+    async fn group_has_members(&self, session: &Session, sub: &Subscribe) -> bool {
+        let Some(group) = sub.opts.shared_group() else { return false };
+        let router = self.scx.extends.router().await;
+        router.relations().get(&sub.topic_filter).is_some_and(|members| {
+            members
+                .iter()
+                .any(|(client_id, (_, opts))| *client_id != session.id.client_id && opts.shared_group() == Some(group))
+        })
     }
 
     /// A live delivery to `client_id`: true if a running replay holds it back.
@@ -303,23 +316,28 @@ impl Hooks {
         };
         for sub in stored {
             let qos = QoS::try_from(sub.qos).unwrap_or(QoS::AtLeastOnce);
-            let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, false, false) {
+            let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, true, false) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(client_id, topic = %sub.filter, error = %e, "a stored subscription is not a valid filter; skipped");
                     continue;
                 }
             };
-            let gate = self.gates.open(&client_id, &sub.filter);
+            let replay = !self.group_has_members(session, &subscribe).await;
+            let gate = replay.then(|| self.gates.open(&client_id, &sub.filter));
             let entry = self.scx.extends.shared().await.entry(session.id.clone());
             match entry.subscribe(&subscribe).await {
                 Ok(_) => {
                     tracing::info!(client_id, topic = %sub.filter, "restored a stored subscription");
-                    let gate = self.gates.claim(&client_id, &sub.filter);
-                    self.spawn_replay(session.id.clone(), sub, gate);
+                    if replay {
+                        let gate = self.gates.claim(&client_id, &sub.filter);
+                        self.spawn_replay(session.id.clone(), sub, gate);
+                    }
                 }
                 Err(e) => {
-                    self.gates.close(&gate);
+                    if let Some(gate) = gate {
+                        self.gates.close(&gate);
+                    }
                     tracing::warn!(client_id, topic = %sub.filter, error = %e, "restoring a stored subscription failed")
                 }
             }

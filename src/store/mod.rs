@@ -36,6 +36,8 @@ const DELETES_PER_STATEMENT: usize = 1000;
 const MAX_PARAMS: usize = 32_766;
 /// Payload bytes per multi-row statement, kept well under MySQL's default `max_allowed_packet` (16 MiB).
 const MAX_STATEMENT_PAYLOAD: usize = 4 << 20;
+/// Room a single-row insert needs beside its payload (the statement, the other columns).
+const ROW_OVERHEAD: usize = 64 << 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -192,6 +194,10 @@ pub struct Store {
     /// Rows per insert statement: within the placeholder limit and `batch_size` (1 for a template
     /// that cannot take many rows).
     rows_per_statement: usize,
+    /// Payload bytes per multi-row statement.
+    statement_payload: usize,
+    /// The largest payload a statement can carry (MySQL's `max_allowed_packet`); `None`: no limit.
+    max_payload: Option<usize>,
 }
 
 impl Store {
@@ -220,7 +226,27 @@ impl Store {
         }
         let insert = &statements.insert_message;
         let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
-        Ok(Store { writes, replays, statements, rows_per_statement })
+        let max_packet = match &writes {
+            Pool::MySql(p) => Some(
+                sqlx::query_scalar::<_, u64>("select @@max_allowed_packet")
+                    .fetch_one(p)
+                    .await
+                    .map_err(|cause| StoreError::Query { key: "mysql.server", cause })? as usize,
+            ),
+            Pool::Sqlite(_) => None,
+        };
+        let statement_payload = max_packet.map_or(MAX_STATEMENT_PAYLOAD, |m| MAX_STATEMENT_PAYLOAD.min(m / 2));
+        let max_payload = max_packet.map(|m| m.saturating_sub(ROW_OVERHEAD));
+        Ok(Store { writes, replays, statements, rows_per_statement, statement_payload, max_payload })
+    }
+
+    /// `Err(limit)` when a payload is too large for any statement of this database: MySQL's
+    /// `max_allowed_packet` caps every statement, and such a row would fail its whole batch.
+    pub fn check_payload(&self, len: usize) -> Result<(), usize> {
+        match self.max_payload {
+            Some(max) if len > max => Err(max),
+            _ => Ok(()),
+        }
     }
 
     /// Writes one batch in one transaction: the inserts (as multi-row statements when the template
@@ -259,13 +285,13 @@ impl Store {
     }
 
     /// Splits a batch into statements: at most `rows_per_statement` rows and about
-    /// `MAX_STATEMENT_PAYLOAD` payload bytes each (a single large row still gets its own statement).
+    /// `statement_payload` payload bytes each (a single large row still gets its own statement).
     fn insert_chunks<'m>(&self, inserts: &'m [Message]) -> Vec<&'m [Message]> {
         let mut chunks = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (i, m) in inserts.iter().enumerate() {
             let rows = i - start;
-            if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > MAX_STATEMENT_PAYLOAD) {
+            if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > self.statement_payload) {
                 chunks.push(&inserts[start..i]);
                 (start, bytes) = (i, 0);
             }
