@@ -98,6 +98,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     })?;
 
+    host::rmqtt::enable_shared_subscriptions(&scx).await;
     let engine = Engine::start(&config).await?;
     rmqtt_retainer::register(&scx, true, false).await.context("starting rmqtt's retainer")?;
     host::rmqtt::register(&scx, engine.clone()).await.context("starting the offline-messages plugin")?;

@@ -15,7 +15,11 @@ use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, Register, ReturnType, Type};
 use rmqtt::plugin::{PackageInfo, Plugin};
 use rmqtt::session::Session;
-use rmqtt::types::{From, Id, Publish, QoS, Subscribe};
+use rmqtt::subscribe::SharedSubscription;
+use rmqtt::types::{
+    ClientId, From, Id, IsOnline, NodeId, Publish, QoS, SharedGroup, Subscribe, SubscriptionIdentifier,
+    SubscriptionOptions, TopicName,
+};
 use tokio::sync::Notify;
 
 use crate::config::RestoreSubscriptions;
@@ -42,6 +46,44 @@ const REPLAY_STALL_CHECK: Duration = Duration::from_secs(1);
 
 /// A connected subscriber that takes nothing for this long ends its replay.
 const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// rmqtt ships shared subscriptions switched off (its default strategy says "not supported", so
+/// `$share/group/filter` is a plain filter). This one turns them on: each message goes to one
+/// member of the group, the next online member in turn.
+#[derive(Default)]
+pub struct RoundRobinSharedSubscription {
+    next: AtomicUsize,
+}
+
+#[async_trait]
+impl SharedSubscription for RoundRobinSharedSubscription {
+    fn is_supported(&self) -> bool {
+        true
+    }
+
+    async fn choice(
+        &self,
+        _scx: &ServerContext,
+        _group: &SharedGroup,
+        _publisher: &Id,
+        _topic: &TopicName,
+        members: &[(NodeId, ClientId, SubscriptionOptions, Option<Vec<SubscriptionIdentifier>>, Option<IsOnline>)],
+    ) -> Option<(usize, IsOnline)> {
+        if members.is_empty() {
+            return None;
+        }
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let order = (0..members.len()).map(|i| (start + i) % members.len());
+        let online = order.clone().find(|&i| members[i].4 != Some(false));
+        // With nobody online the message waits in one offline member's session.
+        Some(online.map_or((start % members.len(), false), |i| (i, true)))
+    }
+}
+
+/// Turns on shared subscriptions in a broker built on `scx` (see [`RoundRobinSharedSubscription`]).
+pub async fn enable_shared_subscriptions(scx: &ServerContext) {
+    *scx.extends.shared_subscription_mut().await = Box::new(RoundRobinSharedSubscription::default());
+}
 
 /// Registers the plugin with rmqtt's plugin manager and starts it: use this to embed the plugin in
 /// your own rmqtt-based broker.

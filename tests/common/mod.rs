@@ -14,6 +14,43 @@ use tokio::sync::mpsc;
 
 pub const MYSQL_SERVER: &str = "127.0.0.1:3306";
 
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// Runs one scenario against MariaDB and against SQLite, as two tests.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$name(super::Backend::MySql).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+        }
+    };
+}
+
+/// Payload `i` of a sequence: binary, with NUL bytes and bytes that are not UTF-8.
+pub fn payload(i: usize) -> Vec<u8> {
+    let mut p = vec![0u8, 0xff, 0xfe, b'\'', b'\\', 0x80];
+    p.extend_from_slice(format!("#{i}").as_bytes());
+    p.push(0);
+    p
+}
+
+/// Runs Debian's `mosquitto_pub` or `mosquitto_sub` (package mosquitto-clients) against the
+/// broker as an MQTT 5 client with QoS 1.
+pub fn mosquitto(program: &str, port: u16, client_id: &str, topic: &str, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(program)
+        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "5", "-q", "1", "-i", client_id, "-t", topic])
+        .args(extra)
+        .output()
+        .unwrap_or_else(|e| panic!("{program} (Debian package mosquitto-clients): {e}"))
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
     MySql,
@@ -119,7 +156,7 @@ impl TestEnv {
 
     pub async fn messages(&self) -> Vec<MsgRow> {
         let sql = match self.backend {
-            Backend::MySql => "select msgid, topic, sender, qos, retain, payload, CAST(UNIX_TIMESTAMP(arrived) AS SIGNED) * 1000 as arrived_ms from mqtt_msg order by id",
+            Backend::MySql => "select msgid, topic, sender, qos, retain, payload, CAST(UNIX_TIMESTAMP(arrived) * 1000 AS SIGNED) as arrived_ms from mqtt_msg order by id",
             Backend::Sqlite => "select msgid, topic, sender, qos, retain, payload, arrived as arrived_ms from mqtt_msg order by id",
         };
         with_conn!(self, c => sqlx::query(sql).fetch_all(&mut c).await.unwrap().iter().map(|r| MsgRow {
@@ -149,6 +186,7 @@ impl TestEnv {
         let sql: &'static str = match table {
             "mqtt_msg" => "select count(*) from mqtt_msg",
             "mqtt_sub" => "select count(*) from mqtt_sub",
+            "mqtt_delivered" => "select count(*) from mqtt_delivered",
             other => panic!("no count query for {other}"),
         };
         self.exec(sql).await.unwrap()
@@ -287,9 +325,20 @@ impl Client {
 
     /// With `manual_acks`, received QoS 1/2 messages are never acknowledged (a stuck subscriber).
     pub async fn connect_with(port: u16, id: &str, clean: bool, manual_acks: bool) -> Client {
+        Client::connect_opts(port, id, clean, manual_acks, 1 << 20).await
+    }
+
+    /// A clean-start client that may send and receive packets up to `max_packet` bytes.
+    pub async fn connect_with_max_packet(port: u16, id: &str, max_packet: usize) -> Client {
+        Client::connect_opts(port, id, true, false, max_packet).await
+    }
+
+    async fn connect_opts(port: u16, id: &str, clean: bool, manual_acks: bool, max_packet: usize) -> Client {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_manual_acks(manual_acks);
-        opts.set_clean_session(clean).set_keep_alive(Duration::from_secs(30)).set_max_packet_size(1 << 20, 1 << 20);
+        opts.set_clean_session(clean)
+            .set_keep_alive(Duration::from_secs(30))
+            .set_max_packet_size(max_packet, max_packet);
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
         let (ptx, publishes) = mpsc::unbounded_channel();
         let (atx, mut acks) = mpsc::unbounded_channel();

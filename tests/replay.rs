@@ -1,0 +1,313 @@
+//! Replay that is right: delivery modes, QoS 0 subscribers, expiry, fidelity, shared subscriptions,
+//! restore modes, retention, two brokers. Each test names the reference plugin's weakness it guards
+//! against (the numbers of `shared/reference/emqx-offline-messages.md`).
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::{mosquitto, Backend, Broker, Client, TestEnv, LONG};
+use rumqttc::QoS;
+
+fn text(p: &rumqttc::Publish) -> String {
+    String::from_utf8_lossy(&p.payload).into_owned()
+}
+
+async fn publish_all(env: &TestEnv, client_id: &str, topic: &str, payloads: &[&str]) {
+    let mut p = Client::connect(env.port, client_id, true).await;
+    for m in payloads {
+        p.publish(topic, QoS::AtLeastOnce, false, *m).await;
+    }
+    p.disconnect().await;
+}
+
+// Weakness 5: the first ack deleted the message for every other subscriber.
+on_both_backends!(fanout_gives_every_subscriber_every_message_once);
+async fn fanout_gives_every_subscriber_every_message_once(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("delivery_mode = fanout").await;
+    publish_all(&env, "fan-pub", "fan/t", &["a", "b", "c"]).await;
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    for sub in ["fan-1", "fan-2"] {
+        let mut s = Client::connect(env.port, sub, true).await;
+        s.subscribe("fan/#", QoS::AtLeastOnce).await;
+        let got: Vec<String> = s.recv(3, LONG).await.iter().map(text).collect();
+        assert_eq!(got, ["a", "b", "c"], "{sub} gets every message");
+        assert!(s.drain(Duration::from_millis(500)).await.is_empty());
+        s.disconnect().await;
+    }
+    env.wait_count("mqtt_delivered", 6, LONG).await;
+    assert_eq!(env.count("mqtt_msg").await, 3, "acks keep the rows: history stays queryable");
+
+    // Each subscriber remembers what it has had: a new subscription gets only what is new.
+    publish_all(&env, "fan-pub", "fan/t", &["d"]).await;
+    env.wait_count("mqtt_msg", 4, LONG).await;
+    let mut s = Client::connect(env.port, "fan-1", true).await;
+    s.subscribe("fan/#", QoS::AtLeastOnce).await;
+    assert_eq!(s.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["d"]);
+    assert!(s.drain(Duration::from_millis(700)).await.is_empty(), "nothing it acknowledged before");
+    // A subscriber that never subscribed before starts from the oldest stored message.
+    let mut s = Client::connect(env.port, "fan-3", true).await;
+    s.subscribe("fan/t", QoS::AtLeastOnce).await;
+    assert_eq!(s.recv(4, LONG).await.iter().map(text).collect::<Vec<_>>(), ["a", "b", "c", "d"]);
+}
+
+// Weakness 6: a QoS 0 subscriber never acks, so it got the same rows on every subscribe.
+on_both_backends!(a_qos0_subscriber_gets_stored_rows_once_and_they_stay_for_others);
+async fn a_qos0_subscriber_gets_stored_rows_once_and_they_stay_for_others(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    publish_all(&env, "q0-pub", "q0/t", &["x", "y"]).await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    let mut s = Client::connect(env.port, "q0-sub", true).await;
+    s.subscribe("q0/t", QoS::AtMostOnce).await;
+    assert_eq!(s.recv(2, LONG).await.iter().map(text).collect::<Vec<_>>(), ["x", "y"]);
+    s.disconnect().await;
+    env.wait_count("mqtt_delivered", 2, LONG).await;
+
+    let mut s = Client::connect(env.port, "q0-sub", true).await;
+    s.subscribe("q0/t", QoS::AtMostOnce).await;
+    assert!(s.drain(Duration::from_secs(1)).await.is_empty(), "not again on the next subscribe");
+    assert_eq!(env.count("mqtt_msg").await, 2, "the rows stay for subscribers that ack");
+
+    // A live QoS 0 delivery counts too.
+    s.subscribe("q0/live", QoS::AtMostOnce).await;
+    publish_all(&env, "q0-pub", "q0/live", &["z"]).await;
+    assert_eq!(s.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["z"]);
+    env.wait_count("mqtt_delivered", 3, LONG).await;
+    s.disconnect().await;
+
+    let mut q1 = Client::connect(env.port, "q1-sub", true).await;
+    q1.subscribe("q0/#", QoS::AtLeastOnce).await;
+    assert_eq!(q1.recv(3, LONG).await.iter().map(text).collect::<Vec<_>>(), ["x", "y", "z"]);
+    env.wait_count("mqtt_msg", 0, LONG).await;
+    assert_eq!(env.count("mqtt_delivered").await, 0, "delivery records go with their messages");
+}
+
+// The reference restores stored subscriptions on every connect; `always` keeps that behaviour.
+on_both_backends!(restore_always_brings_subscriptions_back_on_a_clean_start);
+async fn restore_always_brings_subscriptions_back_on_a_clean_start(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("restore_subscriptions = always").await;
+    // Another system provisions a subscription by inserting a row.
+    env.exec("insert into mqtt_sub(clientid, topic, qos) values('prov-1', 'prov/#', 1)").await;
+    publish_all(&env, "prov-pub", "prov/a", &["one", "two"]).await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    let mut c = Client::connect(env.port, "prov-1", true).await;
+    assert_eq!(c.recv(2, LONG).await.iter().map(text).collect::<Vec<_>>(), ["one", "two"]);
+    c.disconnect().await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.subscriptions().await, vec![("prov-1".into(), "prov/#".into(), 1)], "kept after the session ends");
+
+    publish_all(&env, "prov-pub", "prov/b", &["three"]).await;
+    let mut c = Client::connect(env.port, "prov-1", true).await;
+    assert_eq!(c.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["three"]);
+    // Live, too.
+    publish_all(&env, "prov-pub", "prov/c", &["four"]).await;
+    assert_eq!(c.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["four"]);
+    assert!(c.drain(Duration::from_millis(500)).await.is_empty());
+}
+
+// Weakness 7: rows never expired.
+on_both_backends!(expired_messages_are_never_replayed_and_are_purged);
+async fn expired_messages_are_never_replayed_and_are_purged(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("message_ttl = 1s").await;
+    publish_all(&env, "ttl-pub", "ttl/t", &["old-1", "old-2"]).await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    publish_all(&env, "ttl-pub", "ttl/t", &["fresh"]).await;
+    let mut s = Client::connect(env.port, "ttl-sub", true).await;
+    s.subscribe("ttl/t", QoS::AtLeastOnce).await;
+    assert_eq!(s.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["fresh"]);
+    assert!(s.drain(Duration::from_millis(500)).await.is_empty(), "expired rows are not replayed");
+    // The background purge removes expired rows even when nobody subscribes.
+    publish_all(&env, "ttl-pub", "ttl/other", &["unread"]).await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}
+
+// Weaknesses 7 and 8: MQTT 5 expiry was ignored and MQTT 5 properties were lost.
+on_both_backends!(mqtt5_properties_and_the_remaining_expiry_come_back_on_replay);
+async fn mqtt5_properties_and_the_remaining_expiry_come_back_on_replay(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let port = env.port;
+    let props: &[&str] = &[
+        "-D",
+        "publish",
+        "content-type",
+        "text/plain",
+        "-D",
+        "publish",
+        "user-property",
+        "k1",
+        "v1",
+        "-D",
+        "publish",
+        "user-property",
+        "k2",
+        "v2",
+        "-D",
+        "publish",
+        "response-topic",
+        "reply/here",
+        "-D",
+        "publish",
+        "correlation-data",
+        "abc123",
+        "-D",
+        "publish",
+        "payload-format-indicator",
+        "1",
+        "-D",
+        "publish",
+        "message-expiry-interval",
+        "120",
+    ];
+    let out = mosquitto("mosquitto_pub", port, "p5-pub", "p5/a", &[&["-m", "hello"], props].concat());
+    assert!(out.status.success(), "mosquitto_pub: {}", String::from_utf8_lossy(&out.stderr));
+    let out = mosquitto(
+        "mosquitto_pub",
+        port,
+        "p5-pub-2",
+        "p5/b",
+        &["-m", "short-lived", "-D", "publish", "message-expiry-interval", "1"],
+    );
+    assert!(out.status.success());
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let out = tokio::task::spawn_blocking(move || {
+        mosquitto("mosquitto_sub", port, "p5-sub", "p5/#", &["-C", "1", "-W", "30", "-F", "%t|%p|%C|%E|%R|%D|%P|%F"])
+    })
+    .await
+    .unwrap();
+    assert!(out.status.success(), "mosquitto_sub: {}", String::from_utf8_lossy(&out.stderr));
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let fields: Vec<&str> = line.split('|').collect();
+    assert_eq!(
+        (fields[0], fields[1], fields[2], fields[4], fields[5], fields[6], fields[7]),
+        ("p5/a", "hello", "text/plain", "reply/here", "abc123", "k1:v1 k2:v2", "1"),
+        "{line}"
+    );
+    let remaining: u32 = fields[3].parse().unwrap();
+    assert!((100..=118).contains(&remaining), "the expiry left goes out, not the 120 s published: {line}");
+    // The expired one was not replayed (mosquitto_sub took one message and the broker has no other).
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}
+
+// Weakness 8: `blob` cut payloads at 64 KiB and `datetime` dropped the milliseconds.
+on_both_backends!(large_payloads_and_millisecond_times_are_kept);
+async fn large_payloads_and_millisecond_times_are_kept(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let big: Vec<u8> = (0..600_000u32).map(|i| (i % 251) as u8).collect();
+    let before = mqtt_offline_messages::engine::now_ms();
+    publish_all_bytes(&env, "big-pub", "big/t", &big).await;
+    let after = mqtt_offline_messages::engine::now_ms();
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    let row = env.messages().await.remove(0);
+    assert_eq!(row.payload.len(), big.len(), "the whole payload is stored");
+    assert!(row.payload == big);
+    assert!(
+        row.arrived_ms >= before && row.arrived_ms <= after,
+        "millisecond time: {} in {before}..{after}",
+        row.arrived_ms
+    );
+    let mut s = Client::connect(env.port, "big-sub", true).await;
+    s.subscribe("big/t", QoS::AtLeastOnce).await;
+    assert!(s.recv(1, LONG).await[0].payload.as_ref() == big.as_slice(), "and replayed whole");
+}
+
+async fn publish_all_bytes(env: &TestEnv, client_id: &str, topic: &str, payload: &[u8]) {
+    let mut p = Client::connect(env.port, client_id, true).await;
+    p.publish(topic, QoS::AtLeastOnce, false, payload.to_vec()).await;
+    p.disconnect().await;
+}
+
+/// A payload beyond MySQL's max_allowed_packet (16 MiB here) fails alone, not its batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_payload_beyond_max_allowed_packet_is_refused_alone() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let config = format!("broker {{ max_packet_size = 40000000 }}\n{}", env.backend_block("batch_time = 300ms"));
+    let broker = Broker::start(&env.write_config(&config), env.port, env.dir.path().join("broker.log")).await;
+    let mut p = Client::connect_with_max_packet(env.port, "huge-pub", 40_000_000).await;
+    p.publish("huge/t", QoS::AtLeastOnce, false, "before").await;
+    p.publish("huge/t", QoS::AtLeastOnce, false, vec![7u8; 17 << 20]).await;
+    p.publish("huge/t", QoS::AtLeastOnce, false, "after").await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    let payloads: Vec<Vec<u8>> = env.messages().await.into_iter().map(|r| r.payload).collect();
+    assert_eq!(payloads, [b"before".to_vec(), b"after".to_vec()]);
+    let log = broker.log_text();
+    assert!(log.contains("max_allowed_packet"), "the log says why: {log}");
+}
+
+// Weaknesses 3 and 9 for shared subscriptions: a group gets its backlog once, not once per member.
+on_both_backends!(a_shared_subscription_group_gets_the_backlog_once);
+async fn a_shared_subscription_group_gets_the_backlog_once(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    // Fanout keeps the rows, so a second replay would find them.
+    let _broker = env.start("delivery_mode = fanout").await;
+    publish_all(&env, "sh-pub", "sh/t", &["1", "2", "3"]).await;
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    let mut m1 = Client::connect(env.port, "sh-m1", true).await;
+    m1.subscribe("$share/g/sh/#", QoS::AtLeastOnce).await;
+    assert_eq!(m1.recv(3, LONG).await.iter().map(text).collect::<Vec<_>>(), ["1", "2", "3"]);
+    let mut m2 = Client::connect(env.port, "sh-m2", true).await;
+    m2.subscribe("$share/g/sh/#", QoS::AtLeastOnce).await;
+    assert!(m2.drain(Duration::from_secs(1)).await.is_empty(), "the group had its backlog");
+    assert!(m1.drain(Duration::from_millis(300)).await.is_empty());
+    // Another group, or a plain subscriber, has its own.
+    let mut other = Client::connect(env.port, "sh-other", true).await;
+    other.subscribe("$share/h/sh/#", QoS::AtLeastOnce).await;
+    assert_eq!(other.recv(3, LONG).await.len(), 3);
+}
+
+// Retention: `max_messages_per_topic` keeps the newest.
+on_both_backends!(max_messages_per_topic_drops_the_oldest);
+async fn max_messages_per_topic_drops_the_oldest(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("max_messages_per_topic = 3").await;
+    let many: Vec<String> = (0..10).map(|i| i.to_string()).collect();
+    publish_all(&env, "cap-pub", "cap/a", &many.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    publish_all(&env, "cap-pub", "cap/b", &["b0", "b1"]).await;
+    env.wait_count("mqtt_msg", 5, LONG).await;
+    let kept: Vec<(String, String)> =
+        env.messages().await.into_iter().map(|r| (r.topic, String::from_utf8(r.payload).unwrap())).collect();
+    let expected = [("cap/a", "7"), ("cap/a", "8"), ("cap/a", "9"), ("cap/b", "b0"), ("cap/b", "b1")];
+    assert_eq!(kept, expected.map(|(t, p)| (t.to_owned(), p.to_owned())));
+}
+
+// More than one broker on one database: published on one, replayed on the other; acked there.
+on_both_backends!(two_brokers_share_one_database);
+async fn two_brokers_share_one_database(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let broker_a = env.start("").await;
+    let port_b = common::free_port();
+    let config_b = env.dir.path().join("config-b.hocon");
+    std::fs::write(&config_b, env.backend_block("")).unwrap();
+    let broker_b = Broker::start(&config_b, port_b, env.dir.path().join("broker-b.log")).await;
+
+    let mut pa = Client::connect(env.port, "two-pub-a", true).await;
+    let mut pb = Client::connect(port_b, "two-pub-b", true).await;
+    for i in 0..20 {
+        pa.publish("two/t", QoS::AtLeastOnce, false, format!("a{i}")).await;
+        pb.publish("two/t", QoS::AtLeastOnce, false, format!("b{i}")).await;
+    }
+    env.wait_count("mqtt_msg", 40, LONG).await;
+    let ids: std::collections::HashSet<String> = env.messages().await.into_iter().map(|r| r.msgid).collect();
+    assert_eq!(ids.len(), 40, "no message id collides");
+
+    let mut s = Client::connect(port_b, "two-sub", true).await;
+    s.subscribe("two/#", QoS::AtLeastOnce).await;
+    let got: Vec<String> = s.recv(40, LONG).await.iter().map(text).collect();
+    for publisher in ["a", "b"] {
+        let mine: Vec<&String> = got.iter().filter(|m| m.starts_with(publisher)).collect();
+        let expected: Vec<String> = (0..20).map(|i| format!("{publisher}{i}")).collect();
+        assert_eq!(mine, expected.iter().collect::<Vec<_>>(), "in order per publisher");
+    }
+    // The acks on broker B delete what broker A stored.
+    env.wait_count("mqtt_msg", 0, LONG).await;
+    drop((broker_a, broker_b));
+}
