@@ -341,11 +341,9 @@ impl Engine {
                 if !filter.matches(&m.topic) || m.expiry_ms.is_some_and(|e| e <= now) || sink.skip(&m.msgid) {
                     continue;
                 }
-                if m.qos.min(sub.qos) == 0 {
-                    // Delivered at QoS 0: no ack will come, the delivery is this client's ack.
-                    let record = DeliveryRecord { client_id: sub.client_id.clone(), msgid: m.msgid.clone() };
-                    self.writer.delivered(record).await;
-                } else {
+                let at_most_once = m.qos.min(sub.qos) == 0;
+                let msgid = m.msgid.clone();
+                if !at_most_once {
                     let d = Delivery {
                         from: &m.from,
                         topic: &m.topic,
@@ -356,6 +354,10 @@ impl Engine {
                     self.remember(AckKey::of(d, &self.ack_keys), &m.msgid, &m.from, &m.topic);
                 }
                 sink.deliver(m, now).await?;
+                if at_most_once {
+                    // Delivered at QoS 0: no ack will come, the delivery is this client's ack.
+                    self.writer.delivered(DeliveryRecord { client_id: sub.client_id.clone(), msgid }).await;
+                }
                 delivered += 1;
             }
             if !pages || read < limit {

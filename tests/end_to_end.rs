@@ -42,7 +42,8 @@ async fn replay_of_a_large_backlog_in_order_then_acks_delete(backend: Backend) {
     // Far more than rmqtt's per-session queue (max_mqueue_len = 1000): the replay must be paced.
     const N: usize = 5000;
     let env = TestEnv::new(backend).await;
-    let _broker = env.start("").await;
+    // Pages of 997 rows: the replay reads page after page (the last one short) and loses none.
+    let _broker = env.start("replay_page_size = 997").await;
     let publisher = Client::connect(env.port, "pub-big", true).await;
     for i in 0..N {
         publisher.client.publish("backlog/t", QoS::AtLeastOnce, false, format!("m{i}")).await.unwrap();

@@ -311,3 +311,83 @@ async fn two_brokers_share_one_database(backend: Backend) {
     env.wait_count("mqtt_msg", 0, LONG).await;
     drop((broker_a, broker_b));
 }
+
+// In fanout mode, what a subscriber has had on one broker counts on the other.
+on_both_backends!(two_brokers_in_fanout_mode_share_what_each_subscriber_has_had);
+async fn two_brokers_in_fanout_mode_share_what_each_subscriber_has_had(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker_a = env.start("delivery_mode = fanout").await;
+    let port_b = common::free_port();
+    let config_b = env.dir.path().join("config-b.hocon");
+    std::fs::write(&config_b, env.backend_block("delivery_mode = fanout")).unwrap();
+    let _broker_b = Broker::start(&config_b, port_b, env.dir.path().join("broker-b.log")).await;
+
+    publish_all(&env, "fb-pub", "fb/t", &["1", "2"]).await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    let mut s = Client::connect(env.port, "fb-sub", true).await;
+    s.subscribe("fb/t", QoS::AtLeastOnce).await;
+    assert_eq!(s.recv(2, LONG).await.iter().map(text).collect::<Vec<_>>(), ["1", "2"]);
+    s.disconnect().await;
+    env.wait_count("mqtt_delivered", 2, LONG).await;
+
+    let mut p = Client::connect(port_b, "fb-pub-b", true).await;
+    p.publish("fb/t", QoS::AtLeastOnce, false, "3").await;
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    let mut s = Client::connect(port_b, "fb-sub", true).await;
+    s.subscribe("fb/t", QoS::AtLeastOnce).await;
+    assert_eq!(s.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["3"], "only what it has not had");
+    assert!(s.drain(Duration::from_millis(700)).await.is_empty());
+    assert_eq!(env.count("mqtt_msg").await, 3);
+}
+
+/// The plan the database picks for the default `select_message_sql` with `values` bound.
+async fn plan(env: &TestEnv, values: (&str, i64, i64, &str, i64)) -> String {
+    use mqtt_offline_messages::config::Templates;
+    use mqtt_offline_messages::template::{SqlTemplate, SELECT_MESSAGE_VARS};
+    use sqlx::Row;
+    let (like, after, now, client, limit) = values;
+    let (templates, explain) = match env.backend {
+        Backend::MySql => (Templates::mysql_default(), "EXPLAIN "),
+        Backend::Sqlite => (Templates::sqlite_default(), "EXPLAIN QUERY PLAN "),
+    };
+    let t = SqlTemplate::parse("select_message_sql", &templates.select_message_sql, SELECT_MESSAGE_VARS).unwrap();
+    let sql = sqlx::AssertSqlSafe(format!("{explain}{}", t.sql()));
+    // The default's placeholders, in order: topic_like, after_id, now, clientid, limit.
+    macro_rules! rows {
+        ($c:expr) => {
+            sqlx::query(sql).bind(like).bind(after).bind(now).bind(client).bind(limit).fetch_all($c).await.unwrap()
+        };
+    }
+    match env.backend {
+        Backend::MySql => {
+            let mut c = env.mysql().await;
+            let rows = rows!(&mut c);
+            rows.iter()
+                .map(|r| format!("{}:{:?}", r.get::<String, _>("table"), r.get::<Option<String>, _>("key")))
+                .collect::<Vec<_>>()
+                .join(" ")
+        }
+        Backend::Sqlite => {
+            let mut c = env.sqlite().await;
+            sqlx::raw_sql("PRAGMA case_sensitive_like = ON").execute(&mut c).await.unwrap();
+            let rows = rows!(&mut c);
+            rows.iter().map(|r| r.get::<String, _>("detail")).collect::<Vec<_>>().join(" | ")
+        }
+    }
+}
+
+// Weakness 3, the cost side: a filter with a literal prefix reads only that prefix's rows.
+on_both_backends!(the_default_select_reads_a_prefix_through_the_topic_index);
+async fn the_default_select_reads_a_prefix_through_the_topic_index(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let broker = env.start("").await;
+    drop(broker);
+    let fill = match backend {
+        Backend::MySql => "insert into mqtt_msg(msgid, topic, sender, qos, payload, arrived) select concat('m', seq), concat('t', seq mod 200, '/x/', seq mod 7), 's', 1, 'p', now() from seq_1_to_20000",
+        Backend::Sqlite => "with recursive n(i) as (select 1 union all select i + 1 from n where i < 20000) insert into mqtt_msg(msgid, topic, sender, qos, payload, arrived) select 'm' || i, 't' || (i % 200) || '/x/' || (i % 7), 's', 1, 'p', 0 from n",
+    };
+    env.execute(fill).await;
+    env.execute(if backend == Backend::MySql { "analyze table mqtt_msg" } else { "analyze" }).await;
+    let p = plan(&env, ("t17/%", 0, 0, "c", 1000)).await;
+    assert!(p.contains("topic_index"), "the prefix is read through topic_index: {p}");
+}

@@ -237,11 +237,11 @@ impl Handler for HookHandler {
             Parameter::ClientSubscribe(session, sub) => hooks.subscribing(session, sub).await,
             Parameter::SessionSubscribed(session, sub) => hooks.subscribed(session, sub).await,
             Parameter::SessionUnsubscribed(session, unsub) => {
-                let sub = Subscription {
-                    client_id: session.id.client_id.to_string(),
-                    filter: unsub.topic_filter.to_string(),
-                    qos: 0,
+                let filter = match &unsub.shared_group {
+                    Some(group) => format!("$share/{group}/{}", unsub.topic_filter),
+                    None => unsub.topic_filter.to_string(),
                 };
+                let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: 0 };
                 hooks
                     .resubscribes
                     .lock()

@@ -182,6 +182,11 @@ impl TestEnv {
         with_conn!(self, c => sqlx::query(sql).fetch_optional(&mut c).await.unwrap().map(|r| r.get(0)))
     }
 
+    /// Runs statements, ignoring what they return.
+    pub async fn execute(&self, sql: &'static str) {
+        with_conn!(self, c => { sqlx::raw_sql(sql).execute(&mut c).await.unwrap(); })
+    }
+
     pub async fn count(&self, table: &str) -> i64 {
         let sql: &'static str = match table {
             "mqtt_msg" => "select count(*) from mqtt_msg",
