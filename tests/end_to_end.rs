@@ -37,6 +37,7 @@ async fn publishes_are_stored_with_every_field(backend: Backend) {
     assert_eq!(ids.len(), 21, "message ids are unique");
 }
 
+// Weakness 4: no ORDER BY, so replay order was whatever the database returned.
 on_both_backends!(replay_of_a_large_backlog_in_order_then_acks_delete);
 async fn replay_of_a_large_backlog_in_order_then_acks_delete(backend: Backend) {
     // Far more than rmqtt's per-session queue (max_mqueue_len = 1000): the replay must be paced.
@@ -65,6 +66,7 @@ async fn replay_of_a_large_backlog_in_order_then_acks_delete(backend: Backend) {
     assert!(second.drain(Duration::from_secs(1)).await.is_empty(), "acknowledged messages are never replayed");
 }
 
+// Weakness 9: a persistent session got a message from its own queue and again from the replay.
 on_both_backends!(subscriptions_are_stored_restored_and_cleared);
 async fn subscriptions_are_stored_restored_and_cleared(backend: Backend) {
     let env = TestEnv::new(backend).await;
@@ -253,6 +255,7 @@ async fn sigterm_flushes_what_the_writer_holds(backend: Backend) {
     );
 }
 
+// Weakness 3: `topic = ${topic}` compared the filter text, so wildcards replayed nothing.
 on_both_backends!(wildcard_subscriptions_replay_every_matching_message_in_order);
 async fn wildcard_subscriptions_replay_every_matching_message_in_order(backend: Backend) {
     let env = TestEnv::new(backend).await;
@@ -307,6 +310,7 @@ async fn a_stuck_subscriber_does_not_stop_the_writer() {
     assert_eq!(broker.stop(), Some(0), "shutdown does not wait for the stuck replay");
 }
 
+// Weakness 9: a re-subscribe replayed the backlog a second time.
 on_both_backends!(a_resubscribe_does_not_replay_the_backlog_again);
 async fn a_resubscribe_does_not_replay_the_backlog_again(backend: Backend) {
     let env = TestEnv::new(backend).await;

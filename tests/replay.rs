@@ -109,6 +109,24 @@ async fn restore_always_brings_subscriptions_back_on_a_clean_start(backend: Back
     assert!(c.drain(Duration::from_millis(500)).await.is_empty());
 }
 
+// MQTT's sessions (restore_subscriptions = persistent): a session that expires by its Session
+// Expiry Interval takes its stored subscriptions with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_session_takes_its_stored_subscriptions_along() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let _broker = env.start("").await;
+    let port = env.port;
+    // A persistent MQTT 5 session (-c) that expires 2 s after the client leaves (-x 2).
+    let out = tokio::task::spawn_blocking(move || {
+        mosquitto("mosquitto_sub", port, "exp-1", "exp/t", &["-c", "-x", "2", "-W", "1"])
+    })
+    .await
+    .unwrap();
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("rror"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.subscriptions().await, vec![("exp-1".into(), "exp/t".into(), 1)], "kept while the session lives");
+    env.wait_count("mqtt_sub", 0, LONG).await;
+}
+
 // Weakness 7: rows never expired.
 on_both_backends!(expired_messages_are_never_replayed_and_are_purged);
 async fn expired_messages_are_never_replayed_and_are_purged(backend: Backend) {
