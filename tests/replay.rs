@@ -302,10 +302,7 @@ on_both_backends!(two_brokers_share_one_database);
 async fn two_brokers_share_one_database(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let broker_a = env.start("").await;
-    let port_b = common::free_port();
-    let config_b = env.dir.path().join("config-b.hocon");
-    std::fs::write(&config_b, env.backend_block("")).unwrap();
-    let broker_b = Broker::start(&config_b, port_b, env.dir.path().join("broker-b.log")).await;
+    let (broker_b, port_b) = env.start_another("b", "").await;
 
     let mut pa = Client::connect(env.port, "two-pub-a", true).await;
     let mut pb = Client::connect(port_b, "two-pub-b", true).await;
@@ -335,10 +332,7 @@ on_both_backends!(two_brokers_in_fanout_mode_share_what_each_subscriber_has_had)
 async fn two_brokers_in_fanout_mode_share_what_each_subscriber_has_had(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker_a = env.start("delivery_mode = fanout").await;
-    let port_b = common::free_port();
-    let config_b = env.dir.path().join("config-b.hocon");
-    std::fs::write(&config_b, env.backend_block("delivery_mode = fanout")).unwrap();
-    let _broker_b = Broker::start(&config_b, port_b, env.dir.path().join("broker-b.log")).await;
+    let (_broker_b, port_b) = env.start_another("b", "delivery_mode = fanout").await;
 
     publish_all(&env, "fb-pub", "fb/t", &["1", "2"]).await;
     env.wait_count("mqtt_msg", 2, LONG).await;

@@ -148,6 +148,14 @@ impl TestEnv {
         path
     }
 
+    /// Starts another broker on the same database, on a port of its own: `(broker, port)`.
+    pub async fn start_another(&self, name: &str, extra: &str) -> (Broker, u16) {
+        let port = free_port();
+        let config = self.dir.path().join(format!("config-{name}.hocon"));
+        std::fs::write(&config, self.backend_block(extra)).unwrap();
+        (Broker::start(&config, port, self.dir.path().join(format!("broker-{name}.log"))).await, port)
+    }
+
     /// Starts the broker with the default backend block plus `extra` keys in it.
     pub async fn start(&self, extra: &str) -> Broker {
         let path = self.write_config(&self.backend_block(extra));
