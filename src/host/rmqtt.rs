@@ -109,7 +109,7 @@ impl OfflineMessagesPlugin {
             scx,
             engine,
             windows: Mutex::default(),
-            resubscribes: Mutex::default(),
+            no_replay: Mutex::default(),
             gates: Gates::default(),
         });
         OfflineMessagesPlugin { register, hooks }
@@ -189,7 +189,7 @@ struct Hooks {
     windows: Mutex<HashMap<String, Arc<ReplayWindow>>>,
     /// (client id, filter) of SUBSCRIBEs that get no replay: the session holds the filter already,
     /// or its shared-subscription group has other members.
-    resubscribes: Mutex<HashSet<(String, String)>>,
+    no_replay: Mutex<HashSet<(String, String)>>,
     /// Live messages held back while their subscription's replay runs.
     gates: Gates<Live>,
 }
@@ -242,11 +242,7 @@ impl Handler for HookHandler {
                     None => unsub.topic_filter.to_string(),
                 };
                 let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: 0 };
-                hooks
-                    .resubscribes
-                    .lock()
-                    .expect("resubscribes lock")
-                    .remove(&(sub.client_id.clone(), sub.filter.clone()));
+                hooks.no_replay.lock().expect("no-replay lock").remove(&(sub.client_id.clone(), sub.filter.clone()));
                 if let Err(e) = hooks.engine.on_unsubscribed(&sub).await {
                     tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "deleting a stored subscription failed");
                 }
@@ -280,7 +276,7 @@ impl Hooks {
         };
         let filter = subscribed_filter(sub);
         if held || self.group_has_members(session, sub).await {
-            self.resubscribes.lock().expect("resubscribes lock").insert((session.id.client_id.to_string(), filter));
+            self.no_replay.lock().expect("no-replay lock").insert((session.id.client_id.to_string(), filter));
         } else {
             self.gates.open(&session.id.client_id, &filter);
         }
@@ -289,13 +285,12 @@ impl Hooks {
     async fn subscribed(self: &Arc<Self>, session: &Session, sub: &Subscribe) {
         let filter = subscribed_filter(sub);
         let client_id = session.id.client_id.to_string();
-        let resubscribe =
-            self.resubscribes.lock().expect("resubscribes lock").remove(&(client_id.clone(), filter.clone()));
+        let no_replay = self.no_replay.lock().expect("no-replay lock").remove(&(client_id.clone(), filter.clone()));
         let sub = Subscription { client_id, filter, qos: sub.opts.qos().value() };
         if let Err(e) = self.engine.on_subscribed(&sub).await {
             tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "storing a subscription failed");
         }
-        if !resubscribe {
+        if !no_replay {
             let gate = self.gates.claim(&sub.client_id, &sub.filter);
             self.spawn_replay(session.id.clone(), sub, gate);
         }
@@ -336,7 +331,7 @@ impl Hooks {
         };
         let client_id = session.id.client_id.to_string();
         // A SUBSCRIBE the broker refused leaves its mark behind; a new connection starts clean.
-        self.resubscribes.lock().expect("resubscribes lock").retain(|(c, _)| *c != client_id);
+        self.no_replay.lock().expect("no-replay lock").retain(|(c, _)| *c != client_id);
         self.gates.close_client(&client_id);
         let always = self.engine.restore_subscriptions() == RestoreSubscriptions::Always;
         if clean_start && !always {
