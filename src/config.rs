@@ -76,6 +76,13 @@ impl std::fmt::Display for Secret {
 pub struct Config {
     pub broker: BrokerConfig,
     pub backend: Backend,
+    pub metrics: MetricsConfig,
+}
+
+/// The HTTP endpoint with `/metrics` and `/health` (`metrics.bind`); off when unset.
+#[derive(Clone, Debug, Default)]
+pub struct MetricsConfig {
+    pub bind: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -257,7 +264,8 @@ const MAX_BATCH_SIZE: i64 = 1_000_000;
 const MAX_POOL_SIZE: i64 = 1024;
 const MAX_REPLAY_PAGE_SIZE: i64 = 1_000_000;
 
-const TOP_KEYS: &[&str] = &["broker", "mysql", "sqlite", "redis"];
+const TOP_KEYS: &[&str] = &["broker", "metrics", "mysql", "sqlite", "redis"];
+const METRICS_KEYS: &[&str] = &["bind"];
 const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size"];
 const STORAGE_KEYS: &[&str] = &[
     "enable",
@@ -317,6 +325,15 @@ impl Config {
         let root = Table { path: String::new(), map: Some(map), source: text }.checked(TOP_KEYS)?;
 
         let broker = broker(&root.table("broker", BROKER_KEYS)?)?;
+        let metrics = root.table("metrics", METRICS_KEYS)?;
+        let metrics = MetricsConfig {
+            bind: match metrics.string("bind")? {
+                Some(s) => Some(s.parse().map_err(|_| {
+                    metrics.invalid("bind", format!("{s:?} is not IP:PORT; write e.g. bind = \"127.0.0.1:9090\""))
+                })?),
+                None => None,
+            },
+        };
         let mysql_block = root.table("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat())?;
         let mysql = (mysql_block.bool("enable")?.unwrap_or(false), mysql(&mysql_block)?);
         let sqlite_block = root.table("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat())?;
@@ -330,7 +347,7 @@ impl Config {
             ((true, m), _) => Backend::MySql(m),
             (_, (true, s)) => Backend::Sqlite(s),
         };
-        Ok(Config { broker, backend })
+        Ok(Config { broker, backend, metrics })
     }
 
     /// Start-up warnings a valid config still deserves (the caller logs them).
@@ -352,6 +369,21 @@ impl Config {
         }
         w
     }
+}
+
+/// Every key the parser accepts, as full paths (`mysql.ssl.verify`): what the configuration
+/// reference must document.
+pub fn known_keys() -> Vec<String> {
+    let block = |name: &str, keys: &[&str]| keys.iter().map(|k| format!("{name}.{k}")).collect::<Vec<_>>();
+    let mut keys = TOP_KEYS.iter().map(|k| k.to_string()).collect::<Vec<_>>();
+    keys.extend(block("broker", BROKER_KEYS));
+    keys.extend(block("metrics", METRICS_KEYS));
+    keys.extend(block("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat()));
+    keys.extend(block("mysql.ssl", SSL_KEYS));
+    keys.extend(block("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat()));
+    keys.extend(block("redis", REDIS_KEYS));
+    keys.extend(block("redis.ssl", SSL_KEYS));
+    keys
 }
 
 /// Parses twice: strictly, only to catch syntax errors (the lax parser silently drops everything

@@ -15,10 +15,11 @@ use futures_util::StreamExt;
 use crate::config::{Config, DeliveryMode, RestoreSubscriptions};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
+use crate::metrics::{Gauges, Metrics};
 use crate::store::{AckedMessage, Store, StoreError};
 use crate::subscriptions::SubscriptionWriter;
 use crate::topic::{is_sys_topic, parse_shared, TopicFilter};
-use crate::writer::{BatchLimits, BatchWriter, WriterStats};
+use crate::writer::{BatchLimits, BatchWriter};
 
 /// How many persisted or replayed messages the engine remembers, to turn their acks into deletes:
 /// the most recent ones. An ack for an older one finds nothing: its row stays stored and is
@@ -146,6 +147,7 @@ pub struct Engine {
     store: Arc<Store>,
     writer: BatchWriter,
     subscriptions: SubscriptionWriter,
+    metrics: Arc<Metrics>,
     ids: MessageIdGenerator,
     topics: Vec<TopicFilter>,
     acks: Mutex<AckIndex>,
@@ -181,7 +183,8 @@ impl Engine {
             batch_time: storage.batch_time,
             queue_capacity: storage.batch_size.saturating_mul(QUEUE_BATCHES),
         };
-        let writer = BatchWriter::spawn(store.clone(), limits);
+        let metrics = Arc::new(Metrics::new());
+        let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone());
         let subscriptions = SubscriptionWriter::spawn(store.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
         tracing::info!(
@@ -198,6 +201,7 @@ impl Engine {
             store,
             writer,
             subscriptions,
+            metrics,
             ids: MessageIdGenerator::new(node_id),
             topics,
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
@@ -238,6 +242,7 @@ impl Engine {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        Metrics::add(&self.metrics.matched, 1);
         let m = Message::new(self.ids.next_id(), p, expiry);
         for retained in if m.retain { &[false, true][..] } else { &[false] } {
             let d =
@@ -319,6 +324,21 @@ impl Engine {
             tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "not a valid topic filter; nothing replayed");
             return Ok(0);
         };
+        Metrics::add(&self.metrics.replays, 1);
+        let result = self.replay_pages(sub, &filter, text, sink).await;
+        if let Err(ReplayError::Store(_)) = result {
+            Metrics::add(&self.metrics.replay_failures, 1);
+        }
+        result
+    }
+
+    async fn replay_pages<S: ReplaySink>(
+        &self,
+        sub: &Subscription,
+        filter: &TopicFilter,
+        text: &str,
+        sink: &mut S,
+    ) -> Result<u64, ReplayError> {
         self.writer.flush().await;
         let query_sub = Subscription { filter: text.to_owned(), ..sub.clone() };
         let limit = i64::from(self.page_size);
@@ -358,6 +378,7 @@ impl Engine {
                     // Delivered at QoS 0: no ack will come, the delivery is this client's ack.
                     self.writer.delivered(DeliveryRecord { client_id: sub.client_id.clone(), msgid }).await;
                 }
+                Metrics::add(&self.metrics.replayed_messages, 1);
                 delivered += 1;
             }
             if !pages || read < limit {
@@ -376,8 +397,23 @@ impl Engine {
         self.acks.lock().expect("ack index lock").insert(key, row);
     }
 
-    pub fn writer_stats(&self) -> &WriterStats {
-        self.writer.stats()
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The Prometheus text of everything counted so far, with the gauges read now.
+    pub fn render_metrics(&self) -> String {
+        let (pool_in_use, pool_open) = self.store.pool_usage();
+        self.metrics.render(Gauges { writer_queue: self.writer.queued(), pool_in_use, pool_open })
+    }
+
+    /// `Err(reason)` when the database does not answer a trivial query within `timeout`.
+    pub async fn health(&self, timeout: Duration) -> Result<(), String> {
+        match tokio::time::timeout(timeout, self.store.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => Err(format!("the database did not answer within {timeout:?}")),
+        }
     }
 
     /// Flushes the writers (waiting at most `deadline`) and closes the database pool.
@@ -412,6 +448,7 @@ async fn maintain(engine: std::sync::Weak<Engine>, max_per_topic: Option<u64>) {
             match engine.store.purge_expired(now_ms(), PURGE_BATCH).await {
                 Ok(n) => {
                     purged += n;
+                    Metrics::add(&engine.metrics.purged_expired, n);
                     if n < PURGE_BATCH as u64 {
                         break;
                     }

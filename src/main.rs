@@ -8,7 +8,7 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use mqtt_offline_messages::config::Config;
 use mqtt_offline_messages::engine::Engine;
-use mqtt_offline_messages::host;
+use mqtt_offline_messages::{host, http, tools};
 use rmqtt::context::ServerContext;
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
@@ -32,6 +32,50 @@ struct Cli {
 enum Command {
     /// Run the broker with the plugin (the default).
     Run(RunArgs),
+    /// Apply the schema migrations to the configured database and say what was applied.
+    Migrate(ConfigArg),
+    /// Check the config, the connection, every template and the tables' indexes; one line per
+    /// check, exit 1 on any failure.
+    CheckConfig(ConfigArg),
+    /// Print stored messages matching a topic filter, oldest first.
+    History(HistoryArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct ConfigArg {
+    /// The config file.
+    #[arg(long, default_value = "config.hocon")]
+    config: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+struct HistoryArgs {
+    #[command(flatten)]
+    config: ConfigArg,
+    /// An MQTT topic filter; wildcards allowed.
+    #[arg(long)]
+    topic: String,
+    /// From this time on: 2026-11-23T04:00:00Z, 2026-11-23, unix milliseconds, or an age (15m, 2h, 7d).
+    #[arg(long)]
+    since: Option<String>,
+    /// Before this time (same forms as --since).
+    #[arg(long)]
+    until: Option<String>,
+    /// Only messages published by this client id.
+    #[arg(long)]
+    sender: Option<String>,
+    /// At most this many messages.
+    #[arg(long)]
+    limit: Option<u64>,
+    /// `table` for people, `json` for one JSON object per line (for jq).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    format: Format,
+}
+
+#[derive(clap::ValueEnum, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    Table,
+    Json,
 }
 
 #[derive(clap::Args, Clone)]
@@ -45,20 +89,46 @@ struct RunArgs {
 }
 
 fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    // The broker logs what it does; the tools print their results and log only trouble.
+    let default_filter = match cli.command {
+        None | Some(Command::Run(_)) => "info,rmqtt=warn,rmqtt_retainer=warn",
+        Some(_) => "warn",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,rmqtt=warn,rmqtt_retainer=warn".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
         )
         .init();
-    let cli = Cli::parse();
-    let args = match cli.command {
-        Some(Command::Run(args)) => args,
-        None => cli.run,
-    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(run(args)) {
+    let result = runtime.block_on(async {
+        match cli.command {
+            None => run(cli.run).await,
+            Some(Command::Run(args)) => run(args).await,
+            Some(Command::Migrate(args)) => tools::migrate(&load_config(&args.config)?).await,
+            Some(Command::CheckConfig(args)) => {
+                if tools::check_config(&args.config).await {
+                    Ok(())
+                } else {
+                    bail!("check-config found problems (the FAIL lines above)")
+                }
+            }
+            Some(Command::History(args)) => {
+                let config = load_config(&args.config.config)?;
+                let history = tools::HistoryArgs {
+                    topic: args.topic,
+                    since: args.since,
+                    until: args.until,
+                    sender: args.sender,
+                    limit: args.limit,
+                    json: args.format == Format::Json,
+                };
+                tools::history(&config, &history).await
+            }
+        }
+    });
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -98,8 +168,19 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     })?;
 
+    let metrics_listener = match config.metrics.bind {
+        Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {addr} for metrics: {e}; change metrics.bind in the config")
+        })?),
+        None => None,
+    };
+
     host::rmqtt::enable_shared_subscriptions(&scx).await;
     let engine = Engine::start(&config).await?;
+    if let Some(listener) = metrics_listener {
+        tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening (/metrics, /health)");
+        tokio::spawn(http::serve(listener, engine.clone()));
+    }
     rmqtt_retainer::register(&scx, true, false).await.context("starting rmqtt's retainer")?;
     host::rmqtt::register(&scx, engine.clone()).await.context("starting the offline-messages plugin")?;
     tracing::info!(%addr, "MQTT broker listening");

@@ -7,7 +7,6 @@
 //! both: the row is never written.
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout_at, Instant};
 
 use crate::message::{DeliveryRecord, Message};
+use crate::metrics::Metrics;
 use crate::store::{AckedMessage, Batch, Store, StoreError};
 
 enum Op {
@@ -22,19 +22,6 @@ enum Op {
     Delete(AckedMessage),
     Delivered(DeliveryRecord),
     Flush(oneshot::Sender<()>),
-}
-
-/// Counters of what the writer did, readable while it runs.
-#[derive(Debug, Default)]
-pub struct WriterStats {
-    pub persisted: AtomicU64,
-    pub deleted: AtomicU64,
-    /// Inserts cancelled by an ack before they were written.
-    pub cancelled: AtomicU64,
-    pub retried_batches: AtomicU64,
-    /// Rows the database rejected on their own, or that no statement could carry (logged with their
-    /// msgid).
-    pub rejected: AtomicU64,
 }
 
 /// Batching limits, from the backend block's `batch_size` and `batch_time`.
@@ -50,17 +37,15 @@ pub struct BatchLimits {
 #[derive(Clone)]
 pub struct BatchWriter {
     tx: mpsc::Sender<Op>,
-    stats: Arc<WriterStats>,
 }
 
 impl BatchWriter {
     /// Starts the writer task. It ends when every handle is dropped, after writing what it holds.
-    pub fn spawn(store: Arc<Store>, limits: BatchLimits) -> BatchWriter {
+    pub fn spawn(store: Arc<Store>, limits: BatchLimits, metrics: Arc<Metrics>) -> BatchWriter {
         let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
-        let stats = Arc::new(WriterStats::default());
-        let task = WriterTask { store, limits, stats: stats.clone() };
+        let task = WriterTask { store, limits, metrics };
         tokio::spawn(task.run(rx));
-        BatchWriter { tx, stats }
+        BatchWriter { tx }
     }
 
     /// Queues a message; waits only while the queue is full.
@@ -85,10 +70,6 @@ impl BatchWriter {
         let _ = wait.await;
     }
 
-    pub fn stats(&self) -> &WriterStats {
-        &self.stats
-    }
-
     /// Operations waiting in the queue.
     pub fn queued(&self) -> usize {
         self.tx.max_capacity() - self.tx.capacity()
@@ -104,7 +85,7 @@ impl BatchWriter {
 struct WriterTask {
     store: Arc<Store>,
     limits: BatchLimits,
-    stats: Arc<WriterStats>,
+    metrics: Arc<Metrics>,
 }
 
 impl WriterTask {
@@ -149,7 +130,7 @@ impl WriterTask {
         batch.inserts.retain(|m| match self.store.check_payload(m.payload.len()) {
             Ok(()) => true,
             Err(limit) => {
-                self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                Metrics::add(&self.metrics.too_large, 1);
                 tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, payload_bytes = m.payload.len(), limit_bytes = limit, "payload too large for the database's max_allowed_packet; this message is not stored (raise max_allowed_packet on the MySQL server to store it)");
                 false
             }
@@ -162,7 +143,7 @@ impl WriterTask {
             batch.inserts.retain(|m| !cancelled.contains(&m.msgid));
             batch.deletes.retain(|d| !cancelled.contains(&d.msgid));
             batch.deliveries.retain(|d| !cancelled.contains(&d.msgid));
-            self.stats.cancelled.fetch_add(cancelled.len() as u64, Ordering::Relaxed);
+            Metrics::add(&self.metrics.cancelled, cancelled.len() as u64);
         }
         if !batch.is_empty() {
             self.write_with_retry(batch).await;
@@ -180,7 +161,10 @@ impl WriterTask {
         loop {
             match self.store.write_batch(&batch).await {
                 Ok(()) => {
-                    self.record(rows, batch.deletes.len());
+                    self.record(&batch);
+                    let total = batch.inserts.len() + batch.deletes.len() + batch.deliveries.len();
+                    self.metrics.batch_size.observe(total as f64);
+                    self.metrics.flush_seconds.observe_duration(started.elapsed());
                     if failures > 0 {
                         tracing::info!(rows, failures, "batch written after retries");
                     }
@@ -202,7 +186,7 @@ impl WriterTask {
                 }
                 Err(e) => {
                     failures += 1;
-                    self.stats.retried_batches.fetch_add(1, Ordering::Relaxed);
+                    Metrics::add(&self.metrics.retried_batches, 1);
                     if failures == 1 || failures.is_power_of_two() {
                         tracing::warn!(rows, failures, retry_in_ms = backoff.as_millis() as u64, error = %e, "writing a batch failed; retrying");
                     }
@@ -216,34 +200,40 @@ impl WriterTask {
     async fn write_one_by_one(&self, batch: Batch) {
         for m in batch.inserts {
             let (msgid, topic, from) = (m.msgid.clone(), m.topic.clone(), m.from.clone());
-            match self.write_alone(Batch { inserts: vec![m], ..Batch::default() }).await {
-                Ok(()) => self.record(1, 0),
+            let one = Batch { inserts: vec![m], ..Batch::default() };
+            match self.write_alone(&one).await {
+                Ok(()) => self.record(&one),
                 Err(e) => {
-                    self.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                    Metrics::add(&self.metrics.refused, 1);
                     tracing::error!(msgid, topic, client_id = from, error = %e, "the database refused this message; it is not stored");
                 }
             }
         }
         for d in batch.deletes {
             let msgid = d.msgid.clone();
-            match self.write_alone(Batch { deletes: vec![d], ..Batch::default() }).await {
-                Ok(()) => self.record(0, 1),
+            let one = Batch { deletes: vec![d], ..Batch::default() };
+            match self.write_alone(&one).await {
+                Ok(()) => self.record(&one),
                 Err(e) => tracing::error!(msgid, error = %e, "deleting an acknowledged message failed"),
             }
         }
         for d in batch.deliveries {
             let (msgid, client_id) = (d.msgid.clone(), d.client_id.clone());
-            if let Err(e) = self.write_alone(Batch { deliveries: vec![d], ..Batch::default() }).await {
-                tracing::error!(msgid, client_id, error = %e, "recording a delivery failed; the client may get this message again");
+            let one = Batch { deliveries: vec![d], ..Batch::default() };
+            match self.write_alone(&one).await {
+                Ok(()) => self.record(&one),
+                Err(e) => {
+                    tracing::error!(msgid, client_id, error = %e, "recording a delivery failed; the client may get this message again")
+                }
             }
         }
     }
 
     /// One row on its own, retried a few times while the database says "try again".
-    async fn write_alone(&self, batch: Batch) -> Result<(), StoreError> {
+    async fn write_alone(&self, batch: &Batch) -> Result<(), StoreError> {
         let mut backoff = Duration::from_millis(50);
         for _ in 0..5 {
-            match self.store.write_batch(&batch).await {
+            match self.store.write_batch(batch).await {
                 Err(StoreError::Query { cause: sqlx::Error::Database(db), .. }) if is_transient(db.as_ref()) => {
                     sleep(backoff + jitter(backoff)).await;
                     backoff *= 2;
@@ -251,12 +241,13 @@ impl WriterTask {
                 other => return other,
             }
         }
-        self.store.write_batch(&batch).await
+        self.store.write_batch(batch).await
     }
 
-    fn record(&self, inserted: usize, deleted: usize) {
-        self.stats.persisted.fetch_add(inserted as u64, Ordering::Relaxed);
-        self.stats.deleted.fetch_add(deleted as u64, Ordering::Relaxed);
+    fn record(&self, written: &Batch) {
+        Metrics::add(&self.metrics.persisted, written.inserts.len() as u64);
+        Metrics::add(&self.metrics.deleted_on_ack, written.deletes.len() as u64);
+        Metrics::add(&self.metrics.deliveries_recorded, written.deliveries.len() as u64);
     }
 }
 

@@ -158,13 +158,22 @@ impl Plugin for OfflineMessagesPlugin {
         Ok(true)
     }
 
+    /// The engine's counters, as rmqtt's plugin API reports a plugin's state.
     async fn attrs(&self) -> serde_json::Value {
-        let s = self.hooks.engine.writer_stats();
+        let m = self.hooks.engine.metrics();
+        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         serde_json::json!({
-            "persisted": s.persisted.load(Ordering::Relaxed),
-            "deleted": s.deleted.load(Ordering::Relaxed),
-            "rejected": s.rejected.load(Ordering::Relaxed),
-            "retried_batches": s.retried_batches.load(Ordering::Relaxed),
+            "matched": n(&m.matched),
+            "persisted": n(&m.persisted),
+            "failed_refused": n(&m.refused),
+            "failed_too_large": n(&m.too_large),
+            "retried_batches": n(&m.retried_batches),
+            "deleted_on_ack": n(&m.deleted_on_ack),
+            "deliveries_recorded": n(&m.deliveries_recorded),
+            "replays": n(&m.replays),
+            "replayed": n(&m.replayed_messages),
+            "purged": n(&m.purged_expired),
+            "trimmed": n(&m.trimmed),
         })
     }
 }

@@ -80,3 +80,19 @@ where
     }
     Ok(done)
 }
+
+/// The migrations not yet applied; `None` when the database has no record of any (it was not set
+/// up by `init_default_schema` or `migrate`).
+pub async fn pending<DB>(pool: &Pool<DB>, migrations: &'static [Migration]) -> Option<Vec<&'static str>>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'t> i64: sqlx::Type<DB> + sqlx::Decode<'t, DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let mut conn = pool.acquire().await.ok()?;
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM offline_messages_schema").fetch_all(&mut *conn).await.ok()?;
+    Some(migrations.iter().filter(|m| !applied.contains(&m.version)).map(|m| m.file).collect())
+}

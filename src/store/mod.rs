@@ -74,6 +74,9 @@ macro_rules! with_pool {
     };
 }
 
+mod admin;
+pub use admin::{Admin, HistoryQuery, HistoryRow};
+
 /// The config keys of the templates, `mysql.` and `sqlite.`, in [`Statements`] order.
 macro_rules! template_keys {
     ($($name:literal),*) => { ([$(concat!("mysql.", $name)),*], [$(concat!("sqlite.", $name)),*]) };
@@ -134,7 +137,7 @@ impl Statements {
         })
     }
 
-    fn all(&self) -> [&SqlTemplate; 9] {
+    pub fn all(&self) -> [&SqlTemplate; 9] {
         [
             &self.insert_message,
             &self.delete_message,
@@ -383,6 +386,19 @@ impl Store {
     async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<u64, StoreError> {
         with_pool!(&self.writes, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()))
             .map_err(|cause| StoreError::Query { key: t.key(), cause })
+    }
+
+    /// Connections in use and open, over both pools.
+    pub fn pool_usage(&self) -> (u32, u32) {
+        let usage = |pool: &Pool| with_pool!(pool, p => (p.size() - p.num_idle() as u32, p.size()));
+        let (w, r) = (usage(&self.writes), usage(&self.replays));
+        (w.0 + r.0, w.1 + r.1)
+    }
+
+    /// A trivial query on the write pool: does the database answer?
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        with_pool!(&self.writes, p => sqlx::query("select 1").execute(p).await.map(drop))
+            .map_err(|cause| StoreError::Query { key: "health", cause })
     }
 
     /// Closes the write pool, waiting for its connections. Replays in progress are not waited

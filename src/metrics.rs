@@ -1,0 +1,238 @@
+//! What the plugin counts, and the Prometheus text a scrape gets. Counters only go up; gauges
+//! are read when scraped. Host-independent: a host exposes the same numbers its own way.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Counters and histograms, shared by the engine, the writer and the store.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    /// Publishes that matched `topics` and were queued for the writer.
+    pub matched: AtomicU64,
+    pub persisted: AtomicU64,
+    /// Rows the database refused on their own.
+    pub refused: AtomicU64,
+    /// Payloads larger than MySQL's max_allowed_packet.
+    pub too_large: AtomicU64,
+    /// Batches written again after a transient error.
+    pub retried_batches: AtomicU64,
+    /// Inserts an ack cancelled before they were written.
+    pub cancelled: AtomicU64,
+    /// Rows deleted because a subscriber acknowledged them (`queue` mode).
+    pub deleted_on_ack: AtomicU64,
+    /// Who-has-had-what records written (`fanout` acks, QoS 0 deliveries).
+    pub deliveries_recorded: AtomicU64,
+    pub replays: AtomicU64,
+    pub replayed_messages: AtomicU64,
+    /// Replays that ended on a database error.
+    pub replay_failures: AtomicU64,
+    pub purged_expired: AtomicU64,
+    pub trimmed: AtomicU64,
+    /// Rows (inserts, deletes and records) per committed transaction.
+    pub batch_size: Histogram,
+    /// Seconds per committed transaction, retries included.
+    pub flush_seconds: Histogram,
+}
+
+/// A Prometheus histogram with fixed upper bounds.
+#[derive(Debug)]
+pub struct Histogram {
+    bounds: &'static [f64],
+    /// One count per bound, plus +Inf; not cumulative (made so when rendered).
+    counts: Vec<AtomicU64>,
+    /// The sum, in millionths of the unit.
+    sum_micros: AtomicU64,
+}
+
+const SIZE_BOUNDS: &[f64] = &[1.0, 10.0, 100.0, 500.0, 1000.0, 5000.0, 10000.0];
+const SECONDS_BOUNDS: &[f64] = &[0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0];
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Histogram {
+            bounds,
+            counts: (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect(),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, value: f64) {
+        let i = self.bounds.iter().position(|b| value <= *b).unwrap_or(self.bounds.len());
+        self.counts[i].fetch_add(1, Ordering::Relaxed);
+        self.sum_micros.fetch_add((value * 1e6) as u64, Ordering::Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.counts.iter().map(|c| c.load(Ordering::Relaxed)).sum()
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (i, bound) in self.bounds.iter().enumerate() {
+            cumulative += self.counts[i].load(Ordering::Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        cumulative += self.counts[self.bounds.len()].load(Ordering::Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Ordering::Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cumulative}");
+    }
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram::new(SIZE_BOUNDS)
+    }
+}
+
+/// Values read at scrape time.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Gauges {
+    /// Operations waiting in the writer's queue.
+    pub writer_queue: usize,
+    /// Database connections in use, and open, over both pools.
+    pub pool_in_use: u32,
+    pub pool_open: u32,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        Metrics { flush_seconds: Histogram::new(SECONDS_BOUNDS), ..Metrics::default() }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The Prometheus text exposition (version 0.0.4).
+    pub fn render(&self, gauges: Gauges) -> String {
+        let mut out = String::new();
+        let counter = |out: &mut String, name: &str, help: &str, v: &AtomicU64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Ordering::Relaxed));
+        };
+        counter(
+            &mut out,
+            "offline_messages_matched_total",
+            "Publishes that matched `topics` and were queued for storage.",
+            &self.matched,
+        );
+        counter(&mut out, "offline_messages_persisted_total", "Messages written to the database.", &self.persisted);
+        let _ = writeln!(
+            out,
+            "# HELP offline_messages_failed_total Messages not stored, by reason.\n# TYPE offline_messages_failed_total counter"
+        );
+        for (reason, v) in [("refused", &self.refused), ("too_large", &self.too_large)] {
+            let _ = writeln!(out, "offline_messages_failed_total{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
+        }
+        counter(
+            &mut out,
+            "offline_messages_retried_batches_total",
+            "Batches written again after a transient database error.",
+            &self.retried_batches,
+        );
+        counter(
+            &mut out,
+            "offline_messages_cancelled_total",
+            "Inserts an acknowledgement made unnecessary before they were written.",
+            &self.cancelled,
+        );
+        counter(
+            &mut out,
+            "offline_messages_deleted_on_ack_total",
+            "Rows deleted because a subscriber acknowledged them (queue mode).",
+            &self.deleted_on_ack,
+        );
+        counter(
+            &mut out,
+            "offline_messages_deliveries_recorded_total",
+            "Records that a client has had a message (fanout acks, QoS 0 deliveries).",
+            &self.deliveries_recorded,
+        );
+        counter(&mut out, "offline_messages_replays_total", "Replays started.", &self.replays);
+        counter(
+            &mut out,
+            "offline_messages_replayed_total",
+            "Stored messages delivered by replays.",
+            &self.replayed_messages,
+        );
+        counter(
+            &mut out,
+            "offline_messages_replay_failures_total",
+            "Replays ended by a database error.",
+            &self.replay_failures,
+        );
+        counter(&mut out, "offline_messages_purged_total", "Expired rows purged.", &self.purged_expired);
+        counter(
+            &mut out,
+            "offline_messages_trimmed_total",
+            "Rows dropped beyond max_messages_per_topic.",
+            &self.trimmed,
+        );
+        self.batch_size.render(&mut out, "offline_messages_batch_rows", "Rows per committed transaction.");
+        self.flush_seconds.render(
+            &mut out,
+            "offline_messages_flush_seconds",
+            "Time to commit a batch, retries included.",
+        );
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "offline_messages_writer_queue",
+            "Operations waiting in the writer's queue.",
+            gauges.writer_queue as u64,
+        );
+        gauge(
+            &mut out,
+            "offline_messages_db_connections_in_use",
+            "Database connections in use.",
+            u64::from(gauges.pool_in_use),
+        );
+        gauge(
+            &mut out,
+            "offline_messages_db_connections_open",
+            "Database connections open.",
+            u64::from(gauges.pool_open),
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histograms_are_cumulative_with_sum_and_count() {
+        let h = Histogram::new(&[1.0, 10.0]);
+        for v in [0.5, 3.0, 7.0, 50.0] {
+            h.observe(v);
+        }
+        let mut out = String::new();
+        h.render(&mut out, "x", "help");
+        assert!(out.contains("x_bucket{le=\"1\"} 1\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"10\"} 3\n"), "{out}");
+        assert!(out.contains("x_bucket{le=\"+Inf\"} 4\n"), "{out}");
+        assert!(out.contains("x_sum 60.5\n") && out.contains("x_count 4\n"), "{out}");
+    }
+
+    #[test]
+    fn every_counter_is_typed_and_named_by_convention() {
+        let m = Metrics::new();
+        Metrics::add(&m.persisted, 3);
+        let text = m.render(Gauges::default());
+        assert!(text.contains("offline_messages_persisted_total 3\n"));
+        for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
+            let parts: Vec<&str> = line.split(' ').collect();
+            assert!(parts[2].starts_with("offline_messages_"), "{line}");
+            assert_eq!(parts[3] == "counter", parts[2].ends_with("_total"), "{line}");
+        }
+    }
+}
