@@ -835,6 +835,7 @@ mod tests {
         assert_eq!((s.storage.max_messages_per_topic, s.storage.replay_page_size), (None, DEFAULT_REPLAY_PAGE_SIZE));
         assert_eq!(c.broker.bind, "127.0.0.1:1883".parse().unwrap());
         assert_eq!((c.broker.node_id, c.broker.max_packet_size), (None, DEFAULT_MAX_PACKET_SIZE));
+        assert_eq!(c.metrics.bind, None, "the endpoint is off unless asked for");
         assert!(c.warnings().is_empty());
     }
 
@@ -882,6 +883,7 @@ mod tests {
         let c = Config::parse_str(
             r#"
             broker { bind = "0.0.0.0:2883", node_id = 7, max_packet_size = 300000 }
+            metrics { bind = "127.0.0.1:9100" }
             sqlite { enable = false }
             mysql {
               enable = true
@@ -916,6 +918,7 @@ mod tests {
         .unwrap();
         assert_eq!(c.broker.bind, "0.0.0.0:2883".parse().unwrap());
         assert_eq!((c.broker.node_id, c.broker.max_packet_size), (Some(7), 300_000));
+        assert_eq!(c.metrics.bind, Some("127.0.0.1:9100".parse().unwrap()));
         let Backend::MySql(m) = &c.backend else { panic!() };
         assert_eq!((m.server.as_str(), m.username.as_str(), m.password.expose()), ("db.example:3307", "app", "pw"));
         assert_eq!((m.database.as_str(), m.pool_size), ("2024", 3));
@@ -977,7 +980,7 @@ mod tests {
         );
         assert!(err("mysql { enable = true, ssl { verfy = verify_none } }").starts_with("mysql.ssl.verfy: unknown key"));
         let e = err("sqlite { enable = true }\nmqtt { port = 1 }");
-        assert!(e.starts_with("mqtt: unknown key; known keys at the top level are: broker, mysql"), "{e}");
+        assert!(e.starts_with("mqtt: unknown key; known keys at the top level are: broker, metrics, mysql"), "{e}");
         assert!(err("sqlite { enable = true, ssl { enable = true } }").starts_with("sqlite.ssl: unknown key"));
         assert!(err("sqlite.enable = true\nbroker.port = 1").starts_with("broker.port: unknown key"));
     }
@@ -1014,6 +1017,7 @@ mod tests {
         assert!(err("mysql { enable = true, server = \"db:port\" }")
             .starts_with("mysql.server: \"db:port\" is not \"host:port\""));
         assert!(err("broker { bind = \"localhost\" }\nsqlite { enable = true }").starts_with("broker.bind"));
+        assert!(err("metrics { bind = 9090 }\nsqlite { enable = true }").starts_with("metrics.bind"));
         assert!(
             err("broker { node_id = -1 }\nsqlite { enable = true }").starts_with("broker.node_id: -1 is out of range")
         );
