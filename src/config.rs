@@ -176,6 +176,17 @@ pub struct StorageConfig {
     pub max_messages_per_topic: Option<u64>,
     /// Rows one replay query reads; a replay reads page after page until it has them all.
     pub replay_page_size: u32,
+    pub write_mode: WriteMode,
+}
+
+/// When a publisher gets its PUBACK / PUBREC (`write_mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum WriteMode {
+    /// At once; the row is committed within about `batch_time`.
+    #[default]
+    Async,
+    /// Once the row is committed (publishers waiting together share one commit).
+    Sync,
 }
 
 /// What an acknowledgement does to a stored message (`delivery_mode`).
@@ -287,6 +298,7 @@ const STORAGE_KEYS: &[&str] = &[
     "message_ttl",
     "max_messages_per_topic",
     "replay_page_size",
+    "write_mode",
 ];
 const MYSQL_KEYS: &[&str] = &["server", "username", "password", "database", "pool_size", "ssl"];
 const SQLITE_KEYS: &[&str] = &["path"];
@@ -538,6 +550,11 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
         replay_page_size: t
             .int("replay_page_size", 1, MAX_REPLAY_PAGE_SIZE)?
             .map_or(DEFAULT_REPLAY_PAGE_SIZE, |n| n as u32),
+        write_mode: match t.string("write_mode")?.as_deref() {
+            None | Some("async") => WriteMode::Async,
+            Some("sync") => WriteMode::Sync,
+            Some(other) => return Err(t.invalid("write_mode", format!("{other:?} is neither \"async\" nor \"sync\""))),
+        },
     })
 }
 
@@ -910,6 +927,7 @@ mod tests {
               message_ttl = 90
               max_messages_per_topic = 10
               replay_page_size = 20
+              write_mode = sync
               ssl { enable = true, server_name_indication = "db", verify = verify_none,
                     cacertfile = "ca.pem", certfile = "c.pem", keyfile = "k.pem" }
             }
@@ -934,6 +952,7 @@ mod tests {
         assert_eq!((s.delivery_mode, s.restore_subscriptions), (DeliveryMode::Fanout, RestoreSubscriptions::Always));
         assert_eq!(s.message_ttl, Some(Duration::from_secs(90)), "a bare number is seconds");
         assert_eq!((s.max_messages_per_topic, s.replay_page_size), (Some(10), 20));
+        assert_eq!(s.write_mode, WriteMode::Sync);
         assert!(m.ssl.enable);
         assert_eq!(m.ssl.server_name_indication.as_deref(), Some("db"));
         assert_eq!(m.ssl.verify, SslVerify::VerifyNone);
@@ -1030,6 +1049,9 @@ mod tests {
             err("sqlite { enable = true, restore_subscriptions = never }").starts_with("sqlite.restore_subscriptions")
         );
         assert!(err("sqlite { enable = true, message_ttl = -1 }").starts_with("sqlite.message_ttl: is negative"));
+        assert!(
+            err("sqlite { enable = true, write_mode = later }").starts_with("sqlite.write_mode: \"later\" is neither")
+        );
         assert!(err("sqlite { enable = true, replay_page_size = 0 }").starts_with("sqlite.replay_page_size: 0 is out"));
         assert!(
             err("sqlite { enable = true, max_messages_per_topic = -1 }").starts_with("sqlite.max_messages_per_topic")

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
-use crate::config::{Config, DeliveryMode, RestoreSubscriptions};
+use crate::config::{Config, DeliveryMode, RestoreSubscriptions, WriteMode};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
 use crate::metrics::{Gauges, Metrics};
@@ -153,6 +153,7 @@ pub struct Engine {
     acks: Mutex<AckIndex>,
     ack_keys: RandomState,
     mode: DeliveryMode,
+    write_mode: WriteMode,
     restore: RestoreSubscriptions,
     message_ttl: Option<Duration>,
     page_size: u32,
@@ -194,6 +195,7 @@ impl Engine {
             batch_size = limits.batch_size,
             batch_time_ms = limits.batch_time.as_millis() as u64,
             delivery_mode = ?storage.delivery_mode,
+            write_mode = ?storage.write_mode,
             message_ttl_s = storage.message_ttl.map(|d| d.as_secs()),
             "offline-messages engine started"
         );
@@ -207,6 +209,7 @@ impl Engine {
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
             ack_keys: RandomState::new(),
             mode: storage.delivery_mode,
+            write_mode: storage.write_mode,
             restore: storage.restore_subscriptions,
             message_ttl: storage.message_ttl,
             page_size: storage.replay_page_size,
@@ -229,8 +232,10 @@ impl Engine {
     }
 
     /// A client published: queue the message for the writer (if it is one we persist) and remember
-    /// it so that an ack can find its row. Never waits on the database (only, under overload, for
-    /// room in the writer's queue).
+    /// it so that an ack can find its row. In `async` mode it never waits on the database (only,
+    /// under overload, for room in the writer's queue); in `sync` mode it returns once the row is
+    /// committed, and the host acknowledges the publish only then. Publishers waiting at the same
+    /// time share one commit.
     pub async fn on_publish(&self, p: Publish) {
         if !self.persists(&p.topic, p.qos) {
             return;
@@ -256,6 +261,9 @@ impl Engine {
             }
         }
         self.writer.insert(m).await;
+        if self.write_mode == WriteMode::Sync {
+            self.writer.flush().await;
+        }
     }
 
     /// `subscriber` acknowledged a delivery (PUBACK or PUBREC) of a persisted message: in `queue`

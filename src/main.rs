@@ -160,6 +160,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         .laddr(addr)
         .allow_anonymous(true)
         .max_packet_size(config.broker.max_packet_size)
+        // A restart right after a crash must not wait for the old connections' TIME_WAIT.
+        .reuseaddr(Some(true))
         .bind()
         .and_then(|l| l.tcp());
     let listener = listener.map_err(|e| {

@@ -19,7 +19,7 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Type};
 
-use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates};
+use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates, WriteMode};
 use crate::message::{DeliveryRecord, Maintenance, Message, Properties, ReplayQuery, StoredMessage, Subscription};
 use crate::template::{
     Bindings, SqlTemplate, TemplateError, Value, Var, DELIVERY_VARS, MESSAGE_VARS, PURGE_VARS, SELECT_MESSAGE_VARS,
@@ -526,7 +526,13 @@ async fn connect_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::Sq
         .filename(&cfg.path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal)
+        // In WAL mode NORMAL survives a crash of this process but may lose the last commits on a
+        // power failure; `sync` mode promises durability, so it syncs every commit.
+        .synchronous(if cfg.storage.write_mode == WriteMode::Sync {
+            SqliteSynchronous::Full
+        } else {
+            SqliteSynchronous::Normal
+        })
         .busy_timeout(Duration::from_secs(10))
         // Lets `topic like 'prefix%'` use the topic index (SQLite's LIKE folds ASCII case otherwise);
         // the exact match is done in Rust either way.

@@ -218,6 +218,15 @@ impl TestEnv {
         }
     }
 
+    /// Polls until `count(table) >= n`.
+    pub async fn wait_count_at_least(&self, table: &str, n: i64, timeout: Duration) {
+        let start = Instant::now();
+        while self.count(table).await < n {
+            assert!(start.elapsed() < timeout, "{table}: fewer than {n} rows after {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     pub async fn mysql(&self) -> sqlx::MySqlConnection {
         sqlx::MySqlConnection::connect(&mysql_url(&self.db_name)).await.unwrap()
     }
@@ -294,6 +303,12 @@ impl Broker {
             let _ = f.read_to_string(&mut s);
         }
         s
+    }
+
+    /// SIGKILL: the process gets no chance to flush anything.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then waits for a clean exit; returns the exit code.
@@ -408,6 +423,14 @@ impl Client {
         if qos != QoS::AtMostOnce {
             self.next_ack("PUBACK/PUBCOMP").await;
         }
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK: false when the connection ends first.
+    pub async fn try_publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) -> bool {
+        if self.client.publish(topic, QoS::AtLeastOnce, false, payload.into()).await.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(Duration::from_secs(30), self.acks.recv()).await, Ok(Some(_)))
     }
 
     /// Receives exactly `n` publishes (panics if they do not come within `timeout`).
