@@ -106,7 +106,10 @@ impl AckKey {
 /// Persisted messages that may still be acknowledged, oldest first. Identical messages (same
 /// publisher, topic, millisecond and payload) share a key and are removed one per ack.
 struct AckIndex {
-    rows: HashMap<AckKey, VecDeque<AckedMessage>>,
+    /// The oldest message of each key.
+    rows: HashMap<AckKey, AckedMessage>,
+    /// Younger messages whose key is in `rows` already: identical messages, which are rare.
+    more: HashMap<AckKey, VecDeque<AckedMessage>>,
     /// Keys in insertion order, acknowledged ones included: the last `capacity` insertions are kept.
     order: VecDeque<AckKey>,
     capacity: usize,
@@ -114,7 +117,7 @@ struct AckIndex {
 
 impl AckIndex {
     fn new(capacity: usize) -> Self {
-        AckIndex { rows: HashMap::new(), order: VecDeque::new(), capacity }
+        AckIndex { rows: HashMap::new(), more: HashMap::new(), order: VecDeque::new(), capacity }
     }
 
     fn insert(&mut self, key: AckKey, row: AckedMessage) {
@@ -123,22 +126,30 @@ impl AckIndex {
                 self.take(&old);
             }
         }
-        self.rows.entry(key).or_default().push_back(row);
+        if let Some(younger) = self.rows.contains_key(&key).then(|| self.more.entry(key).or_default()) {
+            younger.push_back(row);
+        } else {
+            self.rows.insert(key, row);
+        }
         self.order.push_back(key);
     }
 
     /// The message id of the oldest message with this key, which stays.
     fn peek(&self, key: &AckKey) -> Option<String> {
-        self.rows.get(key)?.front().map(|r| r.msgid.clone())
+        self.rows.get(key).map(|r| r.msgid.clone())
     }
 
     fn take(&mut self, key: &AckKey) -> Option<AckedMessage> {
-        let rows = self.rows.get_mut(key)?;
-        let row = rows.pop_front();
-        if rows.is_empty() {
-            self.rows.remove(key);
+        let row = self.rows.remove(key)?;
+        if let Some(younger) = self.more.get_mut(key) {
+            if let Some(next) = younger.pop_front() {
+                self.rows.insert(*key, next);
+            }
+            if younger.is_empty() {
+                self.more.remove(key);
+            }
         }
-        row
+        Some(row)
     }
 }
 
@@ -152,6 +163,8 @@ pub struct Engine {
     topics: Vec<TopicFilter>,
     acks: Mutex<AckIndex>,
     ack_keys: RandomState,
+    /// `delete_message_sql` binds `${from}` or `${topic}`.
+    ack_needs_names: bool,
     mode: DeliveryMode,
     write_mode: WriteMode,
     restore: RestoreSubscriptions,
@@ -184,6 +197,7 @@ impl Engine {
             batch_time: storage.batch_time,
             queue_capacity: storage.batch_size.saturating_mul(QUEUE_BATCHES),
         };
+        let ack_needs_names = store.delete_binds_names();
         let metrics = Arc::new(Metrics::new());
         let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone());
         let subscriptions = SubscriptionWriter::spawn(store.clone());
@@ -208,6 +222,7 @@ impl Engine {
             topics,
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
             ack_keys: RandomState::new(),
+            ack_needs_names,
             mode: storage.delivery_mode,
             write_mode: storage.write_mode,
             restore: storage.restore_subscriptions,
@@ -400,8 +415,12 @@ impl Engine {
         self.acks.lock().expect("ack index lock").peek(&AckKey::of(d, &self.ack_keys))
     }
 
+    /// Remembers a persisted message for its ack. Publisher and topic are kept only when
+    /// `delete_message_sql` binds them: most templates delete by id alone, and the index holds
+    /// up to `ACK_INDEX_CAPACITY` messages.
     fn remember(&self, key: AckKey, msgid: &str, from: &str, topic: &str) {
-        let row = AckedMessage { msgid: msgid.to_owned(), from: from.to_owned(), topic: topic.to_owned() };
+        let names = |s: &str| if self.ack_needs_names { s.to_owned() } else { String::new() };
+        let row = AckedMessage { msgid: msgid.to_owned(), from: names(from), topic: names(topic) };
         self.acks.lock().expect("ack index lock").insert(key, row);
     }
 

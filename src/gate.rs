@@ -9,6 +9,7 @@
 //! message type: it knows no broker.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::message_id::MessageId;
@@ -29,11 +30,13 @@ pub const MAX_HELD: usize = 50_000;
 /// The open gates of every client, by client id.
 pub struct Gates<T> {
     clients: Mutex<HashMap<String, Vec<Arc<Gate<T>>>>>,
+    /// Clients with open gates: every delivery asks, and nearly always none is open.
+    open_clients: AtomicUsize,
 }
 
 impl<T> Default for Gates<T> {
     fn default() -> Self {
-        Gates { clients: Mutex::default() }
+        Gates { clients: Mutex::default(), open_clients: AtomicUsize::new(0) }
     }
 }
 
@@ -69,6 +72,9 @@ impl<T> Gates<T> {
         let gates = clients.entry(client_id.to_owned()).or_default();
         if let Some(g) = gates.iter().find(|g| g.subscribed == subscribed) {
             return g.clone();
+        }
+        if gates.is_empty() {
+            self.open_clients.fetch_add(1, Ordering::SeqCst);
         }
         let text = parse_shared(subscribed).map_or(subscribed, |s| s.filter);
         let gate = Arc::new(Gate {
@@ -115,6 +121,7 @@ impl<T> Gates<T> {
         let Some(gate) = gates.iter().find(|g| g.filter.as_ref().is_some_and(|f| f.matches(topic))).cloned() else {
             if gates.is_empty() {
                 clients.remove(client_id);
+                self.open_clients.fetch_sub(1, Ordering::SeqCst);
             }
             return Err(message);
         };
@@ -145,7 +152,7 @@ impl<T> Gates<T> {
         let mut held = gate.state.lock().expect("gate lock");
         if held.messages.is_empty() {
             drop(held);
-            Self::remove(&mut clients, gate);
+            self.remove(&mut clients, gate);
             return None;
         }
         held.ids.clear();
@@ -155,19 +162,22 @@ impl<T> Gates<T> {
 
     /// Closes every gate of a client (its session ended or it connected anew); what they hold is dropped.
     pub fn close_client(&self, client_id: &str) {
-        self.clients.lock().expect("gates lock").remove(client_id);
+        if self.clients.lock().expect("gates lock").remove(client_id).is_some() {
+            self.open_clients.fetch_sub(1, Ordering::SeqCst);
+        }
     }
 
     /// Closes one gate (its subscribe was refused or withdrawn); what it holds is dropped.
     pub fn close(&self, gate: &Gate<T>) {
-        Self::remove(&mut self.clients.lock().expect("gates lock"), gate);
+        self.remove(&mut self.clients.lock().expect("gates lock"), gate);
     }
 
-    fn remove(clients: &mut HashMap<String, Vec<Arc<Gate<T>>>>, gate: &Gate<T>) {
+    fn remove(&self, clients: &mut HashMap<String, Vec<Arc<Gate<T>>>>, gate: &Gate<T>) {
         if let Some(gates) = clients.get_mut(&gate.client_id) {
             gates.retain(|g| !std::ptr::eq(Arc::as_ptr(g), gate));
             if gates.is_empty() {
                 clients.remove(&gate.client_id);
+                self.open_clients.fetch_sub(1, Ordering::SeqCst);
             }
         }
     }
@@ -213,6 +223,7 @@ mod tests {
         assert_eq!(gates.hold("c", "a/2", 5, || Some(m2.clone())), Ok(()), "already replayed: dropped");
         assert_eq!(gates.drain_or_close(&gate), Some(VecDeque::from([1])));
         assert_eq!(gates.drain_or_close(&gate), None);
+        assert_eq!(gates.open_clients.load(Ordering::SeqCst), 0);
         assert_eq!(gates.hold("c", "a/1", 4, || None), Err(4), "closed");
         assert!(gates.claim("c", "a/+").is_none());
     }
@@ -235,6 +246,7 @@ mod tests {
         let _stale = gates.open_at("c", "a/#", now_micros() - UNCLAIMED_LIFETIME_MICROS - 1);
         assert_eq!(gates.hold("c", "a/1", 2, || None), Err(2));
         assert!(gates.clients.lock().unwrap().is_empty());
+        assert_eq!(gates.open_clients.load(Ordering::SeqCst), 0);
     }
 
     #[test]

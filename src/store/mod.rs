@@ -306,6 +306,11 @@ impl Store {
         chunks
     }
 
+    /// True when `delete_message_sql` binds the publisher or the topic, not only the id.
+    pub fn delete_binds_names(&self) -> bool {
+        self.statements.delete_message.vars().iter().any(|v| matches!(v, Var::From | Var::ClientId | Var::Topic))
+    }
+
     pub fn select_key(&self) -> &'static str {
         self.statements.select_message.key()
     }

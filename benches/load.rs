@@ -1,0 +1,546 @@
+//! The load harness: the real broker binary, real MQTT clients (rumqttc), the real database, and
+//! every comparison in one run so that the ratios come from one machine at one time.
+//!
+//! `cargo bench --bench load` runs the comparison on MariaDB (127.0.0.1:3306, root) and SQLite and
+//! prints a table; `-- --sweep` adds the batch_size sweep behind the plot; `-- --quick` is a short
+//! smoke run; `-- --backend mysql|sqlite` picks one. Results also go to
+//! `target/bench/results.csv` (read by `benches/plot.py`).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
+use sqlx::{Connection, Executor};
+use tokio::sync::Mutex;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-offline-messages");
+const MYSQL: &str = "127.0.0.1:3306";
+const PAYLOAD: usize = 100;
+const TOPICS_PER_PUBLISHER: usize = 10;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Db {
+    MySql,
+    Sqlite,
+}
+
+/// One MQTT load: `publishers` connections, each with up to `inflight` unacknowledged publishes,
+/// `messages` in all, QoS 1, `PAYLOAD`-byte payloads over `TOPICS_PER_PUBLISHER` topics each.
+#[derive(Clone, Copy)]
+struct Load {
+    publishers: usize,
+    inflight: usize,
+    messages: usize,
+}
+
+/// What one scenario measured.
+#[derive(Default, Clone)]
+struct Outcome {
+    scenario: String,
+    db: &'static str,
+    batch_size: usize,
+    messages: usize,
+    published_per_s: f64,
+    persisted_per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    max_ms: f64,
+    cpu_us_per_msg: f64,
+    peak_rss_mib: f64,
+    /// Replay: the broker's RSS before the subscriber came.
+    rss_before_mib: f64,
+    replay_per_s: f64,
+}
+
+/// A database of the bench's own, dropped at the end.
+struct Store {
+    db: Db,
+    name: String,
+    dir: PathBuf,
+}
+
+impl Store {
+    async fn new(db: Db, dir: &Path, n: usize) -> Store {
+        let name = format!("ombench_{}_{n}", std::process::id());
+        if db == Db::MySql {
+            let mut c = sqlx::MySqlConnection::connect(&format!("mysql://root@{MYSQL}/mysql"))
+                .await
+                .expect("MariaDB on 127.0.0.1:3306");
+            c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{name}`"))).await.unwrap();
+            c.execute(sqlx::AssertSqlSafe(format!("CREATE DATABASE `{name}`"))).await.unwrap();
+        }
+        let dir = dir.join(&name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Store { db, name, dir }
+    }
+
+    fn block(&self, extra: &str) -> String {
+        match self.db {
+            Db::MySql => format!(
+                "mysql {{\n enable = true\n server = \"{MYSQL}\"\n username = root\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n {extra}\n}}\n",
+                self.name
+            ),
+            Db::Sqlite => format!(
+                "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n {extra}\n}}\n",
+                self.dir.join("bench.db").display()
+            ),
+        }
+    }
+
+    async fn count(&self) -> i64 {
+        match self.db {
+            Db::MySql => {
+                let mut c =
+                    sqlx::MySqlConnection::connect(&format!("mysql://root@{MYSQL}/{}", self.name)).await.unwrap();
+                sqlx::query_scalar("select count(*) from mqtt_msg").fetch_one(&mut c).await.unwrap()
+            }
+            Db::Sqlite => {
+                let url = format!("sqlite://{}", self.dir.join("bench.db").display());
+                let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
+                sqlx::query_scalar("select count(*) from mqtt_msg").fetch_one(&mut c).await.unwrap()
+            }
+        }
+    }
+
+    /// Polls until the table holds `n` rows; the time it took from `since`.
+    async fn wait_rows(&self, n: usize, since: Instant) -> Duration {
+        loop {
+            if self.count().await >= n as i64 {
+                return since.elapsed();
+            }
+            assert!(since.elapsed() < Duration::from_secs(600), "rows never reached {n}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn drop_db(&self) {
+        if self.db == Db::MySql {
+            let mut c = sqlx::MySqlConnection::connect(&format!("mysql://root@{MYSQL}/mysql")).await.unwrap();
+            let _ = c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.name))).await;
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+struct Broker {
+    child: Child,
+    port: u16,
+}
+
+impl Broker {
+    async fn start(store: &Store, extra: &str) -> Broker {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = store.dir.join("config.hocon");
+        std::fs::write(&config, store.block(extra)).unwrap();
+        let log = std::fs::File::create(store.dir.join("broker.log")).unwrap();
+        let child = Command::new(BIN)
+            .args(["run", "--config"])
+            .arg(&config)
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "broker did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Broker { child, port }
+    }
+
+    /// CPU seconds the broker process has used (user + system).
+    fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+        let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        ticks / 100.0
+    }
+
+    /// The broker's peak resident memory (VmHWM), MiB.
+    fn peak_rss_mib(&self) -> f64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map_or(0.0, |kb| kb / 1024.0)
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs `load` against the broker; returns (elapsed, PUBACK latencies in ms).
+async fn publish(port: u16, load: Load) -> (Duration, Vec<f64>) {
+    let per = load.messages / load.publishers;
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(load.messages)));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..load.publishers {
+        let latencies = latencies.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut opts = MqttOptions::new(format!("bench-pub-{k}"), "127.0.0.1", port);
+            opts.set_inflight(load.inflight as u16).set_keep_alive(Duration::from_secs(60));
+            let (client, mut eventloop) = AsyncClient::new(opts, load.inflight.max(1));
+            let producer = tokio::spawn(async move {
+                let payload = vec![b'x'; PAYLOAD];
+                for i in 0..per {
+                    let topic = format!("bench/{k}/{}", i % TOPICS_PER_PUBLISHER);
+                    client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+                }
+                client
+            });
+            let mut sent: HashMap<u16, Instant> = HashMap::new();
+            let mut mine = Vec::with_capacity(per);
+            while mine.len() < per {
+                match eventloop.poll().await {
+                    Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
+                        sent.insert(pkid, Instant::now());
+                    }
+                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
+                        if let Some(t) = sent.remove(&ack.pkid) {
+                            mine.push(t.elapsed().as_secs_f64() * 1000.0);
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("publisher {k}: {e}"),
+                }
+            }
+            let client = producer.await.unwrap();
+            let _ = client.disconnect().await;
+            latencies.lock().await.extend(mine);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let elapsed = start.elapsed();
+    let mut l = std::mem::take(&mut *latencies.lock().await);
+    l.sort_by(f64::total_cmp);
+    (elapsed, l)
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+/// A scenario through the broker: start it with `extra`, run the load, wait for the rows.
+async fn through_broker(
+    db: Db,
+    dir: &Path,
+    n: usize,
+    scenario: &str,
+    extra: &str,
+    load: Load,
+    persists: bool,
+) -> Outcome {
+    let store = Store::new(db, dir, n).await;
+    let broker = Broker::start(&store, extra).await;
+    let cpu_before = broker.cpu_seconds();
+    let start = Instant::now();
+    let (elapsed, lat) = publish(broker.port, load).await;
+    let persisted = if persists { store.wait_rows(load.messages, start).await } else { elapsed };
+    let cpu = broker.cpu_seconds() - cpu_before;
+    let outcome = Outcome {
+        scenario: scenario.into(),
+        db: name(db),
+        batch_size: batch_size_of(extra),
+        messages: load.messages,
+        published_per_s: load.messages as f64 / elapsed.as_secs_f64(),
+        persisted_per_s: if persists { load.messages as f64 / persisted.as_secs_f64() } else { 0.0 },
+        p50_ms: percentile(&lat, 0.5),
+        p99_ms: percentile(&lat, 0.99),
+        max_ms: lat.last().copied().unwrap_or(0.0),
+        cpu_us_per_msg: cpu * 1e6 / load.messages as f64,
+        peak_rss_mib: broker.peak_rss_mib(),
+        ..Outcome::default()
+    };
+    broker.stop();
+    store.drop_db().await;
+    outcome
+}
+
+fn batch_size_of(extra: &str) -> usize {
+    extra
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("batch_size = "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(mqtt_offline_messages::config::DEFAULT_BATCH_SIZE)
+}
+
+fn name(db: Db) -> &'static str {
+    match db {
+        Db::MySql => "mariadb",
+        Db::Sqlite => "sqlite",
+    }
+}
+
+/// Writes `rows` messages straight into the default schema with 1000-row INSERTs from one
+/// connection (the schema made by the broker's own migrations); returns rows/s.
+async fn fill_directly(store: &Store, rows: usize) -> f64 {
+    // The schema comes from the broker's migrations: start it once, stop it.
+    let broker = Broker::start(store, "").await;
+    broker.stop();
+    const CHUNK: usize = 1000;
+    let payload = vec![b'x'; PAYLOAD];
+    let mut sql = String::from(
+        "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values ",
+    );
+    for i in 0..CHUNK {
+        let arrived = if store.db == Db::MySql { "FROM_UNIXTIME(?/1000)" } else { "?" };
+        let _ = write!(sql, "{}(?, ?, ?, 1, 0, ?, {arrived}, NULL, NULL)", if i > 0 { "," } else { "" });
+    }
+    let start = Instant::now();
+    macro_rules! fill {
+        ($c:expr) => {{
+            let mut c = $c;
+            for chunk in 0..rows / CHUNK {
+                let mut tx = c.begin().await.unwrap();
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql.clone()));
+                for i in 0..CHUNK {
+                    let n = chunk * CHUNK + i;
+                    q = q
+                        .bind(format!("direct-{n}"))
+                        .bind("bench")
+                        .bind(format!("bench/{}/{}", n % 8, n % TOPICS_PER_PUBLISHER))
+                        .bind(payload.clone())
+                        .bind(1_795_000_000_000i64 + n as i64);
+                }
+                q.execute(&mut *tx).await.unwrap();
+                tx.commit().await.unwrap();
+            }
+        }};
+    }
+    match store.db {
+        Db::MySql => {
+            fill!(sqlx::MySqlConnection::connect(&format!("mysql://root@{MYSQL}/{}", store.name)).await.unwrap())
+        }
+        Db::Sqlite => {
+            fill!(sqlx::SqliteConnection::connect(&format!("sqlite://{}", store.dir.join("bench.db").display()))
+                .await
+                .unwrap())
+        }
+    }
+    rows as f64 / start.elapsed().as_secs_f64()
+}
+
+async fn ceiling(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
+    let store = Store::new(db, dir, n).await;
+    let rate = fill_directly(&store, rows).await;
+    store.drop_db().await;
+    Outcome {
+        scenario: "ceiling".into(),
+        db: name(db),
+        batch_size: 1000,
+        messages: rows,
+        persisted_per_s: rate,
+        ..Outcome::default()
+    }
+}
+
+/// A stored backlog, then one QoS 1 subscriber: the time until it has every message.
+async fn replay(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
+    let store = Store::new(db, dir, n).await;
+    fill_directly(&store, rows).await;
+    let broker = Broker::start(&store, "").await;
+    let rss_idle = broker.peak_rss_mib();
+    let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", broker.port);
+    opts.set_keep_alive(Duration::from_secs(60));
+    let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let start = Instant::now();
+    client.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
+    let mut got = 0;
+    while got < rows {
+        match tokio::time::timeout(Duration::from_secs(60), eventloop.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::Publish(_)))) => got += 1,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => panic!("subscriber: {e}"),
+            Err(_) => panic!("replay stalled at {got} of {rows}"),
+        }
+    }
+    let elapsed = start.elapsed();
+    let outcome = Outcome {
+        scenario: "replay".into(),
+        db: name(db),
+        batch_size: 0,
+        messages: rows,
+        replay_per_s: rows as f64 / elapsed.as_secs_f64(),
+        peak_rss_mib: broker.peak_rss_mib(),
+        rss_before_mib: rss_idle,
+        ..Outcome::default()
+    };
+    broker.stop();
+    store.drop_db().await;
+    outcome
+}
+
+fn print_table(rows: &[Outcome]) {
+    println!(
+        "\n{:<16} {:<8} {:>6} {:>8} {:>11} {:>11} {:>8} {:>8} {:>8} {:>10} {:>9} {:>10}",
+        "scenario",
+        "db",
+        "batch",
+        "msgs",
+        "publish/s",
+        "persist/s",
+        "p50 ms",
+        "p99 ms",
+        "max ms",
+        "cpu us/msg",
+        "peak MiB",
+        "replay/s"
+    );
+    for o in rows {
+        println!(
+            "{:<16} {:<8} {:>6} {:>8} {:>11.0} {:>11.0} {:>8.2} {:>8.2} {:>8.1} {:>10.1} {:>9.1} {:>10.0}",
+            o.scenario,
+            o.db,
+            o.batch_size,
+            o.messages,
+            o.published_per_s,
+            o.persisted_per_s,
+            o.p50_ms,
+            o.p99_ms,
+            o.max_ms,
+            o.cpu_us_per_msg,
+            o.peak_rss_mib,
+            o.replay_per_s
+        );
+    }
+}
+
+fn ratios(rows: &[Outcome], db: &str) {
+    let get = |s: &str| rows.iter().find(|o| o.scenario == s && o.db == db);
+    let (Some(ceiling), Some(only), Some(asy), Some(syn)) =
+        (get("ceiling"), get("broker-only"), get("async"), get("sync-64"))
+    else {
+        return;
+    };
+    println!("\n{db}: goals as ratios measured in this run");
+    println!(
+        "  async persisted / ceiling          = {:.2} (goal >= 0.7)",
+        asy.persisted_per_s / ceiling.persisted_per_s
+    );
+    println!("  async cpu per msg / broker-only    = {:.2} (goal <= 1.5)", asy.cpu_us_per_msg / only.cpu_us_per_msg);
+    println!("  async PUBACK p99 / broker-only p99 = {:.2} (goal <= 2)", asy.p99_ms / only.p99_ms);
+    println!(
+        "  sync-64 persisted / ceiling        = {:.2} (goal >= 0.5)",
+        syn.persisted_per_s / ceiling.persisted_per_s
+    );
+    println!("  sync-64 PUBACK p99                 = {:.2} ms (goal <= batch_time + 5 ms = 10 ms)", syn.p99_ms);
+    println!(
+        "  async peak RSS - broker-only       = {:.1} MiB (goal <= 50 MiB + the configured buffer)",
+        asy.peak_rss_mib - only.peak_rss_mib
+    );
+    if let Some(r) = get("replay") {
+        println!(
+            "  replay                             = {:.0} msg/s (goal >= 50000), RSS {:.1} -> {:.1} MiB",
+            r.replay_per_s, r.rss_before_mib, r.peak_rss_mib
+        );
+    }
+}
+
+fn write_csv(rows: &[Outcome]) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("results.csv");
+    let mut text = String::from("scenario,db,batch_size,messages,published_per_s,persisted_per_s,p50_ms,p99_ms,max_ms,cpu_us_per_msg,peak_rss_mib,replay_per_s\n");
+    for o in rows {
+        let _ = writeln!(
+            text,
+            "{},{},{},{},{:.1},{:.1},{:.3},{:.3},{:.3},{:.2},{:.1},{:.1}",
+            o.scenario,
+            o.db,
+            o.batch_size,
+            o.messages,
+            o.published_per_s,
+            o.persisted_per_s,
+            o.p50_ms,
+            o.p99_ms,
+            o.max_ms,
+            o.cpu_us_per_msg,
+            o.peak_rss_mib,
+            o.replay_per_s
+        );
+    }
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[tokio::main(flavor = "multi_thread")]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let quick = args.iter().any(|a| a == "--quick");
+    let sweep = args.iter().any(|a| a == "--sweep");
+    let only = args.iter().position(|a| a == "--backend").and_then(|i| args.get(i + 1)).cloned();
+    let dbs: Vec<Db> = [Db::MySql, Db::Sqlite]
+        .into_iter()
+        .filter(|d| only.as_deref().is_none_or(|o| (o == "mysql") == (*d == Db::MySql)))
+        .collect();
+    let scale = if quick { 20 } else { 1 };
+    let throughput = Load { publishers: 8, inflight: 64, messages: 200_000 / scale };
+    let sync64 = Load { publishers: 64, inflight: 1, messages: 64_000 / scale };
+    let reference = Load { publishers: 8, inflight: 64, messages: 20_000 / scale };
+    let backlog = 100_000 / scale;
+    let dir = tempfile::tempdir().unwrap();
+    let mut rows = Vec::new();
+    let mut n = 0;
+    let mut next = || {
+        n += 1;
+        n
+    };
+    for db in dbs {
+        eprintln!("{}: ceiling", name(db));
+        rows.push(ceiling(db, dir.path(), next(), throughput.messages).await);
+        eprintln!("{}: broker-only", name(db));
+        rows.push(through_broker(db, dir.path(), next(), "broker-only", "topics = []", throughput, false).await);
+        eprintln!("{}: reference-like", name(db));
+        rows.push(
+            through_broker(
+                db,
+                dir.path(),
+                next(),
+                "reference-like",
+                "batch_size = 1\nwrite_mode = sync",
+                reference,
+                true,
+            )
+            .await,
+        );
+        eprintln!("{}: async", name(db));
+        rows.push(through_broker(db, dir.path(), next(), "async", "", throughput, true).await);
+        eprintln!("{}: sync-64", name(db));
+        rows.push(through_broker(db, dir.path(), next(), "sync-64", "write_mode = sync", sync64, true).await);
+        eprintln!("{}: replay", name(db));
+        rows.push(replay(db, dir.path(), next(), backlog).await);
+        if sweep {
+            for batch in [1, 10, 100, 1000, 10000] {
+                for (mode, load) in [("async", throughput), ("sync", sync64)] {
+                    eprintln!("{}: sweep {mode} batch_size = {batch}", name(db));
+                    let load = if batch == 1 { Load { messages: load.messages / 10, ..load } } else { load };
+                    let extra = format!("write_mode = {mode}\nbatch_size = {batch}");
+                    rows.push(
+                        through_broker(db, dir.path(), next(), &format!("sweep-{mode}"), &extra, load, true).await,
+                    );
+                }
+            }
+        }
+    }
+    print_table(&rows);
+    for db in ["mariadb", "sqlite"] {
+        ratios(&rows, db);
+    }
+    println!("\nresults: {}", write_csv(&rows).display());
+}
