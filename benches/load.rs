@@ -35,6 +35,8 @@ struct Load {
     publishers: usize,
     inflight: usize,
     messages: usize,
+    /// Messages per second over all publishers; `None`: as fast as the broker takes them.
+    rate: Option<f64>,
 }
 
 /// What one scenario measured.
@@ -50,6 +52,10 @@ struct Outcome {
     p99_ms: f64,
     max_ms: f64,
     cpu_us_per_msg: f64,
+    /// CPU of the MariaDB server per message (0 for SQLite, which runs inside the broker).
+    db_cpu_us_per_msg: f64,
+    /// Share of the machine's cores busy in broker + database + this load generator.
+    cores_busy: f64,
     peak_rss_mib: f64,
     /// Replay: the broker's RSS before the subscriber came.
     rss_before_mib: f64,
@@ -154,13 +160,8 @@ impl Broker {
         Broker { child, port }
     }
 
-    /// CPU seconds the broker process has used (user + system).
     fn cpu_seconds(&self) -> f64 {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-        let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-        ticks / 100.0
+        cpu_seconds(&self.child.id().to_string())
     }
 
     /// The broker's peak resident memory (VmHWM), MiB.
@@ -179,6 +180,26 @@ impl Broker {
     }
 }
 
+/// CPU seconds (user + system) a process has used, from /proc (`pid` may be "self").
+fn cpu_seconds(pid: &str) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks: f64 = fields.get(11).and_then(|u| u.parse().ok()).unwrap_or(0.0)
+        + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The MariaDB server's CPU seconds (0 when it cannot be found).
+fn mariadb_cpu_seconds() -> f64 {
+    let out = Command::new("pgrep").args(["-o", "mariadbd|mysqld"]).output().ok();
+    let pid = out.map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned()).unwrap_or_default();
+    if pid.is_empty() {
+        0.0
+    } else {
+        cpu_seconds(&pid)
+    }
+}
+
 /// Runs `load` against the broker; returns (elapsed, PUBACK latencies in ms).
 async fn publish(port: u16, load: Load) -> (Duration, Vec<f64>) {
     let per = load.messages / load.publishers;
@@ -193,7 +214,12 @@ async fn publish(port: u16, load: Load) -> (Duration, Vec<f64>) {
             let (client, mut eventloop) = AsyncClient::new(opts, load.inflight.max(1));
             let producer = tokio::spawn(async move {
                 let payload = vec![b'x'; PAYLOAD];
+                let started = tokio::time::Instant::now();
                 for i in 0..per {
+                    if let Some(rate) = load.rate {
+                        let due = started + Duration::from_secs_f64(i as f64 * load.publishers as f64 / rate);
+                        tokio::time::sleep_until(due).await;
+                    }
                     let topic = format!("bench/{k}/{}", i % TOPICS_PER_PUBLISHER);
                     client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
                 }
@@ -248,11 +274,15 @@ async fn through_broker(
 ) -> Outcome {
     let store = Store::new(db, dir, n).await;
     let broker = Broker::start(&store, extra).await;
-    let cpu_before = broker.cpu_seconds();
+    let (cpu_before, db_before, self_before) = (broker.cpu_seconds(), mariadb_cpu_seconds(), cpu_seconds("self"));
     let start = Instant::now();
     let (elapsed, lat) = publish(broker.port, load).await;
     let persisted = if persists { store.wait_rows(load.messages, start).await } else { elapsed };
+    let wall = start.elapsed().as_secs_f64();
     let cpu = broker.cpu_seconds() - cpu_before;
+    let db_cpu = if db == Db::MySql { mariadb_cpu_seconds() - db_before } else { 0.0 };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let cores_busy = (cpu + db_cpu + cpu_seconds("self") - self_before) / wall / cores;
     let outcome = Outcome {
         scenario: scenario.into(),
         db: name(db),
@@ -264,6 +294,8 @@ async fn through_broker(
         p99_ms: percentile(&lat, 0.99),
         max_ms: lat.last().copied().unwrap_or(0.0),
         cpu_us_per_msg: cpu * 1e6 / load.messages as f64,
+        db_cpu_us_per_msg: db_cpu * 1e6 / load.messages as f64,
+        cores_busy,
         peak_rss_mib: broker.peak_rss_mib(),
         ..Outcome::default()
     };
@@ -338,7 +370,12 @@ async fn fill_directly(store: &Store, rows: usize) -> f64 {
 
 async fn ceiling(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
     let store = Store::new(db, dir, n).await;
+    let (db_before, self_before) = (mariadb_cpu_seconds(), cpu_seconds("self"));
+    let start = Instant::now();
     let rate = fill_directly(&store, rows).await;
+    let wall = start.elapsed().as_secs_f64();
+    let db_cpu = if db == Db::MySql { mariadb_cpu_seconds() - db_before } else { 0.0 };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     store.drop_db().await;
     Outcome {
         scenario: "ceiling".into(),
@@ -346,6 +383,8 @@ async fn ceiling(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
         batch_size: 1000,
         messages: rows,
         persisted_per_s: rate,
+        db_cpu_us_per_msg: db_cpu * 1e6 / rows as f64,
+        cores_busy: (db_cpu + cpu_seconds("self") - self_before) / wall / cores,
         ..Outcome::default()
     }
 }
@@ -388,7 +427,7 @@ async fn replay(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
 
 fn print_table(rows: &[Outcome]) {
     println!(
-        "\n{:<16} {:<8} {:>6} {:>8} {:>11} {:>11} {:>8} {:>8} {:>8} {:>10} {:>9} {:>10}",
+        "\n{:<15} {:<8} {:>5} {:>7} {:>10} {:>10} {:>7} {:>7} {:>6} {:>7} {:>7} {:>5} {:>8} {:>9}",
         "scenario",
         "db",
         "batch",
@@ -398,13 +437,15 @@ fn print_table(rows: &[Outcome]) {
         "p50 ms",
         "p99 ms",
         "max ms",
-        "cpu us/msg",
+        "us/msg",
+        "db us",
+        "busy",
         "peak MiB",
         "replay/s"
     );
     for o in rows {
         println!(
-            "{:<16} {:<8} {:>6} {:>8} {:>11.0} {:>11.0} {:>8.2} {:>8.2} {:>8.1} {:>10.1} {:>9.1} {:>10.0}",
+            "{:<15} {:<8} {:>5} {:>7} {:>10.0} {:>10.0} {:>7.2} {:>7.2} {:>6.1} {:>7.1} {:>7.1} {:>4.0}% {:>8.1} {:>9.0}",
             o.scenario,
             o.db,
             o.batch_size,
@@ -415,6 +456,8 @@ fn print_table(rows: &[Outcome]) {
             o.p99_ms,
             o.max_ms,
             o.cpu_us_per_msg,
+            o.db_cpu_us_per_msg,
+            o.cores_busy * 100.0,
             o.peak_rss_mib,
             o.replay_per_s
         );
@@ -435,6 +478,15 @@ fn ratios(rows: &[Outcome], db: &str) {
     );
     println!("  async cpu per msg / broker-only    = {:.2} (goal <= 1.5)", asy.cpu_us_per_msg / only.cpu_us_per_msg);
     println!("  async PUBACK p99 / broker-only p99 = {:.2} (goal <= 2)", asy.p99_ms / only.p99_ms);
+    if let (Some(o), Some(a)) = (get("broker-only@40k"), get("async@40k")) {
+        println!(
+            "  at 40k msg/s: PUBACK p99 ratio     = {:.2} (async {:.2} ms, broker-only {:.2} ms); cpu ratio {:.2}",
+            a.p99_ms / o.p99_ms,
+            a.p99_ms,
+            o.p99_ms,
+            a.cpu_us_per_msg / o.cpu_us_per_msg
+        );
+    }
     println!(
         "  sync-64 persisted / ceiling        = {:.2} (goal >= 0.5)",
         syn.persisted_per_s / ceiling.persisted_per_s
@@ -456,11 +508,14 @@ fn write_csv(rows: &[Outcome]) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench");
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("results.csv");
-    let mut text = String::from("scenario,db,batch_size,messages,published_per_s,persisted_per_s,p50_ms,p99_ms,max_ms,cpu_us_per_msg,peak_rss_mib,replay_per_s\n");
+    let mut text = String::from(
+        "scenario,db,batch_size,messages,published_per_s,persisted_per_s,p50_ms,p99_ms,max_ms,cpu_us_per_msg,\
+         db_cpu_us_per_msg,cores_busy,peak_rss_mib,rss_before_mib,replay_per_s\n",
+    );
     for o in rows {
         let _ = writeln!(
             text,
-            "{},{},{},{},{:.1},{:.1},{:.3},{:.3},{:.3},{:.2},{:.1},{:.1}",
+            "{},{},{},{},{:.1},{:.1},{:.3},{:.3},{:.3},{:.2},{:.2},{:.2},{:.1},{:.1},{:.1}",
             o.scenario,
             o.db,
             o.batch_size,
@@ -471,7 +526,10 @@ fn write_csv(rows: &[Outcome]) -> PathBuf {
             o.p99_ms,
             o.max_ms,
             o.cpu_us_per_msg,
+            o.db_cpu_us_per_msg,
+            o.cores_busy,
             o.peak_rss_mib,
+            o.rss_before_mib,
             o.replay_per_s
         );
     }
@@ -490,9 +548,11 @@ async fn main() {
         .filter(|d| only.as_deref().is_none_or(|o| (o == "mysql") == (*d == Db::MySql)))
         .collect();
     let scale = if quick { 20 } else { 1 };
-    let throughput = Load { publishers: 8, inflight: 64, messages: 200_000 / scale };
-    let sync64 = Load { publishers: 64, inflight: 1, messages: 64_000 / scale };
-    let reference = Load { publishers: 8, inflight: 64, messages: 20_000 / scale };
+    let throughput = Load { publishers: 8, inflight: 64, messages: 200_000 / scale, rate: None };
+    // The same publishers at a rate both the broker and the database take: latency without backlog.
+    let paced = Load { messages: 100_000 / scale, rate: Some(40_000.0), ..throughput };
+    let sync64 = Load { publishers: 64, inflight: 1, messages: 64_000 / scale, rate: None };
+    let reference = Load { messages: 20_000 / scale, ..throughput };
     let backlog = 100_000 / scale;
     let dir = tempfile::tempdir().unwrap();
     let mut rows = Vec::new();
@@ -521,6 +581,9 @@ async fn main() {
         );
         eprintln!("{}: async", name(db));
         rows.push(through_broker(db, dir.path(), next(), "async", "", throughput, true).await);
+        eprintln!("{}: broker-only and async at 40,000 msg/s", name(db));
+        rows.push(through_broker(db, dir.path(), next(), "broker-only@40k", "topics = []", paced, false).await);
+        rows.push(through_broker(db, dir.path(), next(), "async@40k", "", paced, true).await);
         eprintln!("{}: sync-64", name(db));
         rows.push(through_broker(db, dir.path(), next(), "sync-64", "write_mode = sync", sync64, true).await);
         eprintln!("{}: replay", name(db));
