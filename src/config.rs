@@ -177,6 +177,8 @@ pub struct StorageConfig {
     /// Rows one replay query reads; a replay reads page after page until it has them all.
     pub replay_page_size: u32,
     pub write_mode: WriteMode,
+    /// Where messages the database refuses go, one JSON object per line (`dead_letter_file`).
+    pub dead_letter_file: PathBuf,
 }
 
 /// When a publisher gets its PUBACK / PUBREC (`write_mode`).
@@ -238,7 +240,8 @@ impl Templates {
     /// and leaves out expired rows and rows this client has had.
     pub fn mysql_default() -> Templates {
         Templates {
-            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, FROM_UNIXTIME(${timestamp}/1000), ${expiry}, ${properties})".into(),
+            // A batch retried after a lost commit must not store its rows twice: msgid is unique.
+            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, FROM_UNIXTIME(${timestamp}/1000), ${expiry}, ${properties}) on duplicate key update msgid = msgid".into(),
             delete_message_sql: DELETE_MESSAGE_SQL.into(),
             select_message_sql: SELECT_MESSAGE_SQL.into(),
             insert_subscription_sql: "insert into mqtt_sub(clientid, topic, qos) values(${clientid}, ${topic}, ${qos}) on duplicate key update qos = ${qos}".into(),
@@ -254,7 +257,7 @@ impl Templates {
     /// The same in SQLite's dialect (`arrived` holds unix milliseconds).
     pub fn sqlite_default() -> Templates {
         Templates {
-            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, ${timestamp}, ${expiry}, ${properties})".into(),
+            insert_message_sql: "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values(${id}, ${from}, ${topic}, ${qos}, ${flags.retain}, ${payload}, ${timestamp}, ${expiry}, ${properties}) on conflict(msgid) do nothing".into(),
             insert_subscription_sql: "insert into mqtt_sub(clientid, topic, qos) values(${clientid}, ${topic}, ${qos}) on conflict(clientid, topic) do update set qos = excluded.qos".into(),
             // SQLite's `or ignore` does not cover the foreign key: skip a message that is gone here.
             insert_delivery_sql: "insert or ignore into mqtt_delivered(clientid, msgid) select ${clientid}, ${id} where exists (select 1 from mqtt_msg where msgid = ${id})".into(),
@@ -272,6 +275,7 @@ pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(5);
 /// Large pages keep the cost of a broad filter low where the database sorts each page (SQLite
 /// reads a prefix range through the topic index and sorts it by id, page after page).
 pub const DEFAULT_REPLAY_PAGE_SIZE: u32 = 10_000;
+pub const DEFAULT_DEAD_LETTER_FILE: &str = "data/dead-letters.jsonl";
 
 const MAX_BATCH_SIZE: i64 = 1_000_000;
 const MAX_POOL_SIZE: i64 = 1024;
@@ -301,6 +305,7 @@ const STORAGE_KEYS: &[&str] = &[
     "max_messages_per_topic",
     "replay_page_size",
     "write_mode",
+    "dead_letter_file",
 ];
 const MYSQL_KEYS: &[&str] = &["server", "username", "password", "database", "pool_size", "ssl"];
 const SQLITE_KEYS: &[&str] = &["path"];
@@ -557,6 +562,9 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
             Some("sync") => WriteMode::Sync,
             Some(other) => return Err(t.invalid("write_mode", format!("{other:?} is neither \"async\" nor \"sync\""))),
         },
+        dead_letter_file: t
+            .non_empty_string("dead_letter_file")?
+            .map_or_else(|| PathBuf::from(DEFAULT_DEAD_LETTER_FILE), PathBuf::from),
     })
 }
 
@@ -930,6 +938,7 @@ mod tests {
               max_messages_per_topic = 10
               replay_page_size = 20
               write_mode = sync
+              dead_letter_file = "/var/lib/om/dead.jsonl"
               ssl { enable = true, server_name_indication = "db", verify = verify_none,
                     cacertfile = "ca.pem", certfile = "c.pem", keyfile = "k.pem" }
             }
@@ -955,6 +964,7 @@ mod tests {
         assert_eq!(s.message_ttl, Some(Duration::from_secs(90)), "a bare number is seconds");
         assert_eq!((s.max_messages_per_topic, s.replay_page_size), (Some(10), 20));
         assert_eq!(s.write_mode, WriteMode::Sync);
+        assert_eq!(s.dead_letter_file, PathBuf::from("/var/lib/om/dead.jsonl"));
         assert!(m.ssl.enable);
         assert_eq!(m.ssl.server_name_indication.as_deref(), Some("db"));
         assert_eq!(m.ssl.verify, SslVerify::VerifyNone);

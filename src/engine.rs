@@ -19,7 +19,7 @@ use crate::metrics::{Gauges, Metrics};
 use crate::store::{AckedMessage, Store, StoreError};
 use crate::subscriptions::SubscriptionWriter;
 use crate::topic::{is_sys_topic, parse_shared, TopicFilter};
-use crate::writer::{BatchLimits, BatchWriter};
+use crate::writer::{BatchLimits, BatchWriter, DeadLetters};
 
 /// How many persisted or replayed messages the engine remembers, to turn their acks into deletes:
 /// the most recent ones. An ack for an older one finds nothing: its row stays stored and is
@@ -199,7 +199,8 @@ impl Engine {
         };
         let ack_needs_names = store.delete_binds_names();
         let metrics = Arc::new(Metrics::new());
-        let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone());
+        let dead_letters = DeadLetters { path: storage.dead_letter_file.clone() };
+        let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters);
         let subscriptions = SubscriptionWriter::spawn(store.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
         tracing::info!(

@@ -4,6 +4,7 @@
 //! events into [`engine::Engine`] calls.
 
 pub mod config;
+pub mod encode;
 pub mod engine;
 pub mod gate;
 pub mod host;

@@ -15,6 +15,8 @@ pub struct Metrics {
     pub refused: AtomicU64,
     /// Payloads larger than MySQL's max_allowed_packet.
     pub too_large: AtomicU64,
+    /// Messages written to the dead-letter file instead of the database.
+    pub dead_lettered: AtomicU64,
     /// Batches written again after a transient error.
     pub retried_batches: AtomicU64,
     /// Inserts an ack cancelled before they were written.

@@ -7,12 +7,14 @@
 //! both: the row is never written.
 
 use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{sleep, timeout_at, Instant};
 
+use crate::encode::{base64, iso_time};
 use crate::message::{DeliveryRecord, Message};
 use crate::metrics::Metrics;
 use crate::store::{AckedMessage, Batch, Store, StoreError};
@@ -41,9 +43,14 @@ pub struct BatchWriter {
 
 impl BatchWriter {
     /// Starts the writer task. It ends when every handle is dropped, after writing what it holds.
-    pub fn spawn(store: Arc<Store>, limits: BatchLimits, metrics: Arc<Metrics>) -> BatchWriter {
+    pub fn spawn(
+        store: Arc<Store>,
+        limits: BatchLimits,
+        metrics: Arc<Metrics>,
+        dead_letters: DeadLetters,
+    ) -> BatchWriter {
         let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
-        let task = WriterTask { store, limits, metrics };
+        let task = WriterTask { store, limits, metrics, dead_letters };
         tokio::spawn(task.run(rx));
         BatchWriter { tx }
     }
@@ -86,6 +93,7 @@ struct WriterTask {
     store: Arc<Store>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
+    dead_letters: DeadLetters,
 }
 
 impl WriterTask {
@@ -131,7 +139,9 @@ impl WriterTask {
             Ok(()) => true,
             Err(limit) => {
                 Metrics::add(&self.metrics.too_large, 1);
-                tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, payload_bytes = m.payload.len(), limit_bytes = limit, "payload too large for the database's max_allowed_packet; this message is not stored (raise max_allowed_packet on the MySQL server to store it)");
+                let reason = format!("payload of {} bytes is beyond what the database takes ({limit} bytes: max_allowed_packet)", m.payload.len());
+                self.dead_letter(m, &reason);
+                tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, payload_bytes = m.payload.len(), limit_bytes = limit, "payload too large for the database's max_allowed_packet; this message goes to the dead-letter file (raise max_allowed_packet on the MySQL server to store such messages)");
                 false
             }
         });
@@ -199,13 +209,15 @@ impl WriterTask {
 
     async fn write_one_by_one(&self, batch: Batch) {
         for m in batch.inserts {
-            let (msgid, topic, from) = (m.msgid.clone(), m.topic.clone(), m.from.clone());
             let one = Batch { inserts: vec![m], ..Batch::default() };
             match self.write_alone(&one).await {
                 Ok(()) => self.record(&one),
                 Err(e) => {
+                    let m = &one.inserts[0];
+                    let (msgid, topic, from) = (&m.msgid, &m.topic, &m.from);
                     Metrics::add(&self.metrics.refused, 1);
-                    tracing::error!(msgid, topic, client_id = from, error = %e, "the database refused this message; it is not stored");
+                    self.dead_letter(m, &e.to_string());
+                    tracing::error!(msgid, topic, client_id = from, error = %e, "the database refused this message; it goes to the dead-letter file");
                 }
             }
         }
@@ -244,10 +256,51 @@ impl WriterTask {
         self.store.write_batch(batch).await
     }
 
+    fn dead_letter(&self, m: &Message, reason: &str) {
+        match self.dead_letters.append(m, reason) {
+            Ok(()) => Metrics::add(&self.metrics.dead_lettered, 1),
+            Err(e) => {
+                tracing::error!(msgid = %m.msgid, file = %self.dead_letters.path.display(), error = %e, "writing the dead-letter file failed; this message is lost")
+            }
+        }
+    }
+
     fn record(&self, written: &Batch) {
         Metrics::add(&self.metrics.persisted, written.inserts.len() as u64);
         Metrics::add(&self.metrics.deleted_on_ack, written.deletes.len() as u64);
         Metrics::add(&self.metrics.deliveries_recorded, written.deliveries.len() as u64);
+    }
+}
+
+/// The dead-letter file: messages the database refused, one JSON object per line, with the reason,
+/// so that nothing is lost silently and an operator can load them once the cause is fixed.
+pub struct DeadLetters {
+    pub path: PathBuf,
+}
+
+impl DeadLetters {
+    /// Appends one message and syncs the file: a dead letter is the only copy.
+    fn append(&self, m: &Message, reason: &str) -> std::io::Result<()> {
+        use std::io::Write;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let line = serde_json::json!({
+            "refused_at": iso_time(crate::engine::now_ms()),
+            "reason": reason,
+            "msgid": m.msgid,
+            "sender": m.from,
+            "topic": m.topic,
+            "qos": m.qos,
+            "retain": m.retain,
+            "timestamp_ms": m.timestamp_ms,
+            "expiry_ms": m.expiry_ms,
+            "properties": m.properties.as_deref().map(serde_json::from_str::<serde_json::Value>).and_then(Result::ok),
+            "payload_base64": base64(&m.payload),
+        });
+        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        writeln!(file, "{line}")?;
+        file.sync_data()
     }
 }
 

@@ -72,3 +72,31 @@ async fn sigkill_in_sync_mode_loses_no_acknowledged_message(backend: Backend) {
     assert!(missing.is_empty(), "acknowledged but not stored: {missing:?}");
     assert_eq!(stored.len(), stored_set.len(), "no message stored twice");
 }
+
+// A batch written again (a commit whose answer was lost, then a retry) stores each message once:
+// the default insert ignores a message id already stored.
+on_both_backends!(a_batch_written_twice_stores_each_message_once);
+async fn a_batch_written_twice_stores_each_message_once(backend: Backend) {
+    use mqtt_offline_messages::message::{Message, Publish};
+    use mqtt_offline_messages::message_id::MessageIdGenerator;
+    use mqtt_offline_messages::store::{Batch, Store};
+    let env = TestEnv::new(backend).await;
+    let config = mqtt_offline_messages::config::Config::parse_str(&env.backend_block("")).unwrap();
+    let store = Store::connect(&config.backend).await.unwrap();
+    let ids = MessageIdGenerator::new(7);
+    let message = |topic: &str| {
+        let p = Publish {
+            from: "twice".into(),
+            topic: topic.into(),
+            qos: 1,
+            payload: "x".into(),
+            timestamp_ms: 1,
+            ..Publish::default()
+        };
+        Message::new(ids.next_id(), p, None)
+    };
+    let batch = Batch { inserts: vec![message("a"), message("b")], ..Batch::default() };
+    store.write_batch(&batch).await.unwrap();
+    store.write_batch(&batch).await.unwrap();
+    assert_eq!(env.count("mqtt_msg").await, 2);
+}

@@ -346,6 +346,15 @@ async fn a_row_the_database_refuses_does_not_fail_its_batch(backend: Backend) {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(broker.log_text().contains("the database refused this message"), "the refused row is logged");
+    let dead = env.dead_letters();
+    assert_eq!(dead.len(), 1, "the refused row is in the dead-letter file: {dead:?}");
+    assert_eq!(
+        (dead[0]["topic"].as_str(), dead[0]["sender"].as_str()),
+        (Some("far/too/long/topic"), Some("refused-pub"))
+    );
+    assert!(dead[0]["reason"].as_str().unwrap().contains("insert_message_sql"), "{dead:?}");
+    let payload = mqtt_offline_messages::encode::base64(b"far/too/long/topic");
+    assert_eq!(dead[0]["payload_base64"].as_str(), Some(payload.as_str()));
 }
 
 // Reference weakness 9: a publish racing a subscribe came twice, or before older stored messages.

@@ -259,6 +259,14 @@ async fn a_payload_beyond_max_allowed_packet_is_refused_alone() {
     assert_eq!(payloads, [b"before".to_vec(), b"after".to_vec()]);
     let log = broker.log_text();
     assert!(log.contains("max_allowed_packet"), "the log says why: {log}");
+    let dead = env.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert!(dead[0]["reason"].as_str().unwrap().contains("max_allowed_packet"), "{:?}", dead[0]["reason"]);
+    assert_eq!(
+        dead[0]["payload_base64"].as_str().unwrap().len(),
+        (17usize << 20).div_ceil(3) * 4,
+        "the whole payload is kept"
+    );
 }
 
 // Weaknesses 3 and 9 for shared subscriptions: a group gets its backlog once, not once per member.

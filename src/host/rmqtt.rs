@@ -167,6 +167,7 @@ impl Plugin for OfflineMessagesPlugin {
             "persisted": n(&m.persisted),
             "failed_refused": n(&m.refused),
             "failed_too_large": n(&m.too_large),
+            "dead_lettered": n(&m.dead_lettered),
             "retried_batches": n(&m.retried_batches),
             "deleted_on_ack": n(&m.deleted_on_ack),
             "deliveries_recorded": n(&m.deliveries_recorded),

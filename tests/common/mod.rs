@@ -123,6 +123,16 @@ impl TestEnv {
         env
     }
 
+    pub fn dead_letter_path(&self) -> PathBuf {
+        self.dir.path().join("dead-letters.jsonl")
+    }
+
+    /// The dead-letter file's entries.
+    pub fn dead_letters(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.dead_letter_path()).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
     pub fn sqlite_path(&self) -> PathBuf {
         self.dir.path().join("offline.db")
     }
@@ -131,12 +141,14 @@ impl TestEnv {
     pub fn backend_block(&self, extra: &str) -> String {
         match self.backend {
             Backend::MySql => format!(
-                "mysql {{\n enable = true\n server = \"{MYSQL_SERVER}\"\n username = root\n password = \"\"\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n {extra}\n}}\nsqlite {{ enable = false }}\n",
-                self.db_name
+                "mysql {{\n enable = true\n server = \"{MYSQL_SERVER}\"\n username = root\n password = \"\"\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n dead_letter_file = \"{}\"\n {extra}\n}}\nsqlite {{ enable = false }}\n",
+                self.db_name,
+                self.dead_letter_path().display()
             ),
             Backend::Sqlite => format!(
-                "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n {extra}\n}}\n",
-                self.sqlite_path().display()
+                "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n dead_letter_file = \"{}\"\n {extra}\n}}\n",
+                self.sqlite_path().display(),
+                self.dead_letter_path().display()
             ),
         }
     }
