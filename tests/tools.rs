@@ -232,3 +232,45 @@ async fn health_is_503_when_the_database_refuses() {
     assert_eq!(code, 503, "{body}");
     assert!(body.starts_with("database: "), "{body}");
 }
+
+/// The database password appears in no log line, error or tool output, at any log level.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_password_never_reaches_logs_or_output() {
+    const PASSWORD: &str = "Pw-9f3K-never-print";
+    let env = TestEnv::new(Backend::MySql).await;
+    let user = format!("{}_p", env.db_name);
+    let admin = |sql: String| {
+        let out = Command::new("mariadb").args(["-h127.0.0.1", "-uroot", "-e", &sql]).output().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    admin(format!(
+        "CREATE USER '{user}'@'%' IDENTIFIED BY '{PASSWORD}'; GRANT ALL ON `{}`.* TO '{user}'@'%';",
+        env.db_name
+    ));
+    let block = env.backend_block(&format!("username = \"{user}\"\n password = \"{PASSWORD}\""));
+    let config = env.write_config(&block);
+    let mut outputs = String::new();
+    {
+        let mut broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+        let mut p = Client::connect(env.port, "pw-pub", true).await;
+        p.publish("pw/t", QoS::AtLeastOnce, false, "x").await;
+        env.wait_count("mqtt_msg", 1, LONG).await;
+        p.disconnect().await;
+        broker.stop();
+        outputs.push_str(&broker.log_text());
+    }
+    for args in [&["check-config"][..], &["migrate"], &["history", "--topic", "#"]] {
+        let out = Command::new(BIN).args(args).arg("--config").arg(&config).env("RUST_LOG", "trace").output().unwrap();
+        outputs.push_str(&String::from_utf8_lossy(&out.stdout));
+        outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+    }
+    // A refused login, logged at trace level.
+    admin(format!("DROP USER '{user}'@'%'"));
+    let out =
+        Command::new(BIN).args(["check-config", "--config"]).arg(&config).env("RUST_LOG", "trace").output().unwrap();
+    assert!(!out.status.success());
+    outputs.push_str(&String::from_utf8_lossy(&out.stdout));
+    outputs.push_str(&String::from_utf8_lossy(&out.stderr));
+    assert!(outputs.len() > 1000, "the broker and the tools said something");
+    assert!(!outputs.contains(PASSWORD), "the password leaked");
+}
