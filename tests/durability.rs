@@ -100,3 +100,31 @@ async fn a_batch_written_twice_stores_each_message_once(backend: Backend) {
     store.write_batch(&batch).await.unwrap();
     assert_eq!(env.count("mqtt_msg").await, 2);
 }
+
+// A replay that fails on a database error is not skipped: it is tried again while the client keeps
+// its subscription.
+on_both_backends!(a_replay_that_fails_on_a_database_error_is_retried);
+async fn a_replay_that_fails_on_a_database_error_is_retried(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let broker = env.start("").await;
+    let mut p = Client::connect(env.port, "retry-pub", true).await;
+    for m in ["r1", "r2", "r3"] {
+        p.publish("retry/t", QoS::AtLeastOnce, false, m).await;
+    }
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    let (away, back) = match backend {
+        Backend::MySql => ("rename table mqtt_msg to mqtt_msg_away", "rename table mqtt_msg_away to mqtt_msg"),
+        Backend::Sqlite => {
+            ("alter table mqtt_msg rename to mqtt_msg_away", "alter table mqtt_msg_away rename to mqtt_msg")
+        }
+    };
+    env.execute(away).await;
+    let mut s = Client::connect(env.port, "retry-sub", true).await;
+    s.subscribe("retry/t", QoS::AtLeastOnce).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(broker.log_text().contains("replay failed; retrying"), "the failure is logged");
+    env.execute(back).await;
+    let got: Vec<String> =
+        s.recv(3, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    assert_eq!(got, ["r1", "r2", "r3"], "replayed once the database answers again");
+}

@@ -44,6 +44,11 @@ const REPLAY_WINDOW: usize = 200;
 /// How long a replay waits for progress before it checks that its subscriber is still connected.
 const REPLAY_STALL_CHECK: Duration = Duration::from_secs(1);
 
+/// A replay that failed on a database error is tried again after this, then twice as long each
+/// time, up to `REPLAY_RETRY_MAX`.
+const REPLAY_RETRY_FIRST: Duration = Duration::from_secs(1);
+const REPLAY_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// A connected subscriber that takes nothing for this long ends its replay.
 const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(120);
 
@@ -413,17 +418,8 @@ impl Hooks {
             let window =
                 hooks.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
             let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos, gate };
-            let result = hooks.engine.replay(&sub, &mut sink).await;
-            match &result {
-                Ok(0) => tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay"),
-                Ok(n) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = n, "replay done"),
-                Err(e @ (ReplayError::SubscriberGone | ReplayError::SubscriberStalled(_))) => {
-                    tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
-                }
-                Err(e) => {
-                    tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; the messages stay stored")
-                }
-            }
+            let mut result = hooks.engine.replay(&sub, &mut sink).await;
+            log_replay(&sub, &result);
             if let Some(gate) = sink.gate.take() {
                 if matches!(result, Err(ReplayError::SubscriberGone)) {
                     hooks.gates.close(&gate);
@@ -431,12 +427,38 @@ impl Hooks {
                     sink.release_held(&hooks.gates, &gate).await;
                 }
             }
+            // A database error does not skip the replay: it is tried again while the client keeps
+            // the subscription (acknowledged messages are gone from the table by then, and what
+            // the client has had live in fanout mode is recorded).
+            let mut backoff = REPLAY_RETRY_FIRST;
+            while matches!(result, Err(ReplayError::Store(_))) && sink.still_subscribed(&sub.filter).await {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(REPLAY_RETRY_MAX);
+                if !sink.still_subscribed(&sub.filter).await {
+                    break;
+                }
+                result = hooks.engine.replay(&sub, &mut sink).await;
+                log_replay(&sub, &result);
+            }
             drop(sink);
             let mut windows = hooks.windows.lock().expect("replay windows lock");
             if windows.get(&sub.client_id).is_some_and(|w| Arc::strong_count(w) == 1) {
                 windows.remove(&sub.client_id);
             }
         });
+    }
+}
+
+fn log_replay(sub: &Subscription, result: &Result<u64, ReplayError>) {
+    match result {
+        Ok(0) => tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay"),
+        Ok(n) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = n, "replay done"),
+        Err(e @ (ReplayError::SubscriberGone | ReplayError::SubscriberStalled(_))) => {
+            tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
+        }
+        Err(e) => {
+            tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; retrying while the client keeps the subscription")
+        }
     }
 }
 
@@ -525,6 +547,20 @@ impl ReplaySink for SessionSink {
 }
 
 impl SessionSink {
+    /// The client is connected and still holds `filter` (as subscribed, `$share/...` included).
+    async fn still_subscribed(&self, filter: &str) -> bool {
+        let entry = self.scx.extends.shared().await.entry(self.id.clone());
+        if !entry.is_connected().await {
+            return false;
+        }
+        entry.subscriptions().await.is_some_and(|subs| {
+            subs.iter().any(|s| match s.opts.shared_group() {
+                Some(group) => format!("$share/{group}/{}", s.topic) == filter,
+                None => s.topic == filter,
+            })
+        })
+    }
+
     /// Queues one message into the session, from `publisher` through the replay's listener id,
     /// once the session has room for it.
     async fn forward(&mut self, publisher: &str, publish: Publish) -> Result<(), ReplayError> {
