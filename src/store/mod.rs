@@ -43,6 +43,10 @@ const ROW_OVERHEAD: usize = 64 << 10;
 pub enum StoreError {
     #[error("cannot connect to {backend} at {target} ({key}): {cause}; check that the database is running and reachable, and the connection keys in the `{backend}` block")]
     Connect { backend: &'static str, key: &'static str, target: String, cause: sqlx::Error },
+    #[error("{key}: cannot read {path}: {cause}; give the path of a readable PEM file")]
+    TlsFile { key: &'static str, path: String, cause: std::io::Error },
+    #[error("cannot set up TLS to mysql at {target} (mysql.ssl): {cause}; check mysql.ssl.cacertfile (the CA that signed the server's certificate, whose name must match the host in mysql.server), or set mysql.ssl.verify = verify_none to encrypt without checking")]
+    Tls { target: String, cause: sqlx::Error },
     #[error(transparent)]
     Template(#[from] TemplateError),
     #[error("{key}: the database cannot prepare this template: {cause}; fix the template, or create its tables (set `init_default_schema = true` for the default ones)")]
@@ -500,6 +504,20 @@ async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySq
             SslVerify::VerifyNone => MySqlSslMode::Required,
         };
         let mut o = opts.ssl_mode(mode);
+        let files = [
+            ("mysql.ssl.cacertfile", &cfg.ssl.cacertfile),
+            ("mysql.ssl.certfile", &cfg.ssl.certfile),
+            ("mysql.ssl.keyfile", &cfg.ssl.keyfile),
+        ];
+        for (key, path) in files {
+            if let Some(path) = path {
+                std::fs::File::open(path).map_err(|cause| StoreError::TlsFile {
+                    key,
+                    path: path.display().to_string(),
+                    cause,
+                })?;
+            }
+        }
         if let Some(ca) = &cfg.ssl.cacertfile {
             o = o.ssl_ca(ca);
         }
@@ -518,7 +536,19 @@ async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySq
         .acquire_timeout(Duration::from_secs(5))
         .connect_with(opts)
         .await
-        .map_err(connect_err)
+        .map_err(|cause| match &cause {
+            sqlx::Error::Tls(_) => StoreError::Tls { target: cfg.server.clone(), cause },
+            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) if is_tls_failure(&cause) => {
+                StoreError::Tls { target: cfg.server.clone(), cause }
+            }
+            _ => connect_err(cause),
+        })
+}
+
+/// rustls reports a refused certificate as an I/O error whose text names the certificate.
+fn is_tls_failure(e: &sqlx::Error) -> bool {
+    let text = e.to_string().to_ascii_lowercase();
+    ["certificate", "tls", "handshake"].iter().any(|w| text.contains(w))
 }
 
 async fn connect_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::SqlitePool, StoreError> {

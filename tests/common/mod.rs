@@ -472,3 +472,71 @@ impl Client {
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
     }
 }
+
+/// A MariaDB server of the test's own, in a temporary data directory on a free port (for TLS and
+/// fault injection, never the shared one). Killed when dropped.
+pub struct PrivateMariaDb {
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    child: Child,
+    /// `mariadb` client options that reach it (TLS when it requires TLS).
+    client_args: Vec<String>,
+}
+
+impl PrivateMariaDb {
+    /// Starts it with `extra` server options (TLS files, say) and waits until it answers.
+    pub async fn start(extra: &[String], client_args: &[String]) -> PrivateMariaDb {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(&data).unwrap();
+        let install = Command::new("mariadb-install-db")
+            .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("mariadb-install-db (Debian package mariadb-server)");
+        assert!(install.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&install.stdout));
+        let port = free_port();
+        let log = std::fs::File::create(dir.path().join("mariadbd.log")).unwrap();
+        let child = Command::new("/usr/sbin/mariadbd")
+            .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--port={port}"))
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let db = PrivateMariaDb { dir, port, child, client_args: client_args.to_vec() };
+        let start = Instant::now();
+        while !db.sql("select 1").status.success() {
+            assert!(start.elapsed() < Duration::from_secs(60), "private MariaDB did not start");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        db
+    }
+
+    /// Runs SQL through the `mariadb` client as root.
+    pub fn sql(&self, sql: &str) -> std::process::Output {
+        Command::new("mariadb")
+            .args(["--no-defaults", "-h127.0.0.1", "-uroot", "-N"])
+            .arg(format!("-P{}", self.port))
+            .args(&self.client_args)
+            .args(["-e", sql])
+            .output()
+            .unwrap()
+    }
+
+    pub fn sql_ok(&self, sql: &str) -> String {
+        let out = self.sql(sql);
+        assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+}
+
+impl Drop for PrivateMariaDb {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,151 @@
+//! TLS to MySQL: a MariaDB started by the test with TLS required and certificates the test makes.
+
+#[macro_use]
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::{Backend, Broker, Client, PrivateMariaDb, TestEnv, BIN, LONG};
+use rumqttc::QoS;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A CA, a server certificate for 127.0.0.1 signed by it, a client certificate signed by it, and
+/// a second CA that signed nothing.
+fn make_certificates(dir: &Path) {
+    let req = |key: &str, csr: &str, cn: &str| {
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", cn].map(str::to_owned)
+    };
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=test-ca",
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "other.key",
+            "-out",
+            "other-ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=other-ca",
+        ],
+    );
+    // Extensions make X.509 v3 certificates: rustls refuses v1.
+    std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    for (name, cn) in [("server", "/CN=127.0.0.1"), ("client", "/CN=om-client")] {
+        let (key, csr, pem, ext) =
+            (format!("{name}.key"), format!("{name}.csr"), format!("{name}.pem"), format!("{name}.ext"));
+        openssl(dir, &req(&key, &csr, cn).iter().map(String::as_str).collect::<Vec<_>>());
+        let sign = ["x509", "-req", "-in", &csr, "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial"];
+        openssl(dir, &[&sign[..], &["-out", &pem, "-days", "2", "-extfile", &ext]].concat());
+    }
+}
+
+fn mysql_block(db: &PrivateMariaDb, user: &str, ssl: &str) -> String {
+    format!(
+        "mysql {{\n enable = true\n server = \"127.0.0.1:{}\"\n username = {user}\n database = t\n init_default_schema = true\n topics = [\"#\"]\n dead_letter_file = \"{}\"\n ssl {{ {ssl} }}\n}}\n",
+        db.port,
+        db.dir.path().join("dead.jsonl").display()
+    )
+}
+
+fn check(config: &Path) -> (bool, String) {
+    let out = Command::new(BIN).args(["check-config", "--config"]).arg(config).output().unwrap();
+    (out.status.success(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_mysql_verifies_the_server_and_presents_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    let db = PrivateMariaDb::start(
+        &[
+            format!("--ssl-ca={}", p("ca.pem")),
+            format!("--ssl-cert={}", p("server.pem")),
+            format!("--ssl-key={}", p("server.key")),
+            "--require-secure-transport=ON".into(),
+        ],
+        &["--ssl".into(), format!("--ssl-ca={}", p("ca.pem"))],
+    )
+    .await;
+    db.sql_ok("CREATE DATABASE t; CREATE USER 'certuser'@'%' REQUIRE X509; GRANT ALL ON t.* TO 'certuser'@'%';");
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port only
+    let write = |name: &str, text: String| {
+        let path = env.dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+
+    // verify_peer with the right CA: the broker runs and stores over TLS.
+    let good = write(
+        "good.hocon",
+        mysql_block(&db, "root", &format!("enable = true, verify = verify_peer, cacertfile = \"{}\"", p("ca.pem"))),
+    );
+    let mut broker = Broker::start(&good, env.port, env.dir.path().join("broker.log")).await;
+    let mut c = Client::connect(env.port, "tls-pub", true).await;
+    c.publish("tls/t", QoS::AtLeastOnce, false, "over tls").await;
+    let start = std::time::Instant::now();
+    while db.sql_ok("select count(*) from t.mqtt_msg") != "1" {
+        assert!(start.elapsed() < LONG, "the message never landed");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    c.disconnect().await;
+    broker.stop();
+
+    // Without TLS the server refuses; with the wrong CA, verify_peer refuses the server.
+    let (ok, out) = check(&write("plain.hocon", mysql_block(&db, "root", "enable = false")));
+    assert!(!ok && out.contains("FAIL connect"), "{out}");
+    let wrong_ca = format!("enable = true, verify = verify_peer, cacertfile = \"{}\"", p("other-ca.pem"));
+    let (ok, out) = check(&write("wrong.hocon", mysql_block(&db, "root", &wrong_ca)));
+    assert!(!ok && out.contains("(mysql.ssl)") && out.contains("mysql.ssl.cacertfile"), "{out}");
+    // verify_none encrypts without checking: the same wrong CA is accepted.
+    let none = format!("enable = true, verify = verify_none, cacertfile = \"{}\"", p("other-ca.pem"));
+    let (ok, out) = check(&write("none.hocon", mysql_block(&db, "root", &none)));
+    assert!(ok, "{out}");
+
+    // A user that must present a certificate: with certfile and keyfile it gets in, without not.
+    let with_cert = format!(
+        "enable = true, verify = verify_peer, cacertfile = \"{}\", certfile = \"{}\", keyfile = \"{}\"",
+        p("ca.pem"),
+        p("client.pem"),
+        p("client.key")
+    );
+    let (ok, out) = check(&write("cert.hocon", mysql_block(&db, "certuser", &with_cert)));
+    assert!(ok, "{out}");
+    let without = format!("enable = true, verify = verify_peer, cacertfile = \"{}\"", p("ca.pem"));
+    let (ok, out) = check(&write("nocert.hocon", mysql_block(&db, "certuser", &without)));
+    assert!(!ok && out.contains("FAIL connect"), "{out}");
+
+    // An unreadable TLS file is named by its key.
+    let missing = format!("enable = true, cacertfile = \"{}\"", p("missing.pem"));
+    let (ok, out) = check(&write("missing.hocon", mysql_block(&db, "root", &missing)));
+    assert!(!ok && out.contains("mysql.ssl.cacertfile: cannot read"), "{out}");
+}
