@@ -481,6 +481,7 @@ pub struct PrivateMariaDb {
     child: Child,
     /// `mariadb` client options that reach it (TLS when it requires TLS).
     client_args: Vec<String>,
+    server_args: Vec<String>,
 }
 
 impl PrivateMariaDb {
@@ -496,24 +497,48 @@ impl PrivateMariaDb {
             .expect("mariadb-install-db (Debian package mariadb-server)");
         assert!(install.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&install.stdout));
         let port = free_port();
-        let log = std::fs::File::create(dir.path().join("mariadbd.log")).unwrap();
-        let child = Command::new("/usr/sbin/mariadbd")
-            .args(["--no-defaults", "--user=root", "--bind-address=127.0.0.1", "--skip-log-bin"])
-            .arg(format!("--datadir={}", data.display()))
-            .arg(format!("--socket={}", dir.path().join("sock").display()))
-            .arg(format!("--port={port}"))
-            .args(extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        let db = PrivateMariaDb { dir, port, child, client_args: client_args.to_vec() };
+        let mut server_args = vec![
+            "--no-defaults".to_owned(),
+            "--user=root".into(),
+            "--bind-address=127.0.0.1".into(),
+            "--skip-log-bin".into(),
+            format!("--datadir={}", data.display()),
+            format!("--socket={}", dir.path().join("sock").display()),
+            format!("--port={port}"),
+        ];
+        server_args.extend(extra.iter().cloned());
+        let child = Self::spawn(dir.path(), &server_args);
+        let mut db = PrivateMariaDb { dir, port, child, client_args: client_args.to_vec(), server_args };
+        db.wait_ready().await;
+        db
+    }
+
+    fn spawn(dir: &std::path::Path, args: &[String]) -> Child {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("mariadbd.log")).unwrap();
+        Command::new("/usr/sbin/mariadbd").args(args).stdout(Stdio::null()).stderr(log).spawn().unwrap()
+    }
+
+    async fn wait_ready(&mut self) {
         let start = Instant::now();
-        while !db.sql("select 1").status.success() {
+        while !self.sql("select 1").status.success() {
             assert!(start.elapsed() < Duration::from_secs(60), "private MariaDB did not start");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        db
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGKILL, and a new server on the same data directory and port once `down` has passed.
+    pub async fn kill_and_restart(&mut self, down: Duration) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        tokio::time::sleep(down).await;
+        self.child = Self::spawn(self.dir.path(), &self.server_args);
+        self.wait_ready().await;
     }
 
     /// Runs SQL through the `mariadb` client as root.
