@@ -52,3 +52,30 @@ fn the_configuration_reference_documents_every_key() {
         mqtt_offline_messages::config::known_keys().into_iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
     assert!(missing.is_empty(), "keys missing from docs/configuration.md: {missing:?}");
 }
+
+/// docs/hosts.md's second path: the embedding example, built by `cargo test`, runs a broker that
+/// stores what it is sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedding_example_runs_a_broker_with_the_plugin() {
+    let exe = std::env::current_exe().unwrap();
+    let example = exe.parent().unwrap().parent().unwrap().join("examples/embedded_broker");
+    assert!(example.exists(), "cargo test builds examples: {}", example.display());
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let config = env.write_config(&env.backend_block(""));
+    let mut child = std::process::Command::new(&example)
+        .arg(&config)
+        .arg(format!("127.0.0.1:{}", env.port))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", env.port)).is_err() {
+        assert!(start.elapsed() < LONG, "the example never listened");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut p = Client::connect(env.port, "embedded-pub", true).await;
+    p.publish("embedded/t", QoS::AtLeastOnce, false, "hello").await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    assert!(child.wait().unwrap().success(), "it stops cleanly on SIGINT");
+}
