@@ -20,42 +20,11 @@ fn make_certificates(dir: &Path) {
     let req = |key: &str, csr: &str, cn: &str| {
         ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", csr, "-subj", cn].map(str::to_owned)
     };
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=test-ca",
-        ],
-    );
-    openssl(
-        dir,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "other.key",
-            "-out",
-            "other-ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=other-ca",
-        ],
-    );
+    for (name, cn) in [("ca", "/CN=test-ca"), ("other-ca", "/CN=other-ca")] {
+        let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+        let self_signed = ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", cn];
+        openssl(dir, &[&self_signed[..], &["-keyout", &key, "-out", &pem]].concat());
+    }
     // Extensions make X.509 v3 certificates: rustls refuses v1.
     std::fs::write(dir.join("server.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
     std::fs::write(dir.join("client.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
