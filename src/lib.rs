@@ -15,6 +15,5 @@ pub mod metrics;
 pub mod store;
 pub mod subscriptions;
 pub mod template;
-pub mod tools;
 pub mod topic;
 pub mod writer;

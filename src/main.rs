@@ -8,7 +8,9 @@ use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use mqtt_offline_messages::config::Config;
 use mqtt_offline_messages::engine::Engine;
-use mqtt_offline_messages::{host, http, tools};
+use mqtt_offline_messages::{host, http};
+
+mod tools;
 use rmqtt::context::ServerContext;
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;

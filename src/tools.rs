@@ -1,15 +1,15 @@
 //! The operator's subcommands: `migrate`, `check-config`, `history`. They print to stdout (results)
-//! and stderr (progress, notes); each returns whether it succeeded.
+//! and stderr (progress, notes). Part of the binary, not of the library, like `main`.
 
 use std::io::{IsTerminal, Write};
 use std::path::Path;
 
 use futures_util::StreamExt;
 
-use crate::config::{Backend, Config, DeliveryMode};
-use crate::encode::{base64, iso_time};
-use crate::store::{Admin, HistoryQuery, HistoryRow, Statements};
-use crate::topic::TopicFilter;
+use mqtt_offline_messages::config::{Backend, Config, DeliveryMode};
+use mqtt_offline_messages::encode::{base64, iso_time};
+use mqtt_offline_messages::store::{Admin, HistoryQuery, HistoryRow, Statements};
+use mqtt_offline_messages::topic::TopicFilter;
 
 /// `migrate`: applies the schema migrations and says what it applied.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
@@ -138,7 +138,7 @@ const HISTORY_PAGE: i64 = 1000;
 /// `history`: stored messages matching a filter, oldest first, as a table or JSON lines.
 pub async fn history(config: &Config, args: &HistoryArgs) -> anyhow::Result<()> {
     let filter = TopicFilter::parse(&args.topic).map_err(|e| anyhow::anyhow!("--topic {:?}: {e}", args.topic))?;
-    let now = crate::engine::now_ms();
+    let now = mqtt_offline_messages::engine::now_ms();
     let since =
         args.since.as_deref().map(|s| parse_time(s, now).map_err(|e| anyhow::anyhow!("--since: {e}"))).transpose()?;
     let until =
@@ -329,6 +329,13 @@ fn days_from_civil(y: i64, m: i64, d: i64) -> Option<i64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iso_time_round_trips() {
+        for ms in [0, 951_868_800_500, 1_795_404_901_725, -86_400_001] {
+            assert_eq!(parse_time(&iso_time(ms), 0), Ok(ms), "{}", iso_time(ms));
+        }
+    }
 
     #[test]
     fn times_in_every_accepted_form() {
