@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use hocon::{Hocon, HoconLoader};
 
+use crate::auth::{AclRule, Action, AuthConfig, User};
+
 type Map = linked_hash_map::LinkedHashMap<String, Hocon>;
 
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +79,7 @@ pub struct Config {
     pub broker: BrokerConfig,
     pub backend: Backend,
     pub metrics: MetricsConfig,
+    pub auth: AuthConfig,
 }
 
 /// The HTTP endpoint with `/metrics` and `/health` (`metrics.bind`); off when unset.
@@ -281,7 +284,10 @@ const MAX_BATCH_SIZE: i64 = 1_000_000;
 const MAX_POOL_SIZE: i64 = 1024;
 const MAX_REPLAY_PAGE_SIZE: i64 = 1_000_000;
 
-const TOP_KEYS: &[&str] = &["broker", "metrics", "mysql", "sqlite", "redis"];
+const TOP_KEYS: &[&str] = &["broker", "metrics", "auth", "mysql", "sqlite", "redis"];
+const AUTH_KEYS: &[&str] = &["users", "acl"];
+const USER_KEYS: &[&str] = &["username", "password_hash"];
+const ACL_KEYS: &[&str] = &["username", "action", "topic", "permission"];
 const METRICS_KEYS: &[&str] = &["bind"];
 const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size"];
 const STORAGE_KEYS: &[&str] = &[
@@ -366,7 +372,8 @@ impl Config {
             ((true, m), _) => Backend::MySql(m),
             (_, (true, s)) => Backend::Sqlite(s),
         };
-        Ok(Config { broker, backend, metrics })
+        let auth = auth(&root.table("auth", AUTH_KEYS)?)?;
+        Ok(Config { broker, backend, metrics, auth })
     }
 
     /// Start-up warnings a valid config still deserves (the caller logs them).
@@ -397,6 +404,9 @@ pub fn known_keys() -> Vec<String> {
     let mut keys = TOP_KEYS.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     keys.extend(block("broker", BROKER_KEYS));
     keys.extend(block("metrics", METRICS_KEYS));
+    keys.extend(block("auth", AUTH_KEYS));
+    keys.extend(block("auth.users[]", USER_KEYS));
+    keys.extend(block("auth.acl[]", ACL_KEYS));
     keys.extend(block("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat()));
     keys.extend(block("mysql.ssl", SSL_KEYS));
     keys.extend(block("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat()));
@@ -568,6 +578,45 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
     })
 }
 
+fn auth(t: &Table<'_>) -> Result<AuthConfig, ConfigError> {
+    let mut users = Vec::new();
+    for u in t.objects("users", USER_KEYS)? {
+        let username = u.non_empty_string("username")?.ok_or_else(|| u.invalid("username", "is missing".into()))?;
+        let password_hash = u.non_empty_string("password_hash")?.ok_or_else(|| {
+            u.invalid("password_hash", "is missing; make one with `mqtt-offline-messages hash-password`".into())
+        })?;
+        if argon2::password_hash::PasswordHash::new(&password_hash).is_err() {
+            return Err(u.invalid(
+                "password_hash",
+                "is not a password hash; make one with `mqtt-offline-messages hash-password` (the password itself never goes in the file)".into(),
+            ));
+        }
+        users.push(User { username, password_hash });
+    }
+    let mut acl = Vec::new();
+    for r in t.objects("acl", ACL_KEYS)? {
+        let action = match r.string("action")?.as_deref() {
+            Some("publish") => Action::Publish,
+            Some("subscribe") => Action::Subscribe,
+            Some("all") | None => Action::All,
+            Some(other) => return Err(r.invalid("action", format!("{other:?} is not publish, subscribe or all"))),
+        };
+        let allow = match r.string("permission")?.as_deref() {
+            Some("allow") => true,
+            Some("deny") => false,
+            other => return Err(r.invalid("permission", format!("{other:?}: write allow or deny"))),
+        };
+        let topic = r.non_empty_string("topic")?.ok_or_else(|| r.invalid("topic", "is missing".into()))?;
+        crate::topic::TopicFilter::parse(&topic.replace("%u", "u").replace("%c", "c"))
+            .map_err(|e| r.invalid("topic", format!("{topic:?}: {e}")))?;
+        acl.push(AclRule { username: r.string("username")?.unwrap_or_else(|| "*".into()), action, topic, allow });
+    }
+    if users.is_empty() && !acl.is_empty() {
+        return Err(t.invalid("acl", "applies only with auth.users; add users, or remove the rules".into()));
+    }
+    Ok(AuthConfig { users, acl })
+}
+
 fn ssl(t: &Table<'_>) -> Result<SslConfig, ConfigError> {
     Ok(SslConfig {
         enable: t.bool("enable")?.unwrap_or(false),
@@ -719,6 +768,26 @@ impl<'a> Table<'a> {
             return Err(self.invalid(key, format!("{n} is out of range; use {min} to {max}")));
         }
         Ok(Some(n))
+    }
+
+    /// A list of objects, each checked for unknown keys; its entries are named `key[i]` in errors.
+    fn objects(&self, key: &str, known: &[&str]) -> Result<Vec<Table<'a>>, ConfigError> {
+        let items = match self.get(key)? {
+            None => return Ok(Vec::new()),
+            Some(Hocon::Array(items)) => items,
+            Some(other) => return Err(self.type_error(key, "a list of objects [ { ... } ]", other)),
+        };
+        let mut tables = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let path = self.key(&format!("{key}[{i}]"));
+            match item {
+                Hocon::Hash(map) => tables.push(Table { path, map: Some(map), source: self.source }.checked(known)?),
+                other => {
+                    return Err(ConfigError::Type { key: path, expected: "an object { ... }", found: kind(other) })
+                }
+            }
+        }
+        Ok(tables)
     }
 
     fn string_list(&self, key: &str) -> Result<Option<Vec<String>>, ConfigError> {
@@ -1011,7 +1080,10 @@ mod tests {
         );
         assert!(err("mysql { enable = true, ssl { verfy = verify_none } }").starts_with("mysql.ssl.verfy: unknown key"));
         let e = err("sqlite { enable = true }\nmqtt { port = 1 }");
-        assert!(e.starts_with("mqtt: unknown key; known keys at the top level are: broker, metrics, mysql"), "{e}");
+        assert!(
+            e.starts_with("mqtt: unknown key; known keys at the top level are: broker, metrics, auth, mysql"),
+            "{e}"
+        );
         assert!(err("sqlite { enable = true, ssl { enable = true } }").starts_with("sqlite.ssl: unknown key"));
         assert!(err("sqlite.enable = true\nbroker.port = 1").starts_with("broker.port: unknown key"));
     }
@@ -1049,6 +1121,17 @@ mod tests {
             .starts_with("mysql.server: \"db:port\" is not \"host:port\""));
         assert!(err("broker { bind = \"localhost\" }\nsqlite { enable = true }").starts_with("broker.bind"));
         assert!(err("metrics { bind = 9090 }\nsqlite { enable = true }").starts_with("metrics.bind"));
+        assert!(err("sqlite.enable = true\nauth { users = [{ username = a, password_hash = plain }] }")
+            .starts_with("auth.users[0].password_hash: is not a password hash"));
+        assert!(err("sqlite.enable = true\nauth { users = [{ username = a, pasword_hash = x }] }")
+            .starts_with("auth.users[0].pasword_hash: unknown key (did you mean `password_hash`?)"));
+        let hash = crate::auth::hash_password("pw");
+        let bad_rule = format!(
+            "sqlite.enable = true\nauth {{ users = [{{ username = a, password_hash = \"{hash}\" }}], acl = [{{ topic = \"a/#/b\", permission = allow }}] }}"
+        );
+        assert!(err(&bad_rule).starts_with("auth.acl[0].topic"), "{}", err(&bad_rule));
+        assert!(err("sqlite.enable = true\nauth { acl = [{ topic = a, permission = allow }] }")
+            .starts_with("auth.acl: applies only with auth.users"));
         assert!(
             err("broker { node_id = -1 }\nsqlite { enable = true }").starts_with("broker.node_id: -1 is out of range")
         );

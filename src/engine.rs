@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
+use crate::auth::AuthConfig;
 use crate::config::{Config, DeliveryMode, RestoreSubscriptions, WriteMode};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
@@ -173,6 +174,7 @@ pub struct Engine {
     /// Topics written since the last trim, when `max_messages_per_topic` is set.
     written_topics: Option<Mutex<HashSet<String>>>,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
+    auth: AuthConfig,
 }
 
 impl Engine {
@@ -231,10 +233,16 @@ impl Engine {
             page_size: storage.replay_page_size,
             written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
             maintenance: Mutex::default(),
+            auth: config.auth.clone(),
         });
         let task = tokio::spawn(maintain(Arc::downgrade(&engine), storage.max_messages_per_topic));
         *engine.maintenance.lock().expect("maintenance lock") = Some(task);
         Ok(engine)
+    }
+
+    /// Users and ACL rules; hosts enforce them (`auth.enabled()` says whether to).
+    pub fn auth(&self) -> &AuthConfig {
+        &self.auth
     }
 
     pub fn restore_subscriptions(&self) -> RestoreSubscriptions {

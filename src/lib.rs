@@ -3,6 +3,7 @@
 //! The engine (everything but [`host`]) knows no broker; a host adapter translates a broker's
 //! events into [`engine::Engine`] calls.
 
+pub mod auth;
 pub mod config;
 pub mod encode;
 pub mod engine;

@@ -41,6 +41,8 @@ enum Command {
     CheckConfig(ConfigArg),
     /// Print stored messages matching a topic filter, oldest first.
     History(HistoryArgs),
+    /// Read a password from stdin and print its hash for `auth.users[].password_hash`.
+    HashPassword,
 }
 
 #[derive(clap::Args, Clone)]
@@ -97,6 +99,9 @@ fn main() -> std::process::ExitCode {
         None | Some(Command::Run(_)) => "info,rmqtt=warn,rmqtt_retainer=warn",
         Some(_) => "warn",
     };
+    if matches!(cli.command, Some(Command::HashPassword)) {
+        return hash_password();
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -116,6 +121,7 @@ fn main() -> std::process::ExitCode {
                     bail!("check-config found problems (the FAIL lines above)")
                 }
             }
+            Some(Command::HashPassword) => unreachable!("handled before the runtime starts"),
             Some(Command::History(args)) => {
                 let config = load_config(&args.config.config)?;
                 let history = tools::HistoryArgs {
@@ -134,6 +140,25 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The password is read from stdin (one line), never from the command line, where other users and
+/// the shell history could see it.
+fn hash_password() -> std::process::ExitCode {
+    let mut line = String::new();
+    if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        eprint!("password: ");
+    }
+    match std::io::stdin().read_line(&mut line) {
+        Ok(_) if !line.trim_end_matches(['\n', '\r']).is_empty() => {
+            println!("{}", mqtt_offline_messages::auth::hash_password(line.trim_end_matches(['\n', '\r'])));
+            std::process::ExitCode::SUCCESS
+        }
+        _ => {
+            eprintln!("error: no password on stdin; e.g. `read -rs PW && printf '%s\\n' \"$PW\" | mqtt-offline-messages hash-password`");
             std::process::ExitCode::FAILURE
         }
     }
@@ -160,7 +185,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let listener = Builder::new()
         .name("external/tcp")
         .laddr(addr)
-        .allow_anonymous(true)
+        .allow_anonymous(!config.auth.enabled())
         .max_packet_size(config.broker.max_packet_size)
         // A restart right after a crash must not wait for the old connections' TIME_WAIT.
         .reuseaddr(Some(true))
@@ -180,6 +205,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
 
     host::rmqtt::enable_shared_subscriptions(&scx).await;
+    if !config.auth.enabled() && !addr.ip().is_loopback() {
+        tracing::warn!(%addr, "listening beyond localhost without authentication: anyone who reaches this address can publish and subscribe; configure auth.users");
+    }
     let engine = Engine::start(&config).await?;
     if let Some(listener) = metrics_listener {
         tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening (/metrics, /health)");

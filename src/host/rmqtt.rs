@@ -11,14 +11,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use rmqtt::codec::types::Publish as CodecPublish;
 use rmqtt::codec::v5::PublishProperties;
+use rmqtt::codec::v5::SubscribeAckReason;
 use rmqtt::context::ServerContext;
 use rmqtt::hook::{Handler, HookResult, Parameter, Register, ReturnType, Type};
 use rmqtt::plugin::{PackageInfo, Plugin};
 use rmqtt::session::Session;
 use rmqtt::subscribe::SharedSubscription;
 use rmqtt::types::{
-    ClientId, From, Id, IsOnline, NodeId, Publish, QoS, SharedGroup, Subscribe, SubscriptionIdentifier,
-    SubscriptionOptions, TopicName,
+    AuthResult, ClientId, From, Id, IsOnline, NodeId, Publish, PublishAclResult, QoS, SharedGroup, Subscribe,
+    SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions, TopicName,
 };
 use tokio::sync::Notify;
 
@@ -142,6 +143,9 @@ impl Plugin for OfflineMessagesPlugin {
             Type::MessageDelivered,
             Type::MessageDropped,
             Type::MessageExpiryCheck,
+            Type::ClientAuthenticate,
+            Type::ClientSubscribeCheckAcl,
+            Type::MessagePublishCheckAcl,
             Type::ClientSubscribe,
             Type::SessionSubscribed,
             Type::SessionUnsubscribed,
@@ -216,6 +220,38 @@ impl Handler for HookHandler {
     async fn hook(&self, param: &Parameter, acc: Option<HookResult>) -> ReturnType {
         let hooks = &self.0;
         match param {
+            Parameter::ClientAuthenticate(info) if hooks.engine.auth().enabled() => {
+                let allowed = match (info.username(), info.password()) {
+                    (Some(user), Some(password)) => hooks.engine.auth().verify(user, password),
+                    _ => false,
+                };
+                let result = if allowed { AuthResult::Allow(false, None) } else { AuthResult::BadUsernameOrPassword };
+                if !allowed {
+                    tracing::info!(client_id = %info.id().client_id, username = ?info.username(), "authentication refused");
+                }
+                return (false, Some(HookResult::AuthResult(result)));
+            }
+            Parameter::ClientSubscribeCheckAcl(session, sub) if hooks.engine.auth().enabled() => {
+                let result = if hooks.may_subscribe(&session.id, &sub.topic_filter) {
+                    SubscribeReturn::new_success(sub.opts.qos(), None)
+                } else {
+                    tracing::info!(client_id = %session.id.client_id, topic = %sub.topic_filter, "subscription refused by the ACL");
+                    SubscribeReturn::new_failure(SubscribeAckReason::NotAuthorized)
+                };
+                return (false, Some(HookResult::SubscribeAclResult(result)));
+            }
+            Parameter::MessagePublishCheckAcl(session, publish) if hooks.engine.auth().enabled() => {
+                let result = if hooks.may_publish(&session.id, &publish.topic) {
+                    PublishAclResult::allow()
+                } else {
+                    tracing::info!(client_id = %session.id.client_id, topic = %publish.topic, "publish refused by the ACL");
+                    PublishAclResult::rejected(false, None)
+                };
+                return (false, Some(HookResult::PublishAclResult(result)));
+            }
+            // rmqtt runs this hook before its ACL check: a publish the ACL refuses is not stored.
+            Parameter::MessagePublish(Some(session), _, publish)
+                if hooks.engine.auth().enabled() && !hooks.may_publish(&session.id, &publish.topic) => {}
             Parameter::MessagePublish(_, from, publish) => {
                 let p = EnginePublish {
                     from: from.id.client_id.to_string(),
@@ -271,6 +307,16 @@ impl Handler for HookHandler {
 }
 
 impl Hooks {
+    fn may_publish(&self, id: &Id, topic: &str) -> bool {
+        let user = id.username.as_deref().unwrap_or_default();
+        self.engine.auth().may_publish(user, &id.client_id, topic)
+    }
+
+    fn may_subscribe(&self, id: &Id, filter: &str) -> bool {
+        let user = id.username.as_deref().unwrap_or_default();
+        self.engine.auth().may_subscribe(user, &id.client_id, filter)
+    }
+
     fn delivered(&self, client_id: &str, from: &From) {
         if from.id.lid != REPLAY_LISTENER_ID {
             return;
@@ -290,6 +336,9 @@ impl Hooks {
             Err(_) => false,
         };
         let filter = subscribed_filter(sub);
+        if self.engine.auth().enabled() && !self.may_subscribe(&session.id, &sub.topic_filter) {
+            return; // refused by the ACL check that follows: no replay, no gate
+        }
         if held || self.group_has_members(session, sub).await {
             self.no_replay.lock().expect("no-replay lock").insert((session.id.client_id.to_string(), filter));
         } else {
@@ -375,6 +424,10 @@ impl Hooks {
                     continue;
                 }
             };
+            if self.engine.auth().enabled() && !self.may_subscribe(&session.id, &subscribe.topic_filter) {
+                tracing::warn!(client_id, topic = %sub.filter, "a stored subscription the ACL refuses is not restored");
+                continue;
+            }
             let replay = !self.group_has_members(session, &subscribe).await;
             let gate = replay.then(|| self.gates.open(&client_id, &sub.filter));
             let entry = self.scx.extends.shared().await.entry(session.id.clone());

@@ -365,16 +365,31 @@ impl Client {
 
     /// With `manual_acks`, received QoS 1/2 messages are never acknowledged (a stuck subscriber).
     pub async fn connect_with(port: u16, id: &str, clean: bool, manual_acks: bool) -> Client {
-        Client::connect_opts(port, id, clean, manual_acks, 1 << 20).await
+        Client::connect_opts(port, id, clean, manual_acks, 1 << 20, None).await
     }
 
     /// A clean-start client that may send and receive packets up to `max_packet` bytes.
     pub async fn connect_with_max_packet(port: u16, id: &str, max_packet: usize) -> Client {
-        Client::connect_opts(port, id, true, false, max_packet).await
+        Client::connect_opts(port, id, true, false, max_packet, None).await
     }
 
-    async fn connect_opts(port: u16, id: &str, clean: bool, manual_acks: bool, max_packet: usize) -> Client {
+    /// A clean-start client that logs in.
+    pub async fn connect_as(port: u16, id: &str, username: &str, password: &str) -> Client {
+        Client::connect_opts(port, id, true, false, 1 << 20, Some((username, password))).await
+    }
+
+    async fn connect_opts(
+        port: u16,
+        id: &str,
+        clean: bool,
+        manual_acks: bool,
+        max_packet: usize,
+        credentials: Option<(&str, &str)>,
+    ) -> Client {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        if let Some((user, password)) = credentials {
+            opts.set_credentials(user, password);
+        }
         opts.set_manual_acks(manual_acks);
         opts.set_clean_session(clean)
             .set_keep_alive(Duration::from_secs(30))
@@ -420,8 +435,20 @@ impl Client {
     }
 
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) {
+        let codes = self.try_subscribe(filter, qos).await;
+        assert!(
+            codes.iter().all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
+            "SUBACK refused {filter}: {codes:?}"
+        );
+    }
+
+    /// Subscribes and returns the SUBACK's return codes.
+    pub async fn try_subscribe(&mut self, filter: &str, qos: QoS) -> Vec<rumqttc::SubscribeReasonCode> {
         self.client.subscribe(filter, qos).await.unwrap();
-        assert!(matches!(self.next_ack("SUBACK").await, Packet::SubAck(_)));
+        match self.next_ack("SUBACK").await {
+            Packet::SubAck(ack) => ack.return_codes,
+            other => panic!("expected a SUBACK, got {other:?}"),
+        }
     }
 
     pub async fn unsubscribe(&mut self, filter: &str) {

@@ -1,0 +1,209 @@
+//! Who may connect, publish and subscribe (`auth` in config.hocon): users with Argon2 password
+//! hashes, and ACL rules checked in order, the first that applies deciding. With no users
+//! configured, authentication is off (anonymous clients, the quick start on localhost).
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+
+use crate::topic::TopicFilter;
+
+/// What an ACL rule is about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Publish,
+    Subscribe,
+    All,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct User {
+    pub username: String,
+    /// A PHC string (`$argon2id$...`), from `mqtt-offline-messages hash-password`.
+    pub password_hash: String,
+}
+
+/// One rule: `username` (`*` for anyone), the action, a topic filter in which `%u` stands for the
+/// username and `%c` for the client id, and whether it allows or denies.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AclRule {
+    pub username: String,
+    pub action: Action,
+    pub topic: String,
+    pub allow: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuthConfig {
+    pub users: Vec<User>,
+    pub acl: Vec<AclRule>,
+}
+
+impl AuthConfig {
+    /// Authentication and ACLs apply only when users are configured.
+    pub fn enabled(&self) -> bool {
+        !self.users.is_empty()
+    }
+
+    /// True when `password` is the user's. Unknown users and malformed hashes are refused.
+    pub fn verify(&self, username: &str, password: &[u8]) -> bool {
+        let Some(user) = self.users.iter().find(|u| u.username == username) else { return false };
+        let Ok(hash) = PasswordHash::new(&user.password_hash) else { return false };
+        Argon2::default().verify_password(password, &hash).is_ok()
+    }
+
+    /// May `username` (connected as `client_id`) publish to `topic`?
+    pub fn may_publish(&self, username: &str, client_id: &str, topic: &str) -> bool {
+        self.decide(username, client_id, Action::Publish, |rule| rule.matches(topic), |rule| rule.matches(topic))
+    }
+
+    /// May `username` subscribe to `filter`? An allow rule must cover every topic the filter can
+    /// match; a deny rule applies as soon as the two share one topic, so that `#` does not slip
+    /// past a `deny secret/#`.
+    pub fn may_subscribe(&self, username: &str, client_id: &str, filter: &str) -> bool {
+        let Ok(wanted) = TopicFilter::parse(filter) else { return false };
+        self.decide(
+            username,
+            client_id,
+            Action::Subscribe,
+            |rule| covers(rule, &wanted),
+            |rule| overlaps(rule, &wanted),
+        )
+    }
+
+    fn decide(
+        &self,
+        username: &str,
+        client_id: &str,
+        action: Action,
+        allows: impl Fn(&TopicFilter) -> bool,
+        denies: impl Fn(&TopicFilter) -> bool,
+    ) -> bool {
+        for rule in &self.acl {
+            if !(rule.action == action || rule.action == Action::All)
+                || !(rule.username == "*" || rule.username == username)
+            {
+                continue;
+            }
+            let text = rule.topic.replace("%u", username).replace("%c", client_id);
+            let Ok(filter) = TopicFilter::parse(&text) else { continue };
+            if rule.allow && allows(&filter) {
+                return true;
+            }
+            if !rule.allow && denies(&filter) {
+                return false;
+            }
+        }
+        false
+    }
+}
+
+/// True when every topic `inner` can match, `outer` matches too.
+fn covers(outer: &TopicFilter, inner: &TopicFilter) -> bool {
+    // A leading wildcard never matches `$` topics; an inner filter that names them needs them named.
+    if inner.as_str().starts_with('$') && outer.as_str().starts_with(['+', '#']) {
+        return false;
+    }
+    let mut o = outer.as_str().split('/');
+    let mut i = inner.as_str().split('/');
+    loop {
+        match (o.next(), i.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(level)) if level != "#" => {}
+            (Some(a), Some(b)) if a == b && a != "+" && a != "#" => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// True when some topic matches both filters.
+fn overlaps(a: &TopicFilter, b: &TopicFilter) -> bool {
+    let dollar = |f: &TopicFilter| f.as_str().starts_with('$');
+    let wild = |f: &TopicFilter| f.as_str().starts_with(['+', '#']);
+    if (dollar(a) && wild(b)) || (dollar(b) && wild(a)) {
+        return false;
+    }
+    let mut x = a.as_str().split('/');
+    let mut y = b.as_str().split('/');
+    loop {
+        match (x.next(), y.next()) {
+            (Some("#"), _) | (_, Some("#")) => return true,
+            (Some("+"), Some(_)) | (Some(_), Some("+")) => {}
+            (Some(p), Some(q)) if p == q => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// A PHC string for `password` (Argon2id, a random salt): what `users[].password_hash` holds.
+pub fn hash_password(password: &str) -> String {
+    let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
+    Argon2::default().hash_password(password.as_bytes(), &salt).expect("argon2 with default parameters").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(username: &str, action: Action, topic: &str, allow: bool) -> AclRule {
+        AclRule { username: username.into(), action, topic: topic.into(), allow }
+    }
+
+    fn config() -> AuthConfig {
+        AuthConfig {
+            users: vec![User { username: "ann".into(), password_hash: hash_password("pw") }],
+            acl: vec![
+                rule("admin", Action::All, "#", true),
+                rule("*", Action::Subscribe, "secret/#", false),
+                rule("*", Action::Publish, "devices/%c/#", true),
+                rule("*", Action::Subscribe, "devices/+/status", true),
+                rule("*", Action::Subscribe, "public/#", true),
+            ],
+        }
+    }
+
+    #[test]
+    fn passwords_verify_against_their_hash_only() {
+        let c = config();
+        assert!(c.enabled());
+        assert!(c.verify("ann", b"pw"));
+        assert!(!c.verify("ann", b"PW"));
+        assert!(!c.verify("bob", b"pw"));
+    }
+
+    #[test]
+    fn publish_rules_substitute_the_client_id() {
+        let c = config();
+        assert!(c.may_publish("ann", "d1", "devices/d1/temp"));
+        assert!(!c.may_publish("ann", "d1", "devices/d2/temp"), "another device's topic");
+        assert!(c.may_publish("admin", "x", "anything"));
+        assert!(!c.may_publish("ann", "d1", "public/x"), "no rule: denied");
+    }
+
+    #[test]
+    fn a_subscription_must_be_covered_and_a_deny_applies_on_any_overlap() {
+        let c = config();
+        assert!(c.may_subscribe("ann", "c", "devices/+/status"));
+        assert!(c.may_subscribe("ann", "c", "devices/d1/status"));
+        assert!(!c.may_subscribe("ann", "c", "devices/#"), "wider than the rule");
+        assert!(!c.may_subscribe("ann", "c", "#"), "overlaps secret/#");
+        assert!(!c.may_subscribe("ann", "c", "+/x"), "overlaps secret/x");
+        assert!(c.may_subscribe("ann", "c", "public/a/+"));
+        assert!(c.may_subscribe("admin", "c", "#"), "the first matching rule decides");
+    }
+
+    #[test]
+    fn covering_and_overlapping_filters() {
+        let f = |s: &str| TopicFilter::parse(s).unwrap();
+        assert!(covers(&f("a/#"), &f("a/b/+")));
+        assert!(covers(&f("a/+"), &f("a/b")));
+        assert!(!covers(&f("a/+"), &f("a/#")));
+        assert!(!covers(&f("a/b"), &f("a/+")));
+        assert!(!covers(&f("#"), &f("$SYS/x")));
+        assert!(overlaps(&f("a/+"), &f("+/b")));
+        assert!(overlaps(&f("#"), &f("a")));
+        assert!(!overlaps(&f("a/b"), &f("a/c")));
+        assert!(!overlaps(&f("a/+"), &f("a/b/c")));
+    }
+}

@@ -1,0 +1,91 @@
+//! The broker we ship authenticates and enforces ACLs, and the plugin follows them: what a client may
+//! not publish is not stored, and what it may not subscribe to is neither replayed nor deleted.
+
+#[macro_use]
+mod common;
+
+use std::time::Duration;
+
+use common::{mosquitto, Backend, Broker, Client, TestEnv, LONG};
+use rumqttc::QoS;
+
+fn auth_block() -> String {
+    let hash = |pw: &str| mqtt_offline_messages::auth::hash_password(pw);
+    format!(
+        r#"auth {{
+  users = [
+    {{ username = "sensor", password_hash = "{}" }}
+    {{ username = "reader", password_hash = "{}" }}
+  ]
+  acl = [
+    {{ username = "sensor", action = publish, topic = "sensors/%c/#", permission = allow }}
+    {{ username = "reader", action = subscribe, topic = "sensors/+/temp", permission = allow }}
+  ]
+}}
+"#,
+        hash("sensor-pw"),
+        hash("reader-pw")
+    )
+}
+
+async fn start(env: &TestEnv, extra: &str) -> Broker {
+    let config = env.write_config(&format!("{}{}", auth_block(), env.backend_block(extra)));
+    Broker::start(&config, env.port, env.dir.path().join("broker.log")).await
+}
+
+on_both_backends!(only_known_users_connect_and_the_acl_decides_what_is_stored_and_replayed);
+async fn only_known_users_connect_and_the_acl_decides_what_is_stored_and_replayed(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = start(&env, "").await;
+    let port = env.port;
+
+    // Anonymous, unknown, and wrong-password clients are refused (a client nobody here wrote).
+    for creds in [&[][..], &["-u", "nobody", "-P", "x"], &["-u", "sensor", "-P", "wrong"]] {
+        let out =
+            mosquitto("mosquitto_pub", port, "intruder", "sensors/intruder/temp", &[&["-m", "x"], creds].concat());
+        assert!(!out.status.success(), "refused: {creds:?}");
+    }
+    let ok =
+        mosquitto("mosquitto_pub", port, "s1", "sensors/s1/temp", &["-m", "21", "-u", "sensor", "-P", "sensor-pw"]);
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+
+    // A publish outside the ACL is refused by the broker and not stored.
+    let mut s1 = Client::connect_as(port, "s1", "sensor", "sensor-pw").await;
+    s1.publish("sensors/s1/temp", QoS::AtLeastOnce, false, "22").await;
+    s1.publish("sensors/s2/temp", QoS::AtLeastOnce, false, "spoofed").await;
+    s1.publish("sensors/s1/hum", QoS::AtLeastOnce, false, "40").await;
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored: Vec<String> = env.messages().await.into_iter().map(|r| r.topic).collect();
+    assert_eq!(stored, ["sensors/s1/temp", "sensors/s1/temp", "sensors/s1/hum"], "not the spoofed topic");
+
+    // `#` is refused to the reader: no replay, and in queue mode nothing is deleted by it.
+    let mut r = Client::connect_as(port, "r1", "reader", "reader-pw").await;
+    let codes = r.try_subscribe("#", QoS::AtLeastOnce).await;
+    assert!(matches!(codes[0], rumqttc::SubscribeReasonCode::Failure), "{codes:?}");
+    assert!(r.drain(Duration::from_millis(700)).await.is_empty(), "no replay for a refused subscription");
+    assert_eq!(env.count("mqtt_msg").await, 3);
+    assert!(env.subscriptions().await.is_empty(), "a refused subscription is not stored");
+
+    // What it may subscribe to is replayed (and consumed) as usual.
+    r.subscribe("sensors/+/temp", QoS::AtLeastOnce).await;
+    let got: Vec<Vec<u8>> = r.recv(2, LONG).await.into_iter().map(|p| p.payload.to_vec()).collect();
+    assert_eq!(got, [b"21".to_vec(), b"22".to_vec()]);
+    env.wait_count("mqtt_msg", 1, LONG).await;
+}
+
+// A subscription provisioned in mqtt_sub (restore_subscriptions = always) is restored only if the
+// ACL allows it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stored_subscription_the_acl_refuses_is_not_restored() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let broker = start(&env, "restore_subscriptions = always").await;
+    env.exec("insert into mqtt_sub(clientid, topic, qos) values('r2', '#', 1)").await;
+    let mut s = Client::connect_as(env.port, "s3", "sensor", "sensor-pw").await;
+    s.publish("sensors/s3/temp", QoS::AtLeastOnce, false, "1").await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    let mut r = Client::connect_as(env.port, "r2", "reader", "reader-pw").await;
+    assert!(r.drain(Duration::from_secs(1)).await.is_empty(), "nothing through a refused subscription");
+    assert_eq!(env.count("mqtt_msg").await, 1, "and nothing deleted");
+    assert!(broker.log_text().contains("a stored subscription the ACL refuses is not restored"));
+}
