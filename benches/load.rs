@@ -4,7 +4,11 @@
 //! `cargo bench --bench load` runs the comparison on MariaDB (127.0.0.1:3306, root) and SQLite and
 //! prints a table; `-- --sweep` adds the batch_size sweep behind the plot; `-- --quick` is a short
 //! smoke run; `-- --backend mysql|sqlite` picks one. Results also go to
-//! `target/bench/results.csv` (read by `benches/plot.py`).
+//! `target/bench/results.csv` (read by `benches/plot.py`). The load can be changed with
+//! `--publishers N --inflight N --messages N --payload BYTES --topics N --qos 1|2 --subscribers N`
+//! (QoS 2 with `--inflight 16` or less, the broker's receive maximum)
+//! (live QoS 1 subscribers to `bench/#`; with them the persisting scenarios run in `fanout` mode,
+//! so that acknowledgements do not empty the table being counted).
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -19,8 +23,6 @@ use tokio::sync::Mutex;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-offline-messages");
 const MYSQL: &str = "127.0.0.1:3306";
-const PAYLOAD: usize = 100;
-const TOPICS_PER_PUBLISHER: usize = 10;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Db {
@@ -29,7 +31,8 @@ enum Db {
 }
 
 /// One MQTT load: `publishers` connections, each with up to `inflight` unacknowledged publishes,
-/// `messages` in all, QoS 1, `PAYLOAD`-byte payloads over `TOPICS_PER_PUBLISHER` topics each.
+/// `messages` in all, `payload`-byte payloads over `topics` topics per publisher (`bench/{k}/{i}`),
+/// and `subscribers` live QoS 1 subscribers to `bench/#`.
 #[derive(Clone, Copy)]
 struct Load {
     publishers: usize,
@@ -37,6 +40,46 @@ struct Load {
     messages: usize,
     /// Messages per second over all publishers; `None`: as fast as the broker takes them.
     rate: Option<f64>,
+    payload: usize,
+    topics: usize,
+    qos: QoS,
+    subscribers: usize,
+}
+
+impl Load {
+    /// The load the command line asks for: `--publishers N --inflight N --messages N --payload
+    /// BYTES --topics N --qos 1|2 --subscribers N`, each defaulting to `self`'s.
+    fn from_args(self, args: &[String]) -> Load {
+        let get = |flag: &str| {
+            args.iter()
+                .position(|a| a == flag)
+                .and_then(|i| args.get(i + 1))
+                .map(|v| v.parse::<usize>().unwrap_or_else(|_| panic!("{flag} takes a number, not {v:?}")))
+        };
+        Load {
+            publishers: get("--publishers").unwrap_or(self.publishers).max(1),
+            inflight: get("--inflight").unwrap_or(self.inflight).max(1),
+            messages: get("--messages").unwrap_or(self.messages),
+            payload: get("--payload").unwrap_or(self.payload),
+            topics: get("--topics").unwrap_or(self.topics).max(1),
+            qos: match get("--qos") {
+                None => self.qos,
+                Some(1) => QoS::AtLeastOnce,
+                Some(2) => QoS::ExactlyOnce,
+                Some(q) => panic!("--qos {q}: 1 or 2 (QoS 0 is never stored)"),
+            },
+            subscribers: get("--subscribers").unwrap_or(self.subscribers),
+            rate: self.rate,
+        }
+        .checked()
+    }
+
+    /// rmqtt allows 16 unreleased QoS 2 messages per client (its receive maximum) and disconnects
+    /// a client that sends more.
+    fn checked(self) -> Load {
+        assert!(self.qos != QoS::ExactlyOnce || self.inflight <= 16, "--qos 2 takes --inflight 16 or less");
+        self
+    }
 }
 
 /// What one scenario measured.
@@ -213,15 +256,15 @@ async fn publish(port: u16, load: Load) -> (Duration, Vec<f64>) {
             opts.set_inflight(load.inflight as u16).set_keep_alive(Duration::from_secs(60));
             let (client, mut eventloop) = AsyncClient::new(opts, load.inflight.max(1));
             let producer = tokio::spawn(async move {
-                let payload = vec![b'x'; PAYLOAD];
+                let payload = vec![b'x'; load.payload];
                 let started = tokio::time::Instant::now();
                 for i in 0..per {
                     if let Some(rate) = load.rate {
                         let due = started + Duration::from_secs_f64(i as f64 * load.publishers as f64 / rate);
                         tokio::time::sleep_until(due).await;
                     }
-                    let topic = format!("bench/{k}/{}", i % TOPICS_PER_PUBLISHER);
-                    client.publish(topic, QoS::AtLeastOnce, false, payload.clone()).await.unwrap();
+                    let topic = format!("bench/{k}/{}", i % load.topics);
+                    client.publish(topic, load.qos, false, payload.clone()).await.unwrap();
                 }
                 client
             });
@@ -232,8 +275,10 @@ async fn publish(port: u16, load: Load) -> (Duration, Vec<f64>) {
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
                         sent.insert(pkid, Instant::now());
                     }
-                    Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                        if let Some(t) = sent.remove(&ack.pkid) {
+                    // QoS 1 ends with PUBACK, QoS 2 with PUBCOMP.
+                    Ok(Event::Incoming(Packet::PubAck(rumqttc::PubAck { pkid, .. })))
+                    | Ok(Event::Incoming(Packet::PubComp(rumqttc::PubComp { pkid, .. }))) => {
+                        if let Some(t) = sent.remove(&pkid) {
                             mine.push(t.elapsed().as_secs_f64() * 1000.0);
                         }
                     }
@@ -262,6 +307,27 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
+/// `n` QoS 1 subscribers to `bench/#` that take every message; dropped (aborted) with the result.
+async fn subscribe_all(port: u16, n: usize) -> Vec<tokio::task::JoinHandle<()>> {
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let mut opts = MqttOptions::new(format!("bench-live-sub-{k}"), "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(60));
+        let (client, mut eventloop) = AsyncClient::new(opts, 100);
+        client.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
+        loop {
+            if let Ok(Event::Incoming(Packet::SubAck(_))) = eventloop.poll().await {
+                break;
+            }
+        }
+        tasks.push(tokio::spawn(async move {
+            let _client = client;
+            while eventloop.poll().await.is_ok() {}
+        }));
+    }
+    tasks
+}
+
 /// A scenario through the broker: start it with `extra`, run the load, wait for the rows.
 async fn through_broker(
     db: Db,
@@ -273,7 +339,11 @@ async fn through_broker(
     persists: bool,
 ) -> Outcome {
     let store = Store::new(db, dir, n).await;
-    let broker = Broker::start(&store, extra).await;
+    // Live subscribers consume in queue mode: fanout keeps the rows the persisted count waits for.
+    let extra =
+        if load.subscribers > 0 && persists { format!("{extra}\ndelivery_mode = fanout") } else { extra.to_owned() };
+    let broker = Broker::start(&store, &extra).await;
+    let subscribers = subscribe_all(broker.port, load.subscribers).await;
     let (cpu_before, db_before, self_before) = (broker.cpu_seconds(), mariadb_cpu_seconds(), cpu_seconds("self"));
     let start = Instant::now();
     let (elapsed, lat) = publish(broker.port, load).await;
@@ -286,7 +356,7 @@ async fn through_broker(
     let outcome = Outcome {
         scenario: scenario.into(),
         db: name(db),
-        batch_size: batch_size_of(extra),
+        batch_size: batch_size_of(&extra),
         messages: load.messages,
         published_per_s: load.messages as f64 / elapsed.as_secs_f64(),
         persisted_per_s: if persists { load.messages as f64 / persisted.as_secs_f64() } else { 0.0 },
@@ -299,6 +369,7 @@ async fn through_broker(
         peak_rss_mib: broker.peak_rss_mib(),
         ..Outcome::default()
     };
+    subscribers.iter().for_each(|t| t.abort());
     broker.stop();
     store.drop_db().await;
     outcome
@@ -321,12 +392,13 @@ fn name(db: Db) -> &'static str {
 
 /// Writes `rows` messages straight into the default schema with 1000-row INSERTs from one
 /// connection (the schema made by the broker's own migrations); returns rows/s.
-async fn fill_directly(store: &Store, rows: usize) -> f64 {
+async fn fill_directly(store: &Store, load: Load) -> f64 {
+    let rows = load.messages;
     // The schema comes from the broker's migrations: start it once, stop it.
     let broker = Broker::start(store, "").await;
     broker.stop();
     const CHUNK: usize = 1000;
-    let payload = vec![b'x'; PAYLOAD];
+    let payload = vec![b'x'; load.payload];
     let mut sql = String::from(
         "insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived, expiry, properties) values ",
     );
@@ -346,7 +418,7 @@ async fn fill_directly(store: &Store, rows: usize) -> f64 {
                     q = q
                         .bind(format!("direct-{n}"))
                         .bind("bench")
-                        .bind(format!("bench/{}/{}", n % 8, n % TOPICS_PER_PUBLISHER))
+                        .bind(format!("bench/{}/{}", n % load.publishers, n % load.topics))
                         .bind(payload.clone())
                         .bind(1_795_000_000_000i64 + n as i64);
                 }
@@ -368,11 +440,12 @@ async fn fill_directly(store: &Store, rows: usize) -> f64 {
     rows as f64 / start.elapsed().as_secs_f64()
 }
 
-async fn ceiling(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
+async fn ceiling(db: Db, dir: &Path, n: usize, load: Load) -> Outcome {
+    let rows = load.messages;
     let store = Store::new(db, dir, n).await;
     let (db_before, self_before) = (mariadb_cpu_seconds(), cpu_seconds("self"));
     let start = Instant::now();
-    let rate = fill_directly(&store, rows).await;
+    let rate = fill_directly(&store, load).await;
     let wall = start.elapsed().as_secs_f64();
     let db_cpu = if db == Db::MySql { mariadb_cpu_seconds() - db_before } else { 0.0 };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -390,9 +463,10 @@ async fn ceiling(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
 }
 
 /// A stored backlog, then one QoS 1 subscriber: the time until it has every message.
-async fn replay(db: Db, dir: &Path, n: usize, rows: usize) -> Outcome {
+async fn replay(db: Db, dir: &Path, n: usize, load: Load) -> Outcome {
+    let rows = load.messages;
     let store = Store::new(db, dir, n).await;
-    fill_directly(&store, rows).await;
+    fill_directly(&store, load).await;
     let broker = Broker::start(&store, "").await;
     let rss_idle = broker.peak_rss_mib();
     let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", broker.port);
@@ -548,10 +622,20 @@ async fn main() {
         .filter(|d| only.as_deref().is_none_or(|o| (o == "mysql") == (*d == Db::MySql)))
         .collect();
     let scale = if quick { 20 } else { 1 };
-    let throughput = Load { publishers: 8, inflight: 64, messages: 200_000 / scale, rate: None };
+    let defaults = Load {
+        publishers: 8,
+        inflight: 64,
+        messages: 200_000 / scale,
+        rate: None,
+        payload: 100,
+        topics: 10,
+        qos: QoS::AtLeastOnce,
+        subscribers: 0,
+    };
+    let throughput = defaults.from_args(&args);
     // The same publishers at a rate both the broker and the database take: latency without backlog.
     let paced = Load { messages: 100_000 / scale, rate: Some(40_000.0), ..throughput };
-    let sync64 = Load { publishers: 64, inflight: 1, messages: 64_000 / scale, rate: None };
+    let sync64 = Load { publishers: 64, inflight: 1, messages: 64_000 / scale, ..throughput };
     let reference = Load { messages: 20_000 / scale, ..throughput };
     let backlog = 100_000 / scale;
     let dir = tempfile::tempdir().unwrap();
@@ -563,7 +647,7 @@ async fn main() {
     };
     for db in dbs {
         eprintln!("{}: ceiling", name(db));
-        rows.push(ceiling(db, dir.path(), next(), throughput.messages).await);
+        rows.push(ceiling(db, dir.path(), next(), throughput).await);
         eprintln!("{}: broker-only", name(db));
         rows.push(through_broker(db, dir.path(), next(), "broker-only", "topics = []", throughput, false).await);
         eprintln!("{}: reference-like", name(db));
@@ -587,7 +671,7 @@ async fn main() {
         eprintln!("{}: sync-64", name(db));
         rows.push(through_broker(db, dir.path(), next(), "sync-64", "write_mode = sync", sync64, true).await);
         eprintln!("{}: replay", name(db));
-        rows.push(replay(db, dir.path(), next(), backlog).await);
+        rows.push(replay(db, dir.path(), next(), Load { messages: backlog, ..throughput }).await);
         if sweep {
             for batch in [1, 10, 100, 1000, 10000] {
                 for (mode, load) in [("async", throughput), ("sync", sync64)] {
