@@ -96,6 +96,15 @@ pub struct BrokerConfig {
     pub node_id: Option<u32>,
     /// Largest MQTT packet the listener accepts, bytes (`broker.max_packet_size`).
     pub max_packet_size: u32,
+    /// A second listener, MQTT over TLS (`broker.tls`), when its `bind` is set.
+    pub tls: Option<TlsListener>,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsListener {
+    pub bind: SocketAddr,
+    pub certfile: PathBuf,
+    pub keyfile: PathBuf,
 }
 
 /// rmqtt's and EMQX's default: 1 MiB.
@@ -289,7 +298,8 @@ const AUTH_KEYS: &[&str] = &["users", "acl"];
 const USER_KEYS: &[&str] = &["username", "password_hash"];
 const ACL_KEYS: &[&str] = &["username", "action", "topic", "permission"];
 const METRICS_KEYS: &[&str] = &["bind"];
-const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size"];
+const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size", "tls"];
+const TLS_LISTENER_KEYS: &[&str] = &["bind", "certfile", "keyfile"];
 const STORAGE_KEYS: &[&str] = &[
     "enable",
     "topics",
@@ -403,6 +413,7 @@ pub fn known_keys() -> Vec<String> {
     let block = |name: &str, keys: &[&str]| keys.iter().map(|k| format!("{name}.{k}")).collect::<Vec<_>>();
     let mut keys = TOP_KEYS.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     keys.extend(block("broker", BROKER_KEYS));
+    keys.extend(block("broker.tls", TLS_LISTENER_KEYS));
     keys.extend(block("metrics", METRICS_KEYS));
     keys.extend(block("auth", AUTH_KEYS));
     keys.extend(block("auth.users[]", USER_KEYS));
@@ -466,7 +477,24 @@ fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
         max_packet_size: t
             .int("max_packet_size", 64, MQTT_MAX_PACKET_SIZE)?
             .map_or(DEFAULT_MAX_PACKET_SIZE, |n| n as u32),
+        tls: tls_listener(&t.table("tls", TLS_LISTENER_KEYS)?)?,
     })
+}
+
+/// `broker.tls`: off without `bind`; with it, a certificate chain and its key, both readable now.
+fn tls_listener(t: &Table<'_>) -> Result<Option<TlsListener>, ConfigError> {
+    let Some(bind) = t.string("bind")? else { return Ok(None) };
+    let bind = bind
+        .parse()
+        .map_err(|_| t.invalid("bind", format!("{bind:?} is not IP:PORT; write e.g. bind = \"0.0.0.0:8883\"")))?;
+    let file = |key: &str| -> Result<PathBuf, ConfigError> {
+        let path = t
+            .non_empty_string(key)?
+            .ok_or_else(|| t.invalid(key, "is required with broker.tls.bind: a PEM file".into()))?;
+        std::fs::File::open(&path).map_err(|e| t.invalid(key, format!("cannot read {path}: {e}")))?;
+        Ok(PathBuf::from(path))
+    };
+    Ok(Some(TlsListener { bind, certfile: file("certfile")?, keyfile: file("keyfile")? }))
 }
 
 fn mysql(t: &Table<'_>) -> Result<MySqlConfig, ConfigError> {
@@ -1121,6 +1149,10 @@ mod tests {
             .starts_with("mysql.server: \"db:port\" is not \"host:port\""));
         assert!(err("broker { bind = \"localhost\" }\nsqlite { enable = true }").starts_with("broker.bind"));
         assert!(err("metrics { bind = 9090 }\nsqlite { enable = true }").starts_with("metrics.bind"));
+        assert!(err("broker { tls { bind = \"127.0.0.1:8883\" } }\nsqlite.enable = true")
+            .starts_with("broker.tls.certfile: is required with broker.tls.bind"));
+        assert!(err("broker { tls { bind = \"127.0.0.1:8883\", certfile = \"/no/such.pem\", keyfile = k } }\nsqlite.enable = true")
+            .starts_with("broker.tls.certfile: cannot read /no/such.pem"));
         assert!(err("sqlite.enable = true\nauth { users = [{ username = a, password_hash = plain }] }")
             .starts_with("auth.users[0].password_hash: is not a password hash"));
         assert!(err("sqlite.enable = true\nauth { users = [{ username = a, pasword_hash = x }] }")

@@ -197,6 +197,24 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         )
     })?;
 
+    let tls_listener = match &config.broker.tls {
+        Some(tls) => Some(
+            Builder::new()
+                .name("external/tls")
+                .laddr(tls.bind)
+                .allow_anonymous(!config.auth.enabled())
+                .max_packet_size(config.broker.max_packet_size)
+                .reuseaddr(Some(true))
+                .tls_cert(Some(tls.certfile.display().to_string()))
+                .tls_key(Some(tls.keyfile.display().to_string()))
+                .bind()
+                .and_then(|l| l.tls())
+                .map_err(|e| {
+                    anyhow::anyhow!("cannot start the TLS listener on {} (broker.tls): {e:#}; check broker.tls.bind, certfile and keyfile", tls.bind)
+                })?,
+        ),
+        None => None,
+    };
     let metrics_listener = match config.metrics.bind {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on {addr} for metrics: {e}; change metrics.bind in the config")
@@ -217,7 +235,12 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     host::rmqtt::register(&scx, engine.clone()).await.context("starting the offline-messages plugin")?;
     tracing::info!(%addr, "MQTT broker listening");
 
-    let server = MqttServer::new(scx).listener(listener).build();
+    let mut server = MqttServer::new(scx).listener(listener);
+    if let Some(tls) = tls_listener {
+        tracing::info!(addr = %tls.cfg.laddr, "MQTT over TLS listening");
+        server = server.listener(tls);
+    }
+    let server = server.build();
     tokio::select! {
         res = server.run() => res.context("the MQTT server stopped")?,
         signal = shutdown_signal() => tracing::info!(signal, "shutting down"),

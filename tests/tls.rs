@@ -118,3 +118,45 @@ async fn tls_to_mysql_verifies_the_server_and_presents_a_client_certificate() {
     let (ok, out) = check(&write("missing.hocon", mysql_block(&db, "root", &missing)));
     assert!(!ok && out.contains("mysql.ssl.cacertfile: cannot read"), "{out}");
 }
+
+/// MQTT over TLS (broker.tls), with a client nobody here wrote: it checks the broker's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_over_tls_reaches_the_store() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let tls_port = common::free_port();
+    let config = format!(
+        "broker {{ tls {{ bind = \"127.0.0.1:{tls_port}\", certfile = \"{}\", keyfile = \"{}\" }} }}\n{}",
+        p("server.pem"),
+        p("server.key"),
+        env.backend_block("")
+    );
+    let _broker = Broker::start(&env.write_config(&config), env.port, env.dir.path().join("broker.log")).await;
+    let publish = |ca: &str, payload: &str| {
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &tls_port.to_string(),
+                "--cafile",
+                ca,
+                "-q",
+                "1",
+                "-t",
+                "tls/t",
+                "-m",
+                payload,
+            ])
+            .output()
+            .unwrap()
+    };
+    let ok = publish(&p("ca.pem"), "secured");
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let refused = publish(&p("other-ca.pem"), "unchecked");
+    assert!(!refused.status.success(), "a client that does not trust the certificate does not connect");
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    assert_eq!(env.messages().await[0].payload, b"secured");
+}
