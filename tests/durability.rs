@@ -199,3 +199,30 @@ async fn a_database_stopped_and_killed_mid_stream_loses_and_duplicates_nothing()
         assert_eq!(mine, expected, "publisher {k}: in order, none missing, none twice");
     }
 }
+
+// Restoring stored subscriptions on connect is retried, too, when the database fails.
+on_both_backends!(a_restore_that_fails_on_a_database_error_is_retried);
+async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let broker = env.start("restore_subscriptions = always").await;
+    env.exec("insert into mqtt_sub(clientid, topic, qos) values('rr', 'rr/#', 1)").await;
+    let mut p = Client::connect(env.port, "rr-pub", true).await;
+    for m in ["a", "b"] {
+        p.publish("rr/t", QoS::AtLeastOnce, false, m).await;
+    }
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    let (away, back) = match backend {
+        Backend::MySql => ("rename table mqtt_sub to mqtt_sub_away", "rename table mqtt_sub_away to mqtt_sub"),
+        Backend::Sqlite => {
+            ("alter table mqtt_sub rename to mqtt_sub_away", "alter table mqtt_sub_away rename to mqtt_sub")
+        }
+    };
+    env.execute(away).await;
+    let mut c = Client::connect(env.port, "rr", true).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert!(broker.log_text().contains("reading stored subscriptions failed; retrying"), "the failure is logged");
+    env.execute(back).await;
+    let got: Vec<String> =
+        c.recv(2, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    assert_eq!(got, ["a", "b"], "restored and replayed once the database answers again");
+}

@@ -408,13 +408,41 @@ impl Hooks {
         if !clean_start && session.session_present().await.unwrap_or(false) {
             return;
         }
-        let stored = match self.engine.stored_subscriptions(&client_id).await {
-            Ok(subs) => subs,
+        match self.engine.stored_subscriptions(&client_id).await {
+            Ok(stored) => self.restore(session, stored).await,
             Err(e) => {
-                tracing::error!(client_id, error = %e, "reading stored subscriptions failed; none restored");
-                return;
+                tracing::error!(client_id, error = %e, "reading stored subscriptions failed; retrying while the client stays connected");
+                self.spawn_restore_retry(session.clone());
             }
-        };
+        }
+    }
+
+    /// Reads the stored subscriptions again, 1 s, then twice as long each time up to 60 s, until
+    /// it succeeds or the client's connection (this session) is gone.
+    fn spawn_restore_retry(self: &Arc<Self>, session: Session) {
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            let mut backoff = REPLAY_RETRY_FIRST;
+            loop {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(REPLAY_RETRY_MAX);
+                let entry = hooks.scx.extends.shared().await.entry(session.id.clone());
+                if entry.id_same() != Some(true) || !entry.is_connected().await {
+                    return;
+                }
+                match hooks.engine.stored_subscriptions(&session.id.client_id).await {
+                    Ok(stored) => return hooks.restore(&session, stored).await,
+                    Err(e) => {
+                        tracing::warn!(client_id = %session.id.client_id, error = %e, "reading stored subscriptions failed again")
+                    }
+                }
+            }
+        });
+    }
+
+    /// Subscribes the session to its stored subscriptions that the ACL allows, each replayed.
+    async fn restore(self: &Arc<Self>, session: &Session, stored: Vec<Subscription>) {
+        let client_id = session.id.client_id.to_string();
         for sub in stored {
             let qos = QoS::try_from(sub.qos).unwrap_or(QoS::AtLeastOnce);
             let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, true, false) {
