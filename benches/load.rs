@@ -49,7 +49,7 @@ struct Load {
 impl Load {
     /// The load the command line asks for: `--publishers N --inflight N --messages N --payload
     /// BYTES --topics N --qos 1|2 --subscribers N`, each defaulting to `self`'s.
-    fn from_args(self, args: &[String]) -> Load {
+    fn with_args(self, args: &[String]) -> Load {
         let get = |flag: &str| {
             args.iter()
                 .position(|a| a == flag)
@@ -632,7 +632,7 @@ async fn main() {
         qos: QoS::AtLeastOnce,
         subscribers: 0,
     };
-    let throughput = defaults.from_args(&args);
+    let throughput = defaults.with_args(&args);
     // The same publishers at a rate both the broker and the database take: latency without backlog.
     let paced = Load { messages: 100_000 / scale, rate: Some(40_000.0), ..throughput };
     let sync64 = Load { publishers: 64, inflight: 1, messages: 64_000 / scale, ..throughput };
