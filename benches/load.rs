@@ -128,6 +128,11 @@ impl Store {
     }
 
     fn block(&self, extra: &str) -> String {
+        let extra = format!(
+            "dead_letter_file = \"{}\"\n spool_dir = \"{}\"\n {extra}",
+            self.dir.join("dead.jsonl").display(),
+            self.dir.join("spool").display()
+        );
         match self.db {
             Db::MySql => format!(
                 "mysql {{\n enable = true\n server = \"{MYSQL}\"\n username = root\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n {extra}\n}}\n",

@@ -13,6 +13,7 @@ use std::time::Duration;
 use hocon::{Hocon, HoconLoader};
 
 use crate::auth::{AclRule, Action, AuthConfig, User};
+pub use crate::spool::SpoolFull;
 
 type Map = linked_hash_map::LinkedHashMap<String, Hocon>;
 
@@ -98,6 +99,8 @@ pub struct BrokerConfig {
     pub max_packet_size: u32,
     /// A second listener, MQTT over TLS (`broker.tls`), when its `bind` is set.
     pub tls: Option<TlsListener>,
+    /// How long SIGTERM waits for the writer and the spool to reach the database.
+    pub shutdown_timeout: Duration,
 }
 
 #[derive(Clone, Debug)]
@@ -191,6 +194,10 @@ pub struct StorageConfig {
     pub write_mode: WriteMode,
     /// Where messages the database refuses go, one JSON object per line (`dead_letter_file`).
     pub dead_letter_file: PathBuf,
+    /// Where operations wait while the database is unavailable (`spool_dir`).
+    pub spool_dir: PathBuf,
+    pub spool_max_bytes: u64,
+    pub spool_full: SpoolFull,
 }
 
 /// When a publisher gets its PUBACK / PUBREC (`write_mode`).
@@ -288,6 +295,8 @@ pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(5);
 /// reads a prefix range through the topic index and sorts it by id, page after page).
 pub const DEFAULT_REPLAY_PAGE_SIZE: u32 = 10_000;
 pub const DEFAULT_DEAD_LETTER_FILE: &str = "data/dead-letters.jsonl";
+pub const DEFAULT_SPOOL_DIR: &str = "data/spool";
+pub const DEFAULT_SPOOL_MAX_BYTES: u64 = 1 << 30;
 
 const MAX_BATCH_SIZE: i64 = 1_000_000;
 const MAX_POOL_SIZE: i64 = 1024;
@@ -298,7 +307,7 @@ const AUTH_KEYS: &[&str] = &["users", "acl"];
 const USER_KEYS: &[&str] = &["username", "password_hash"];
 const ACL_KEYS: &[&str] = &["username", "action", "topic", "permission"];
 const METRICS_KEYS: &[&str] = &["bind"];
-const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size", "tls"];
+const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size", "tls", "shutdown_timeout"];
 const TLS_LISTENER_KEYS: &[&str] = &["bind", "certfile", "keyfile"];
 const STORAGE_KEYS: &[&str] = &[
     "enable",
@@ -322,6 +331,9 @@ const STORAGE_KEYS: &[&str] = &[
     "replay_page_size",
     "write_mode",
     "dead_letter_file",
+    "spool_dir",
+    "spool_max_bytes",
+    "spool_full",
 ];
 const MYSQL_KEYS: &[&str] = &["server", "username", "password", "database", "pool_size", "ssl"];
 const SQLITE_KEYS: &[&str] = &["path"];
@@ -478,6 +490,7 @@ fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
             .int("max_packet_size", 64, MQTT_MAX_PACKET_SIZE)?
             .map_or(DEFAULT_MAX_PACKET_SIZE, |n| n as u32),
         tls: tls_listener(&t.table("tls", TLS_LISTENER_KEYS)?)?,
+        shutdown_timeout: t.duration("shutdown_timeout", Unit::Seconds)?.unwrap_or(Duration::from_secs(30)),
     })
 }
 
@@ -603,6 +616,15 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
         dead_letter_file: t
             .non_empty_string("dead_letter_file")?
             .map_or_else(|| PathBuf::from(DEFAULT_DEAD_LETTER_FILE), PathBuf::from),
+        spool_dir: t.non_empty_string("spool_dir")?.map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), PathBuf::from),
+        spool_max_bytes: t.int("spool_max_bytes", 1 << 20, i64::MAX)?.map_or(DEFAULT_SPOOL_MAX_BYTES, |n| n as u64),
+        spool_full: match t.string("spool_full")?.as_deref() {
+            None | Some("drop_newest") => SpoolFull::DropNewest,
+            Some("drop_oldest") => SpoolFull::DropOldest,
+            Some(other) => {
+                return Err(t.invalid("spool_full", format!("{other:?} is neither \"drop_newest\" nor \"drop_oldest\"")))
+            }
+        },
     })
 }
 
@@ -1036,6 +1058,9 @@ mod tests {
               replay_page_size = 20
               write_mode = sync
               dead_letter_file = "/var/lib/om/dead.jsonl"
+              spool_dir = "/var/lib/om/spool"
+              spool_max_bytes = 2000000
+              spool_full = drop_oldest
               ssl { enable = true, server_name_indication = "db", verify = verify_none,
                     cacertfile = "ca.pem", certfile = "c.pem", keyfile = "k.pem" }
             }
@@ -1062,6 +1087,10 @@ mod tests {
         assert_eq!((s.max_messages_per_topic, s.replay_page_size), (Some(10), 20));
         assert_eq!(s.write_mode, WriteMode::Sync);
         assert_eq!(s.dead_letter_file, PathBuf::from("/var/lib/om/dead.jsonl"));
+        assert_eq!(
+            (s.spool_dir.as_path(), s.spool_max_bytes, s.spool_full),
+            (Path::new("/var/lib/om/spool"), 2_000_000, SpoolFull::DropOldest)
+        );
         assert!(m.ssl.enable);
         assert_eq!(m.ssl.server_name_indication.as_deref(), Some("db"));
         assert_eq!(m.ssl.verify, SslVerify::VerifyNone);

@@ -17,6 +17,7 @@ use crate::config::{Config, DeliveryMode, RestoreSubscriptions, WriteMode};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
 use crate::metrics::{Gauges, Metrics};
+use crate::spool::Spool;
 use crate::store::{AckedMessage, Store, StoreError};
 use crate::subscriptions::SubscriptionWriter;
 use crate::topic::{is_sys_topic, parse_shared, TopicFilter};
@@ -32,6 +33,9 @@ const QUEUE_BATCHES: usize = 16;
 
 /// How often expired messages are purged and topics trimmed to `max_messages_per_topic`.
 const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
+/// How long a replay waits for the writer to write what it holds before reading.
+const REPLAY_FLUSH_WAIT: Duration = Duration::from_secs(10);
+
 /// Rows per purge statement: short transactions, short locks.
 const PURGE_BATCH: i64 = 1000;
 
@@ -41,6 +45,10 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("{key}: {filter:?} is not a valid MQTT topic filter ({reason}); fix it in the config")]
     TopicFilter { key: String, filter: String, reason: String },
+    #[error(
+        "{key}: cannot use the spool directory {path}: {cause}; give a writable directory (one per broker process)"
+    )]
+    Spool { key: String, path: String, cause: std::io::Error },
 }
 
 /// Why a replay ended before its last row.
@@ -202,7 +210,14 @@ impl Engine {
         let ack_needs_names = store.delete_binds_names();
         let metrics = Arc::new(Metrics::new());
         let dead_letters = DeadLetters { path: storage.dead_letter_file.clone() };
-        let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters);
+        let spool = Spool::open(&storage.spool_dir, storage.spool_max_bytes, storage.spool_full).map_err(|cause| {
+            EngineError::Spool {
+                key: format!("{}.spool_dir", backend.name()),
+                path: storage.spool_dir.display().to_string(),
+                cause,
+            }
+        })?;
+        let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters, spool);
         let subscriptions = SubscriptionWriter::spawn(store.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
         tracing::info!(
@@ -286,7 +301,7 @@ impl Engine {
         }
         self.writer.insert(m).await;
         if self.write_mode == WriteMode::Sync {
-            self.writer.flush().await;
+            self.writer.flush_durable().await;
         }
     }
 
@@ -371,7 +386,11 @@ impl Engine {
         text: &str,
         sink: &mut S,
     ) -> Result<u64, ReplayError> {
-        self.writer.flush().await;
+        // While the database is away the writer's flush waits for it: the replay fails instead
+        // (and is retried), so that the subscriber's live messages are not held meanwhile.
+        if tokio::time::timeout(REPLAY_FLUSH_WAIT, self.writer.flush()).await.is_err() {
+            return Err(ReplayError::Store(StoreError::Unavailable));
+        }
         let query_sub = Subscription { filter: text.to_owned(), ..sub.clone() };
         let limit = i64::from(self.page_size);
         let pages = self.store.replay_pages();
@@ -452,20 +471,34 @@ impl Engine {
         }
     }
 
-    /// Flushes the writers (waiting at most `deadline`) and closes the database pool.
+    /// Makes everything queued durable (in the database, or in the spool while the database is
+    /// away), then gives the spool until `deadline` to reach the database, and closes the pool.
+    /// What the spool still holds then is written at the next start.
     pub async fn shutdown(&self, deadline: Duration) {
         if let Some(task) = self.maintenance.lock().expect("maintenance lock").take() {
             task.abort();
         }
         let queued = self.writer.queued();
-        let flushed = async { tokio::join!(self.writer.flush(), self.subscriptions.flush()) };
-        match tokio::time::timeout(deadline, flushed).await {
-            Ok(_) => tracing::info!(queued, "writer flushed"),
-            Err(_) => tracing::error!(
+        let started = tokio::time::Instant::now();
+        if tokio::time::timeout(deadline, self.writer.flush_durable()).await.is_err() {
+            tracing::error!(
                 queued = self.writer.queued(),
                 deadline_ms = deadline.as_millis() as u64,
-                "the writer could not flush in time; queued messages are lost"
-            ),
+                "the writer could not empty its queue in time; what it still held is lost"
+            );
+        } else {
+            let left = deadline.saturating_sub(started.elapsed());
+            match tokio::time::timeout(left, self.writer.flush()).await {
+                Ok(()) => tracing::info!(queued, "writer flushed"),
+                Err(_) => tracing::warn!(
+                    deadline_ms = deadline.as_millis() as u64,
+                    "the spool did not reach the database in time; it is written at the next start"
+                ),
+            }
+        }
+        let left = deadline.saturating_sub(started.elapsed());
+        if tokio::time::timeout(left, self.subscriptions.flush()).await.is_err() {
+            tracing::warn!("subscription changes still queued at shutdown are not stored");
         }
         self.store.close().await;
     }

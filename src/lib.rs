@@ -13,6 +13,7 @@ pub mod http;
 pub mod message;
 pub mod message_id;
 pub mod metrics;
+pub mod spool;
 pub mod store;
 pub mod subscriptions;
 pub mod template;

@@ -2,7 +2,6 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
@@ -14,9 +13,6 @@ mod tools;
 use rmqtt::context::ServerContext;
 use rmqtt::net::Builder;
 use rmqtt::server::MqttServer;
-
-/// How long shutdown waits for the writer to flush before giving up.
-const SHUTDOWN_FLUSH: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -245,7 +241,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         res = server.run() => res.context("the MQTT server stopped")?,
         signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
     }
-    engine.shutdown(SHUTDOWN_FLUSH).await;
+    engine.shutdown(config.broker.shutdown_timeout).await;
     Ok(())
 }
 

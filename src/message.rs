@@ -6,7 +6,7 @@ use crate::message_id::MessageId;
 use crate::template::{Bindings, Value, Var};
 
 /// A published message the engine persists.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Message {
     /// The message id in base62, the text the `msgid` column holds (`${id}`).
     pub msgid: String,

@@ -17,6 +17,14 @@ pub struct Metrics {
     pub too_large: AtomicU64,
     /// Messages written to the dead-letter file instead of the database.
     pub dead_lettered: AtomicU64,
+    /// Operations written to the on-disk spool while the database was unavailable.
+    pub spooled: AtomicU64,
+    /// Operations the full spool refused (`spool_full = drop_newest`), or lost to a spool error.
+    pub spool_dropped: AtomicU64,
+    /// Bytes of the oldest operations removed from a full spool (`spool_full = drop_oldest`).
+    pub spool_dropped_bytes: AtomicU64,
+    /// Bytes waiting in the spool (a gauge).
+    pub spool_bytes: AtomicU64,
     /// Batches written again after a transient error.
     pub retried_batches: AtomicU64,
     /// Inserts an ack cancelled before they were written.
@@ -110,6 +118,10 @@ impl Metrics {
 
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn set(gauge: &AtomicU64, n: u64) {
+        gauge.store(n, Ordering::Relaxed);
     }
 
     /// The Prometheus text exposition (version 0.0.4).

@@ -5,6 +5,12 @@
 //! cancels, and batches commit in the order they were filled (the table's auto-increment id is then
 //! publish order for each publisher). An ack that arrives while its insert is still queued cancels
 //! both: the row is never written.
+//!
+//! When the database fails with an error that says "try again" (unreachable, restarting, locked),
+//! the batch goes to the on-disk spool instead of being retried in memory, and so does everything
+//! queued after it, so that publishers are not held up and memory stays bounded. Once the spool
+//! holds something, the writer writes from it, oldest first, until it is empty, and only then
+//! takes the queue directly again: the order is kept across the outage and across a restart.
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -17,13 +23,27 @@ use tokio::time::{sleep, timeout_at, Instant};
 use crate::encode::{base64, iso_time};
 use crate::message::{DeliveryRecord, Message};
 use crate::metrics::Metrics;
+use crate::spool::{Spool, SpoolOp, SpoolPos};
 use crate::store::{AckedMessage, Batch, Store, StoreError};
+
+/// Attempts at a batch before it goes to the spool when the database answers "try again" (a
+/// deadlock, a lock wait pass quickly); an unreachable database sends it to the spool at once.
+const TRIES_BEFORE_SPOOLING: u32 = 3;
 
 enum Op {
     Insert(Message),
     Delete(AckedMessage),
     Delivered(DeliveryRecord),
-    Flush(oneshot::Sender<()>),
+    Flush(oneshot::Sender<()>, FlushKind),
+}
+
+/// What a flush waits for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlushKind {
+    /// Everything before it is in the database (a replay is about to read it).
+    Visible,
+    /// Everything before it is durable: in the database, or synced to the spool (a `sync` PUBACK).
+    Durable,
 }
 
 /// Batching limits, from the backend block's `batch_size` and `batch_time`.
@@ -48,9 +68,17 @@ impl BatchWriter {
         limits: BatchLimits,
         metrics: Arc<Metrics>,
         dead_letters: DeadLetters,
+        spool: Spool,
     ) -> BatchWriter {
         let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
-        let task = WriterTask { store, limits, metrics, dead_letters };
+        if !spool.is_empty() {
+            tracing::warn!(
+                bytes = spool.unread_bytes(),
+                "the spool holds operations from before; they are written first"
+            );
+        }
+        Metrics::set(&metrics.spool_bytes, spool.unread_bytes());
+        let task = WriterTask { store, limits, metrics, dead_letters, spool, waiting: Vec::new(), outage: None };
         tokio::spawn(task.run(rx));
         BatchWriter { tx }
     }
@@ -70,10 +98,20 @@ impl BatchWriter {
         self.send(Op::Delivered(d)).await
     }
 
-    /// Returns once everything queued before this call is committed (or given up on).
+    /// Returns once everything queued before this call is in the database (or given up on).
     pub async fn flush(&self) {
+        self.flush_as(FlushKind::Visible).await
+    }
+
+    /// Returns once everything queued before this call is durable: committed, or, while the
+    /// database is unavailable, synced to the spool.
+    pub async fn flush_durable(&self) {
+        self.flush_as(FlushKind::Durable).await
+    }
+
+    async fn flush_as(&self, kind: FlushKind) {
         let (done, wait) = oneshot::channel();
-        self.send(Op::Flush(done)).await;
+        self.send(Op::Flush(done, kind)).await;
         let _ = wait.await;
     }
 
@@ -94,18 +132,30 @@ struct WriterTask {
     limits: BatchLimits,
     metrics: Arc<Metrics>,
     dead_letters: DeadLetters,
+    spool: Spool,
+    /// Visible flushes waiting for the spool to be written up to a position.
+    waiting: Vec<(SpoolPos, oneshot::Sender<()>)>,
+    /// Since when the database has been failing, while it is.
+    outage: Option<Instant>,
 }
 
 impl WriterTask {
-    async fn run(self, mut rx: mpsc::Receiver<Op>) {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let is_insert = |o: &Op| matches!(o, Op::Insert(_));
         let mut ops = Vec::with_capacity(self.limits.batch_size);
-        while let Some(first) = rx.recv().await {
+        loop {
+            if !self.spool.is_empty() {
+                if !self.drain_spool(&mut rx, &mut ops).await {
+                    break;
+                }
+                continue;
+            }
+            let Some(first) = rx.recv().await else { break };
             // Fill the batch until it is full, `batch_time` has passed, or someone waits on a flush
             // (what was queued after the flush may ride along: a flush only needs what came before).
             let deadline = Instant::now() + self.limits.batch_time;
             let mut inserts = usize::from(is_insert(&first));
-            let mut flush = matches!(first, Op::Flush(_));
+            let mut flush = matches!(first, Op::Flush(..));
             ops.push(first);
             while !flush && inserts < self.limits.batch_size {
                 let before = ops.len();
@@ -113,17 +163,118 @@ impl WriterTask {
                     Ok(0) | Err(_) => break,
                     Ok(_) => {
                         inserts += ops[before..].iter().filter(|o| is_insert(o)).count();
-                        flush = ops[before..].iter().any(|o| matches!(o, Op::Flush(_)));
+                        flush = ops[before..].iter().any(|o| matches!(o, Op::Flush(..)));
                     }
                 }
             }
             self.commit(&mut ops).await;
         }
-        tracing::debug!("batch writer stopped");
+        if self.spool.is_empty() {
+            tracing::debug!("batch writer stopped");
+        } else {
+            tracing::warn!(
+                bytes = self.spool.unread_bytes(),
+                "the writer stops with operations in the spool; they are written at the next start"
+            );
+        }
     }
 
-    /// Writes the queued operations in one transaction and answers the flushes among them.
-    async fn commit(&self, ops: &mut Vec<Op>) {
+    /// One step of writing from the spool: what is queued goes to the spool behind what is there,
+    /// then the oldest spooled batch goes to the database. While the database still fails, waits
+    /// (taking what is queued meanwhile). False when the queue is closed and the spool cannot drain.
+    async fn drain_spool(&mut self, rx: &mut mpsc::Receiver<Op>, ops: &mut Vec<Op>) -> bool {
+        while ops.len() < self.limits.batch_size {
+            match rx.try_recv() {
+                Ok(op) => ops.push(op),
+                Err(_) => break,
+            }
+        }
+        if !ops.is_empty() {
+            self.commit(ops).await;
+        }
+        let (spooled, pos) = match self.spool.read(self.limits.batch_size) {
+            Ok(read) => read,
+            Err(e) => {
+                tracing::error!(error = %e, "reading the spool failed; retrying");
+                sleep(Duration::from_secs(1)).await;
+                return true;
+            }
+        };
+        let mut batch = Batch::default();
+        for op in spooled {
+            match op {
+                SpoolOp::Insert(m) => batch.inserts.push(m),
+                SpoolOp::Delete(a) => batch.deletes.push(a),
+                SpoolOp::Delivered(d) => batch.deliveries.push(d),
+            }
+        }
+        let written = match self.store.write_batch(&batch).await {
+            Ok(()) => {
+                self.record(&batch);
+                true
+            }
+            Err(StoreError::Query { cause: sqlx::Error::Database(db), .. }) if !is_transient(db.as_ref()) => {
+                self.write_one_by_one(batch).await;
+                true
+            }
+            Err(e) => {
+                self.note_outage(&e);
+                // Wait a little, still taking what publishers send (into the spool).
+                let until = Instant::now() + Duration::from_millis(500);
+                loop {
+                    match timeout_at(until, rx.recv()).await {
+                        Ok(Some(op)) => {
+                            ops.push(op);
+                            if ops.len() >= self.limits.batch_size {
+                                self.commit(ops).await;
+                            }
+                        }
+                        Ok(None) => {
+                            // Shutting down with the database away: the spool waits for the next start.
+                            self.commit(ops).await;
+                            return false;
+                        }
+                        Err(_) => break,
+                    }
+                }
+                false
+            }
+        };
+        if written {
+            if let Err(e) = self.spool.consumed(pos) {
+                tracing::error!(error = %e, "saving the spool's read position failed; a restart may write a batch twice (its ids are ignored the second time)");
+            }
+            Metrics::set(&self.metrics.spool_bytes, self.spool.unread_bytes());
+            if let Some(since) = self.outage.take() {
+                tracing::info!(
+                    down_ms = since.elapsed().as_millis() as u64,
+                    "the database answers again; writing the spool"
+                );
+            }
+            let read = pos;
+            let (ready, still): (Vec<_>, Vec<_>) =
+                std::mem::take(&mut self.waiting).into_iter().partition(|(at, _)| *at <= read || self.spool.is_empty());
+            self.waiting = still;
+            for (_, done) in ready {
+                let _ = done.send(());
+            }
+            if self.spool.is_empty() {
+                tracing::info!("the spool is written; back to direct batches");
+            }
+        }
+        true
+    }
+
+    fn note_outage(&mut self, e: &StoreError) {
+        if self.outage.is_none() {
+            self.outage = Some(Instant::now());
+            tracing::warn!(error = %e, "the database is unavailable; operations go to the spool until it answers");
+        }
+    }
+
+    /// Writes the queued operations in one transaction, or appends them to the spool when it holds
+    /// anything or the database is unavailable, and answers the flushes among them.
+    async fn commit(&mut self, ops: &mut Vec<Op>) {
         let mut batch = Batch::default();
         let mut flushes = Vec::new();
         for op in ops.drain(..) {
@@ -131,7 +282,7 @@ impl WriterTask {
                 Op::Insert(m) => batch.inserts.push(m),
                 Op::Delete(a) => batch.deletes.push(a),
                 Op::Delivered(d) => batch.deliveries.push(d),
-                Op::Flush(done) => flushes.push(done),
+                Op::Flush(done, kind) => flushes.push((done, kind)),
             }
         }
         // A payload no statement can carry would fail every batch it is in: refused on its own.
@@ -155,29 +306,85 @@ impl WriterTask {
             batch.deliveries.retain(|d| !cancelled.contains(&d.msgid));
             Metrics::add(&self.metrics.cancelled, cancelled.len() as u64);
         }
-        if !batch.is_empty() {
-            self.write_with_retry(batch).await;
+        if batch.is_empty() {
+        } else if self.spool.is_empty() {
+            if let Err(e) = self.write_or_fail(&batch).await {
+                self.note_outage(&e);
+                self.spool_batch(batch).await;
+            }
+        } else {
+            self.spool_batch(batch).await;
         }
-        for done in flushes {
-            let _ = done.send(());
+        for (done, kind) in flushes {
+            if kind == FlushKind::Visible && !self.spool.is_empty() {
+                self.waiting.push((self.spool.end(), done));
+            } else {
+                let _ = done.send(());
+            }
         }
     }
 
-    async fn write_with_retry(&self, batch: Batch) {
+    /// Appends a batch to the spool and syncs it (a `sync` PUBACK may be waiting on it).
+    async fn spool_batch(&mut self, batch: Batch) {
+        let ops: Vec<SpoolOp> = batch
+            .inserts
+            .into_iter()
+            .map(SpoolOp::Insert)
+            .chain(batch.deletes.into_iter().map(SpoolOp::Delete))
+            .chain(batch.deliveries.into_iter().map(SpoolOp::Delivered))
+            .collect();
+        let count = ops.len() as u64;
+        let result = self.spool.append(&ops).and_then(|outcome| self.spool.sync().map(|()| outcome));
+        // A failed append may have left part of the batch in the spool: written twice at worst,
+        // which the unique message id absorbs.
+        match result {
+            Ok(outcome) => {
+                Metrics::add(&self.metrics.spooled, count - outcome.dropped_newest);
+                if outcome.dropped_newest > 0 || outcome.dropped_oldest_bytes > 0 {
+                    Metrics::add(&self.metrics.spool_dropped, outcome.dropped_newest);
+                    Metrics::add(&self.metrics.spool_dropped_bytes, outcome.dropped_oldest_bytes);
+                    tracing::error!(
+                        dropped_new = outcome.dropped_newest,
+                        dropped_old_bytes = outcome.dropped_oldest_bytes,
+                        "the spool is full (spool_max_bytes): operations were dropped (spool_full says which)"
+                    );
+                }
+            }
+            Err(e) => {
+                // Nothing is dropped for a failing spool: this batch waits in memory for the
+                // database instead (publishers wait with it).
+                tracing::error!(error = %e, operations = count, "writing the spool failed; this batch waits in memory for the database");
+                let mut batch = Batch::default();
+                for op in ops {
+                    match op {
+                        SpoolOp::Insert(m) => batch.inserts.push(m),
+                        SpoolOp::Delete(a) => batch.deletes.push(a),
+                        SpoolOp::Delivered(d) => batch.deliveries.push(d),
+                    }
+                }
+                let mut backoff = Duration::from_millis(100);
+                while self.write_or_fail(&batch).await.is_err() {
+                    sleep(backoff + jitter(backoff)).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        Metrics::set(&self.metrics.spool_bytes, self.spool.unread_bytes());
+    }
+
+    /// Writes a batch; a refused row is isolated and dead-lettered; an error that says "try again"
+    /// is retried a few times (a deadlock, a lock wait), then returned: the caller spools.
+    async fn write_or_fail(&self, batch: &Batch) -> Result<(), StoreError> {
         let started = Instant::now();
-        let mut backoff = Duration::from_millis(50);
-        let mut failures = 0u32;
         let rows = batch.inserts.len();
-        loop {
-            match self.store.write_batch(&batch).await {
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 1.. {
+            match self.store.write_batch(batch).await {
                 Ok(()) => {
-                    self.record(&batch);
+                    self.record(batch);
                     let total = batch.inserts.len() + batch.deletes.len() + batch.deliveries.len();
                     self.metrics.batch_size.observe(total as f64);
                     self.metrics.flush_seconds.observe_duration(started.elapsed());
-                    if failures > 0 {
-                        tracing::info!(rows, failures, "batch written after retries");
-                    }
                     tracing::debug!(
                         rows,
                         deletes = batch.deletes.len(),
@@ -185,26 +392,37 @@ impl WriterTask {
                         elapsed_ms = started.elapsed().as_millis() as u64,
                         "batch committed"
                     );
-                    return;
+                    return Ok(());
                 }
                 Err(StoreError::Query { cause: sqlx::Error::Database(db), key }) if !is_transient(db.as_ref()) => {
                     // The database refused the content, not the connection: retrying the same
                     // batch cannot help, so write row by row and report the rows it refuses.
                     tracing::warn!(template = key, rows, error = %db, "batch refused; writing its rows one by one");
-                    self.write_one_by_one(batch).await;
-                    return;
+                    self.write_one_by_one(Batch {
+                        inserts: batch.inserts.clone(),
+                        deletes: batch.deletes.clone(),
+                        deliveries: batch.deliveries.clone(),
+                    })
+                    .await;
+                    return Ok(());
+                }
+                // Unreachable, refused, timed out: the spool takes it at once. A deadlock or a lock
+                // wait is retried a few times first.
+                Err(e)
+                    if attempt >= TRIES_BEFORE_SPOOLING
+                        || !matches!(e, StoreError::Query { cause: sqlx::Error::Database(_), .. }) =>
+                {
+                    return Err(e)
                 }
                 Err(e) => {
-                    failures += 1;
                     Metrics::add(&self.metrics.retried_batches, 1);
-                    if failures == 1 || failures.is_power_of_two() {
-                        tracing::warn!(rows, failures, retry_in_ms = backoff.as_millis() as u64, error = %e, "writing a batch failed; retrying");
-                    }
+                    tracing::debug!(rows, attempt, error = %e, "writing a batch failed; retrying");
                     sleep(backoff + jitter(backoff)).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    backoff *= 2;
                 }
             }
         }
+        unreachable!("the loop returns")
     }
 
     async fn write_one_by_one(&self, batch: Batch) {

@@ -132,9 +132,10 @@ async fn a_replay_that_fails_on_a_database_error_is_retried(backend: Backend) {
 /// The broker's backend block for a private MariaDB.
 fn private_block(db: &common::PrivateMariaDb, extra: &str) -> String {
     format!(
-        "mysql {{\n enable = true\n server = \"127.0.0.1:{}\"\n username = root\n database = t\n init_default_schema = true\n topics = [\"#\"]\n dead_letter_file = \"{}\"\n {extra}\n}}\n",
+        "mysql {{\n enable = true\n server = \"127.0.0.1:{}\"\n username = root\n database = t\n init_default_schema = true\n topics = [\"#\"]\n dead_letter_file = \"{}\"\n spool_dir = \"{}\"\n {extra}\n}}\n",
         db.port,
-        db.dir.path().join("dead.jsonl").display()
+        db.dir.path().join("dead.jsonl").display(),
+        db.dir.path().join("spool").display()
     )
 }
 
@@ -225,4 +226,51 @@ async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
     let got: Vec<String> =
         c.recv(2, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
     assert_eq!(got, ["a", "b"], "restored and replayed once the database answers again");
+}
+
+// The database goes away and stays away: publishes are acknowledged (async) or made durable (sync)
+// through the on-disk spool, the broker is stopped with the spool full, and once the database is
+// back a new broker writes the spool: every message once, in order per publisher.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_goes_to_the_spool_which_outlives_the_broker() {
+    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    db.sql_ok("CREATE DATABASE t");
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
+    let config = env.write_config(&format!("broker {{ shutdown_timeout = 6s }}\n{}", private_block(&db, "")));
+    let mut broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let stored = |db: &common::PrivateMariaDb| db.sql_ok("select count(*) from t.mqtt_msg").parse::<usize>().unwrap();
+    let mut p = Client::connect(env.port, "spool-pub", true).await;
+    for i in 0..100 {
+        p.publish("spool/t", QoS::AtLeastOnce, false, format!("{i}")).await;
+    }
+    let start = std::time::Instant::now();
+    while stored(&db) < 100 {
+        assert!(start.elapsed() < LONG);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    db.kill();
+    // With the database gone, publishes are still acknowledged: they go to the spool.
+    let outage = std::time::Instant::now();
+    for i in 100..1100 {
+        assert!(p.try_publish("spool/t", format!("{i}")).await, "PUBACK {i} during the outage");
+    }
+    println!("1000 publishes acknowledged during the outage in {:?}", outage.elapsed());
+    p.disconnect().await;
+    assert_eq!(broker.stop(), Some(0), "SIGTERM with the database away still exits cleanly");
+    let log = broker.log_text();
+    assert!(log.contains("operations go to the spool"), "the outage is logged once: {log}");
+    assert_eq!(log.matches("operations go to the spool").count(), 1);
+    assert!(log.contains("written at the next start"));
+
+    db.restart().await;
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let start = std::time::Instant::now();
+    while stored(&db) < 1100 {
+        assert!(start.elapsed() < LONG, "the spool was not written: {}", stored(&db));
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rows = db.sql_ok("select payload from t.mqtt_msg order by id");
+    let payloads: Vec<usize> = rows.lines().map(|l| l.parse().unwrap()).collect();
+    assert_eq!(payloads, (0..1100).collect::<Vec<_>>(), "every message once, in order");
 }

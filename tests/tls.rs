@@ -39,9 +39,10 @@ fn make_certificates(dir: &Path) {
 
 fn mysql_block(db: &PrivateMariaDb, user: &str, ssl: &str) -> String {
     format!(
-        "mysql {{\n enable = true\n server = \"127.0.0.1:{}\"\n username = {user}\n database = t\n init_default_schema = true\n topics = [\"#\"]\n dead_letter_file = \"{}\"\n ssl {{ {ssl} }}\n}}\n",
+        "mysql {{\n enable = true\n server = \"127.0.0.1:{}\"\n username = {user}\n database = t\n init_default_schema = true\n topics = [\"#\"]\n dead_letter_file = \"{}\"\n spool_dir = \"{}\"\n ssl {{ {ssl} }}\n}}\n",
         db.port,
-        db.dir.path().join("dead.jsonl").display()
+        db.dir.path().join("dead.jsonl").display(),
+        db.dir.path().join("spool").display()
     )
 }
 

@@ -36,6 +36,9 @@ const DELETES_PER_STATEMENT: usize = 1000;
 const MAX_PARAMS: usize = 32_766;
 /// Payload bytes per multi-row statement, kept well under MySQL's default `max_allowed_packet` (16 MiB).
 const MAX_STATEMENT_PAYLOAD: usize = 4 << 20;
+/// How long a statement waits for a connection: an unreachable database is noticed this fast (the
+/// writer then spools, replays fail and are retried).
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room a single-row insert needs beside its payload (the statement, the other columns).
 const ROW_OVERHEAD: usize = 64 << 10;
 
@@ -59,6 +62,8 @@ pub enum StoreError {
     Column { key: &'static str, column: &'static str, cause: sqlx::Error },
     #[error("{key}: the select uses ${{after_id}} to read page by page, so it must return the `id` column; add it, or drop the paging")]
     NoId { key: &'static str },
+    #[error("the database is unavailable: what the writer holds waits in the spool")]
+    Unavailable,
     #[error("cannot create the directory for sqlite.path {path}: {cause}")]
     SqliteDir { path: String, cause: std::io::Error },
 }
@@ -533,7 +538,7 @@ async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySq
     };
     MySqlPoolOptions::new()
         .max_connections(connections)
-        .acquire_timeout(Duration::from_secs(5))
+        .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(opts)
         .await
         .map_err(|cause| match &cause {

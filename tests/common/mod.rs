@@ -141,14 +141,16 @@ impl TestEnv {
     pub fn backend_block(&self, extra: &str) -> String {
         match self.backend {
             Backend::MySql => format!(
-                "mysql {{\n enable = true\n server = \"{MYSQL_SERVER}\"\n username = root\n password = \"\"\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n dead_letter_file = \"{}\"\n {extra}\n}}\nsqlite {{ enable = false }}\n",
+                "mysql {{\n enable = true\n server = \"{MYSQL_SERVER}\"\n username = root\n password = \"\"\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n dead_letter_file = \"{}\"\n spool_dir = \"{}\"\n {extra}\n}}\nsqlite {{ enable = false }}\n",
                 self.db_name,
-                self.dead_letter_path().display()
+                self.dead_letter_path().display(),
+                self.dir.path().join("spool").display()
             ),
             Backend::Sqlite => format!(
-                "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n dead_letter_file = \"{}\"\n {extra}\n}}\n",
+                "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n batch_time = 5ms\n dead_letter_file = \"{}\"\n spool_dir = \"{}\"\n {extra}\n}}\n",
                 self.sqlite_path().display(),
-                self.dead_letter_path().display()
+                self.dead_letter_path().display(),
+                self.dir.path().join("spool").display()
             ),
         }
     }
@@ -164,7 +166,8 @@ impl TestEnv {
     pub async fn start_another(&self, name: &str, extra: &str) -> (Broker, u16) {
         let port = free_port();
         let config = self.dir.path().join(format!("config-{name}.hocon"));
-        std::fs::write(&config, self.backend_block(extra)).unwrap();
+        let spool = self.dir.path().join(format!("spool-{name}"));
+        std::fs::write(&config, self.backend_block(&format!("spool_dir = \"{}\"\n{extra}", spool.display()))).unwrap();
         (Broker::start(&config, port, self.dir.path().join(format!("broker-{name}.log"))).await, port)
     }
 
@@ -561,9 +564,19 @@ impl PrivateMariaDb {
 
     /// SIGKILL, and a new server on the same data directory and port once `down` has passed.
     pub async fn kill_and_restart(&mut self, down: Duration) {
+        self.kill();
+        tokio::time::sleep(down).await;
+        self.restart().await;
+    }
+
+    /// SIGKILL: the server is gone until [`PrivateMariaDb::restart`].
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        tokio::time::sleep(down).await;
+    }
+
+    /// A new server on the same data directory and port.
+    pub async fn restart(&mut self) {
         self.child = Self::spawn(self.dir.path(), &self.server_args);
         self.wait_ready().await;
     }
