@@ -464,6 +464,9 @@ impl Engine {
 
     /// `Err(reason)` when the database does not answer a trivial query within `timeout`.
     pub async fn health(&self, timeout: Duration) -> Result<(), String> {
+        if let Some(reason) = self.store.check_error() {
+            return Err(reason);
+        }
         match tokio::time::timeout(timeout, self.store.ping()).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(e)) => Err(e.to_string()),
@@ -504,14 +507,32 @@ impl Engine {
     }
 }
 
-/// Purges expired messages and trims topics beyond `max_messages_per_topic`, in short statements,
+/// Runs the store's checks while they have not passed (a start with the database away), then
+/// purges expired messages and trims topics beyond `max_messages_per_topic`, in short statements,
 /// until the engine is gone.
 async fn maintain(engine: std::sync::Weak<Engine>, max_per_topic: Option<u64>) {
     let mut tick = tokio::time::interval(MAINTENANCE_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_check_error: Option<String> = None;
     loop {
         tick.tick().await;
         let Some(engine) = engine.upgrade() else { return };
+        if !engine.store.is_checked() {
+            // Started while the database was away: check schema and templates once it answers.
+            match engine.store.check().await {
+                Ok(()) => {
+                    tracing::info!("the database answers: schema and templates checked; the spool is written now")
+                }
+                Err(e) if e.is_unreachable() => {}
+                Err(e) => {
+                    if last_check_error.as_deref() != Some(&e.to_string()) {
+                        tracing::error!(error = %e, "the database answers but the checks fail: writes stay in the spool until this is fixed");
+                        last_check_error = Some(e.to_string());
+                    }
+                }
+            }
+            continue;
+        }
         let mut purged = 0;
         loop {
             match engine.store.purge_expired(now_ms(), PURGE_BATCH).await {

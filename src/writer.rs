@@ -26,6 +26,11 @@ use crate::metrics::Metrics;
 use crate::spool::{Spool, SpoolOp, SpoolPos};
 use crate::store::{AckedMessage, Batch, Store, StoreError};
 
+/// During an outage, the database is probed after this, then twice as long each time, up to
+/// `PROBE_MAX`; the spool is written once a probe answers.
+const PROBE_FIRST: Duration = Duration::from_millis(200);
+const PROBE_MAX: Duration = Duration::from_secs(5);
+
 /// Attempts at a batch before it goes to the spool when the database answers "try again" (a
 /// deadlock, a lock wait pass quickly); an unreachable database sends it to the spool at once.
 const TRIES_BEFORE_SPOOLING: u32 = 3;
@@ -78,7 +83,17 @@ impl BatchWriter {
             );
         }
         Metrics::set(&metrics.spool_bytes, spool.unread_bytes());
-        let task = WriterTask { store, limits, metrics, dead_letters, spool, waiting: Vec::new(), outage: None };
+        let task = WriterTask {
+            store,
+            limits,
+            metrics,
+            dead_letters,
+            spool,
+            waiting: Vec::new(),
+            outage: None,
+            probe: None,
+            probe_backoff: PROBE_FIRST,
+        };
         tokio::spawn(task.run(rx));
         BatchWriter { tx }
     }
@@ -137,6 +152,10 @@ struct WriterTask {
     waiting: Vec<(SpoolPos, oneshot::Sender<()>)>,
     /// Since when the database has been failing, while it is.
     outage: Option<Instant>,
+    /// During an outage: a background check of whether the database answers again.
+    probe: Option<tokio::task::JoinHandle<bool>>,
+    /// The wait before the next probe.
+    probe_backoff: Duration,
 }
 
 impl WriterTask {
@@ -192,6 +211,39 @@ impl WriterTask {
         if !ops.is_empty() {
             self.commit(ops).await;
         }
+        if self.outage.is_some() {
+            // Until a probe finds the database back, keep taking what publishers send (a `sync`
+            // PUBACK waits for it to reach the spool), instead of waiting on the database.
+            let mut probe = self.probe.take().unwrap_or_else(|| {
+                let (store, wait) = (self.store.clone(), self.probe_backoff);
+                tokio::spawn(async move {
+                    sleep(wait).await;
+                    if store.is_checked() {
+                        store.ping().await.is_ok()
+                    } else {
+                        store.check().await.is_ok()
+                    }
+                })
+            });
+            tokio::select! {
+                answered = &mut probe => {
+                    if !answered.unwrap_or(false) {
+                        self.probe_backoff = (self.probe_backoff * 2).min(PROBE_MAX);
+                        return true;
+                    }
+                    self.probe_backoff = PROBE_FIRST;
+                }
+                op = rx.recv() => {
+                    self.probe = Some(probe);
+                    match op {
+                        Some(op) => ops.push(op),
+                        // Shutting down with the database away: the spool waits for the next start.
+                        None => return false,
+                    }
+                    return true;
+                }
+            }
+        }
         let (spooled, pos) = match self.spool.read(self.limits.batch_size) {
             Ok(read) => read,
             Err(e) => {
@@ -219,24 +271,6 @@ impl WriterTask {
             }
             Err(e) => {
                 self.note_outage(&e);
-                // Wait a little, still taking what publishers send (into the spool).
-                let until = Instant::now() + Duration::from_millis(500);
-                loop {
-                    match timeout_at(until, rx.recv()).await {
-                        Ok(Some(op)) => {
-                            ops.push(op);
-                            if ops.len() >= self.limits.batch_size {
-                                self.commit(ops).await;
-                            }
-                        }
-                        Ok(None) => {
-                            // Shutting down with the database away: the spool waits for the next start.
-                            self.commit(ops).await;
-                            return false;
-                        }
-                        Err(_) => break,
-                    }
-                }
                 false
             }
         };

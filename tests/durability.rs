@@ -228,15 +228,20 @@ async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
     assert_eq!(got, ["a", "b"], "restored and replayed once the database answers again");
 }
 
-// The database goes away and stays away: publishes are acknowledged (async) or made durable (sync)
-// through the on-disk spool, the broker is stopped with the spool full, and once the database is
-// back a new broker writes the spool: every message once, in order per publisher.
+// The database goes away and stays away: publishes are acknowledged through the on-disk spool, the
+// broker is stopped with the spool full, a new broker starts while the database is still away (and
+// says so in /health), and once the database is back the spool is written: every message once, in
+// order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_outage_goes_to_the_spool_which_outlives_the_broker() {
+async fn an_outage_goes_to_the_spool_which_outlives_the_broker_and_a_start_without_the_database() {
     let mut db = common::PrivateMariaDb::start(&[], &[]).await;
     db.sql_ok("CREATE DATABASE t");
     let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
-    let config = env.write_config(&format!("broker {{ shutdown_timeout = 6s }}\n{}", private_block(&db, "")));
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "broker {{ shutdown_timeout = 6s }}\nmetrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        private_block(&db, "")
+    ));
     let mut broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
     let stored = |db: &common::PrivateMariaDb| db.sql_ok("select count(*) from t.mqtt_msg").parse::<usize>().unwrap();
     let mut p = Client::connect(env.port, "spool-pub", true).await;
@@ -263,14 +268,61 @@ async fn an_outage_goes_to_the_spool_which_outlives_the_broker() {
     assert_eq!(log.matches("operations go to the spool").count(), 1);
     assert!(log.contains("written at the next start"));
 
+    // A broker started while the database is still away starts, and spools.
+    let mut broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    assert!(broker.log_text().contains("the database cannot be reached: the broker starts"));
+    let health = format!("http://127.0.0.1:{metrics_port}/health");
+    let health_code = || {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", &health])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(health_code(), "503", "health says the database is away");
+    let mut p = Client::connect(env.port, "spool-pub", true).await;
+    for i in 1100..1200 {
+        assert!(
+            p.try_publish("spool/t", format!("{i}")).await,
+            "PUBACK {i} from a broker started without its database"
+        );
+    }
+
     db.restart().await;
-    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
     let start = std::time::Instant::now();
-    while stored(&db) < 1100 {
+    while stored(&db) < 1200 {
         assert!(start.elapsed() < LONG, "the spool was not written: {}", stored(&db));
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    assert!(broker.log_text().contains("schema and templates checked"));
+    assert_eq!(health_code(), "200");
     let rows = db.sql_ok("select payload from t.mqtt_msg order by id");
     let payloads: Vec<usize> = rows.lines().map(|l| l.parse().unwrap()).collect();
-    assert_eq!(payloads, (0..1100).collect::<Vec<_>>(), "every message once, in order");
+    assert_eq!(payloads, (0..1200).collect::<Vec<_>>(), "every message once, in order");
+    p.disconnect().await;
+    broker.stop();
+}
+
+// In `sync` mode during an outage, a PUBACK means "synced to the spool", and the spool reaches the
+// database when it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_mode_acknowledges_from_the_spool_during_an_outage() {
+    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    db.sql_ok("CREATE DATABASE t");
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
+    let config = env.write_config(&private_block(&db, "write_mode = sync"));
+    let broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut p = Client::connect(env.port, "sync-spool-pub", true).await;
+    assert!(p.try_publish("sync/t", "before").await);
+    db.kill();
+    for i in 0..50 {
+        assert!(p.try_publish("sync/t", format!("{i}")).await, "PUBACK {i} while the database is away");
+    }
+    assert!(broker.log_text().contains("operations go to the spool"));
+    db.restart().await;
+    let start = std::time::Instant::now();
+    while db.sql_ok("select count(*) from t.mqtt_msg") != "51" {
+        assert!(start.elapsed() < LONG, "the spool was not written");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
 }

@@ -10,6 +10,7 @@
 mod migrate;
 
 use std::str::FromStr;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -62,10 +63,29 @@ pub enum StoreError {
     Column { key: &'static str, column: &'static str, cause: sqlx::Error },
     #[error("{key}: the select uses ${{after_id}} to read page by page, so it must return the `id` column; add it, or drop the paging")]
     NoId { key: &'static str },
-    #[error("the database is unavailable: what the writer holds waits in the spool")]
+    #[error("the database is unavailable, or not checked yet: what the writer holds waits in the spool")]
     Unavailable,
     #[error("cannot create the directory for sqlite.path {path}: {cause}")]
     SqliteDir { path: String, cause: std::io::Error },
+}
+
+impl StoreError {
+    /// The database could not be reached (down, restarting, out of connections), as opposed to
+    /// refusing what was asked of it.
+    pub fn is_unreachable(&self) -> bool {
+        let cause = match self {
+            StoreError::Connect { cause, .. }
+            | StoreError::Query { cause, .. }
+            | StoreError::Prepare { cause, .. }
+            | StoreError::Migrate { cause, .. } => cause,
+            StoreError::Unavailable => return true,
+            _ => return false,
+        };
+        matches!(
+            cause,
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
+        )
+    }
 }
 
 enum Pool {
@@ -206,6 +226,17 @@ pub struct Store {
     /// Rows per insert statement: within the placeholder limit and `batch_size` (1 for a template
     /// that cannot take many rows).
     rows_per_statement: usize,
+    backend: Backend,
+    /// What the checks found, once they passed against the database; until then every statement
+    /// is refused with [`StoreError::Unavailable`] (the writer spools).
+    checked: OnceLock<Checked>,
+    /// Why the checks have not passed yet, for `/health`.
+    last_check_error: Mutex<Option<String>>,
+    /// One check at a time: two would race to apply the same migration.
+    check_lock: tokio::sync::Mutex<()>,
+}
+
+struct Checked {
     /// Payload bytes per multi-row statement.
     statement_payload: usize,
     /// The largest payload a statement can carry (MySQL's `max_allowed_packet`); `None`: no limit.
@@ -213,32 +244,78 @@ pub struct Store {
 }
 
 impl Store {
-    /// Connects, applies the default schema when asked, and prepares every template, so that a
-    /// broken template or a missing table stops start-up with the template's key.
+    /// Opens the pools and runs the checks ([`Store::check`]), so that a broken template or a
+    /// missing table stops start-up with the template's key. A database that cannot be reached
+    /// does not: the store starts unchecked, refuses statements (the writer spools), and the
+    /// caller runs the checks again until they pass.
     pub async fn connect(backend: &Backend) -> Result<Store, StoreError> {
         let (name, storage) = (backend.name(), backend.storage());
         let statements = Statements::parse(name, &storage.templates)?;
         let (writes, replays) = match backend {
-            Backend::MySql(cfg) => (
-                Pool::MySql(connect_mysql(cfg, WRITE_CONNECTIONS).await?),
-                Pool::MySql(connect_mysql(cfg, cfg.pool_size).await?),
-            ),
+            Backend::MySql(cfg) => {
+                (Pool::MySql(lazy_mysql(cfg, WRITE_CONNECTIONS)?), Pool::MySql(lazy_mysql(cfg, cfg.pool_size)?))
+            }
             Backend::Sqlite(cfg) => (
                 Pool::Sqlite(connect_sqlite(cfg, WRITE_CONNECTIONS).await?),
                 Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?),
             ),
         };
-        let pool = &writes;
+        let insert = &statements.insert_message;
+        let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
+        let store = Store {
+            writes,
+            replays,
+            statements,
+            rows_per_statement,
+            backend: backend.clone(),
+            checked: OnceLock::new(),
+            last_check_error: Mutex::new(Some("not checked yet".into())),
+            check_lock: tokio::sync::Mutex::new(()),
+        };
+        match store.check().await {
+            Ok(()) => Ok(store),
+            Err(e) if e.is_unreachable() => {
+                tracing::warn!(error = %e, "the database cannot be reached: the broker starts, writes go to the spool, and the schema and templates are checked when the database answers");
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Connects, applies the default schema when asked, prepares every template, and reads
+    /// `max_allowed_packet`; once that has passed, statements run.
+    pub async fn check(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.check_lock.lock().await;
+        if self.is_checked() {
+            return Ok(());
+        }
+        match self.run_checks().await {
+            Ok(checked) => {
+                let _ = self.checked.set(checked);
+                *self.last_check_error.lock().expect("check error lock") = None;
+                Ok(())
+            }
+            Err(e) => {
+                *self.last_check_error.lock().expect("check error lock") = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    async fn run_checks(&self) -> Result<Checked, StoreError> {
+        let (name, storage) = (self.backend.name(), self.backend.storage());
+        let pool = &self.writes;
+        if let (Pool::MySql(p), Backend::MySql(cfg)) = (pool, &self.backend) {
+            p.acquire().await.map_err(|cause| mysql_connect_error(cfg, cause))?;
+        }
         if storage.init_default_schema {
             with_pool!(pool, p => migrate::apply(p, migrate::for_backend(name)).await)?;
         }
-        for t in statements.all() {
+        for t in self.statements.all() {
             with_pool!(pool, p => p.prepare(AssertSqlSafe(t.sql()).into_sql_str()).await.map(drop))
                 .map_err(|cause| StoreError::Prepare { key: t.key(), cause })?;
         }
-        let insert = &statements.insert_message;
-        let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
-        let max_packet = match &writes {
+        let max_packet = match pool {
             Pool::MySql(p) => Some(
                 sqlx::query_scalar::<_, u64>("select @@max_allowed_packet")
                     .fetch_one(p)
@@ -247,15 +324,30 @@ impl Store {
             ),
             Pool::Sqlite(_) => None,
         };
-        let statement_payload = max_packet.map_or(MAX_STATEMENT_PAYLOAD, |m| MAX_STATEMENT_PAYLOAD.min(m / 2));
-        let max_payload = max_packet.map(|m| m.saturating_sub(ROW_OVERHEAD));
-        Ok(Store { writes, replays, statements, rows_per_statement, statement_payload, max_payload })
+        Ok(Checked {
+            statement_payload: max_packet.map_or(MAX_STATEMENT_PAYLOAD, |m| MAX_STATEMENT_PAYLOAD.min(m / 2)),
+            max_payload: max_packet.map(|m| m.saturating_sub(ROW_OVERHEAD)),
+        })
+    }
+
+    /// The checks have passed against the database.
+    pub fn is_checked(&self) -> bool {
+        self.checked.get().is_some()
+    }
+
+    /// Why the checks have not passed, while they have not.
+    pub fn check_error(&self) -> Option<String> {
+        self.last_check_error.lock().expect("check error lock").clone()
+    }
+
+    fn ready(&self) -> Result<&Checked, StoreError> {
+        self.checked.get().ok_or(StoreError::Unavailable)
     }
 
     /// `Err(limit)` when a payload is too large for any statement of this database: MySQL's
     /// `max_allowed_packet` caps every statement, and such a row would fail its whole batch.
     pub fn check_payload(&self, len: usize) -> Result<(), usize> {
-        match self.max_payload {
+        match self.checked.get().and_then(|c| c.max_payload) {
             Some(max) if len > max => Err(max),
             _ => Ok(()),
         }
@@ -264,9 +356,10 @@ impl Store {
     /// Writes one batch in one transaction: the inserts (as multi-row statements when the template
     /// allows), the deletes of acknowledged messages, then the delivery records.
     pub async fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+        let checked = self.ready()?;
         let (insert, delete) = (&self.statements.insert_message, &self.statements.delete_message);
         let record = &self.statements.insert_delivery;
-        let insert_chunks = self.insert_chunks(&batch.inserts);
+        let insert_chunks = self.insert_chunks(&batch.inserts, checked.statement_payload);
         let delete_chunks = batch.deletes.chunks(if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
         let record_chunks = batch.deliveries.chunks(if record.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
         /// One statement for a chunk of rows: the multi-row form of a batchable template.
@@ -298,12 +391,12 @@ impl Store {
 
     /// Splits a batch into statements: at most `rows_per_statement` rows and about
     /// `statement_payload` payload bytes each (a single large row still gets its own statement).
-    fn insert_chunks<'m>(&self, inserts: &'m [Message]) -> Vec<&'m [Message]> {
+    fn insert_chunks<'m>(&self, inserts: &'m [Message], statement_payload: usize) -> Vec<&'m [Message]> {
         let mut chunks = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (i, m) in inserts.iter().enumerate() {
             let rows = i - start;
-            if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > self.statement_payload) {
+            if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > statement_payload) {
                 chunks.push(&inserts[start..i]);
                 (start, bytes) = (i, 0);
             }
@@ -481,6 +574,13 @@ where
 }
 
 async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, StoreError> {
+    let pool = lazy_mysql(cfg, connections)?;
+    pool.acquire().await.map_err(|cause| mysql_connect_error(cfg, cause))?;
+    Ok(pool)
+}
+
+/// A MySQL pool that connects when first used: the broker can start while the server is down.
+fn lazy_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, StoreError> {
     let connect_err =
         |cause| StoreError::Connect { backend: "mysql", key: "mysql.server", target: cfg.server.clone(), cause };
     let (host, port) = match cfg.server.rsplit_once(':') {
@@ -536,18 +636,19 @@ async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySq
     } else {
         opts.ssl_mode(MySqlSslMode::Disabled)
     };
-    MySqlPoolOptions::new()
-        .max_connections(connections)
-        .acquire_timeout(ACQUIRE_TIMEOUT)
-        .connect_with(opts)
-        .await
-        .map_err(|cause| match &cause {
-            sqlx::Error::Tls(_) => StoreError::Tls { target: cfg.server.clone(), cause },
-            sqlx::Error::Io(_) | sqlx::Error::Protocol(_) if is_tls_failure(&cause) => {
-                StoreError::Tls { target: cfg.server.clone(), cause }
-            }
-            _ => connect_err(cause),
-        })
+    Ok(MySqlPoolOptions::new().max_connections(connections).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(opts))
+}
+
+/// The error a user reads when connecting fails: TLS problems point at `mysql.ssl`, the rest at
+/// `mysql.server` and the connection keys.
+fn mysql_connect_error(cfg: &MySqlConfig, cause: sqlx::Error) -> StoreError {
+    match &cause {
+        sqlx::Error::Tls(_) => StoreError::Tls { target: cfg.server.clone(), cause },
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) if is_tls_failure(&cause) => {
+            StoreError::Tls { target: cfg.server.clone(), cause }
+        }
+        _ => StoreError::Connect { backend: "mysql", key: "mysql.server", target: cfg.server.clone(), cause },
+    }
 }
 
 /// rustls reports a refused certificate as an I/O error whose text names the certificate.
