@@ -194,6 +194,9 @@ pub struct StorageConfig {
     pub write_mode: WriteMode,
     /// Where messages the database refuses go, one JSON object per line (`dead_letter_file`).
     pub dead_letter_file: PathBuf,
+    /// Operations the writer holds in memory (`max_buffered`); beyond it publishers wait while the
+    /// database is up, and the spool takes them while it is not. `None`: 16 batches.
+    pub max_buffered: Option<usize>,
     /// Where operations wait while the database is unavailable (`spool_dir`).
     pub spool_dir: PathBuf,
     pub spool_max_bytes: u64,
@@ -331,6 +334,7 @@ const STORAGE_KEYS: &[&str] = &[
     "replay_page_size",
     "write_mode",
     "dead_letter_file",
+    "max_buffered",
     "spool_dir",
     "spool_max_bytes",
     "spool_full",
@@ -616,6 +620,7 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
         dead_letter_file: t
             .non_empty_string("dead_letter_file")?
             .map_or_else(|| PathBuf::from(DEFAULT_DEAD_LETTER_FILE), PathBuf::from),
+        max_buffered: t.int("max_buffered", 1, MAX_BATCH_SIZE * 100)?.map(|n| n as usize),
         spool_dir: t.non_empty_string("spool_dir")?.map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), PathBuf::from),
         spool_max_bytes: t.int("spool_max_bytes", 1 << 20, i64::MAX)?.map_or(DEFAULT_SPOOL_MAX_BYTES, |n| n as u64),
         spool_full: match t.string("spool_full")?.as_deref() {
@@ -1061,6 +1066,7 @@ mod tests {
               spool_dir = "/var/lib/om/spool"
               spool_max_bytes = 2000000
               spool_full = drop_oldest
+              max_buffered = 5000
               ssl { enable = true, server_name_indication = "db", verify = verify_none,
                     cacertfile = "ca.pem", certfile = "c.pem", keyfile = "k.pem" }
             }

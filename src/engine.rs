@@ -205,7 +205,7 @@ impl Engine {
         let limits = BatchLimits {
             batch_size: storage.batch_size,
             batch_time: storage.batch_time,
-            queue_capacity: storage.batch_size.saturating_mul(QUEUE_BATCHES),
+            queue_capacity: storage.max_buffered.unwrap_or(storage.batch_size.saturating_mul(QUEUE_BATCHES)),
         };
         let ack_needs_names = store.delete_binds_names();
         let metrics = Arc::new(Metrics::new());

@@ -296,6 +296,19 @@ async fn an_outage_goes_to_the_spool_which_outlives_the_broker_and_a_start_witho
     }
     assert!(broker.log_text().contains("schema and templates checked"));
     assert_eq!(health_code(), "200");
+    let metrics = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout).into_owned();
+    let value =
+        |name: &str| metrics.lines().find_map(|l| l.strip_prefix(&format!("{name} "))).unwrap_or("?").to_owned();
+    println!(
+        "published 1200, stored {}, spooled by the second broker {}, dead-lettered {}",
+        stored(&db),
+        value("offline_messages_spooled_total"),
+        value("offline_messages_dead_lettered_total")
+    );
     let rows = db.sql_ok("select payload from t.mqtt_msg order by id");
     let payloads: Vec<usize> = rows.lines().map(|l| l.parse().unwrap()).collect();
     assert_eq!(payloads, (0..1200).collect::<Vec<_>>(), "every message once, in order");
