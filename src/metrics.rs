@@ -146,6 +146,30 @@ impl Metrics {
         }
         counter(
             &mut out,
+            "offline_messages_dead_lettered_total",
+            "Messages written to the dead-letter file.",
+            &self.dead_lettered,
+        );
+        counter(
+            &mut out,
+            "offline_messages_spooled_total",
+            "Operations written to the spool while the database was unavailable.",
+            &self.spooled,
+        );
+        counter(
+            &mut out,
+            "offline_messages_spool_dropped_total",
+            "Operations dropped because the spool was full.",
+            &self.spool_dropped,
+        );
+        counter(
+            &mut out,
+            "offline_messages_spool_dropped_bytes_total",
+            "Bytes of old operations removed from a full spool.",
+            &self.spool_dropped_bytes,
+        );
+        counter(
+            &mut out,
             "offline_messages_retried_batches_total",
             "Batches written again after a transient database error.",
             &self.retried_batches,
@@ -199,6 +223,12 @@ impl Metrics {
         };
         gauge(
             &mut out,
+            "offline_messages_spool_bytes",
+            "Bytes waiting in the spool.",
+            self.spool_bytes.load(Ordering::Relaxed),
+        );
+        gauge(
+            &mut out,
             "offline_messages_writer_queue",
             "Operations waiting in the writer's queue.",
             gauges.writer_queue as u64,
@@ -243,6 +273,15 @@ mod tests {
         Metrics::add(&m.persisted, 3);
         let text = m.render(Gauges::default());
         assert!(text.contains("offline_messages_persisted_total 3\n"));
+        for name in [
+            "dead_lettered_total",
+            "spooled_total",
+            "spool_dropped_total",
+            "spool_bytes",
+            "failed_total{reason=\"too_large\"}",
+        ] {
+            assert!(text.contains(&format!("\noffline_messages_{name} ")), "{name} is exported");
+        }
         for line in text.lines().filter(|l| l.starts_with("# TYPE")) {
             let parts: Vec<&str> = line.split(' ').collect();
             assert!(parts[2].starts_with("offline_messages_"), "{line}");
