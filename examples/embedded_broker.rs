@@ -1,13 +1,18 @@
 //! Embedding the plugin in your own rmqtt-based broker: the few calls it takes.
 //!
 //! `cargo run --example embedded_broker -- config.hocon 127.0.0.1:1884` runs an rmqtt broker with
-//! the retainer and the offline-messages plugin, configured from the plugin's `config.hocon`.
-//! Your broker keeps its own listeners, plugins and settings; the plugin needs only:
-//! 1. `Engine::start(&config)`: connects to the database, checks the templates, starts the writer;
-//! 2. `host::rmqtt::register(&scx, engine)`: registers and starts the plugin in rmqtt;
-//! 3. optionally `host::rmqtt::enable_shared_subscriptions(&scx)` (rmqtt ships them turned off);
-//! 4. `engine.shutdown(..)` on the way out, so the writer flushes what it holds.
+//! rmqtt's retainer and the offline-messages plugin, configured from the plugin's `config.hocon`
+//! (its `mysql` / `sqlite` block and `auth`; the listener is this program's). Your broker keeps its
+//! own listeners, plugins and settings; the plugin needs:
+//! 1. `host::rmqtt::enable_shared_subscriptions(&scx)`, optional: rmqtt ships `$share/...` turned off;
+//! 2. `Engine::start(&config)`: connects to the database, applies the migrations when
+//!    `init_default_schema` is set, checks every template, starts the writer;
+//! 3. `host::rmqtt::register(&scx, engine)`: registers and starts the plugin in rmqtt;
+//! 4. `engine.shutdown(..)` on the way out, so that the writer flushes what it holds.
+//!
+//! `cargo test` builds this file, and `tests/docs.rs` runs it.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -22,11 +27,15 @@ use rmqtt::server::MqttServer;
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_writer(std::io::stderr).init();
     let mut args = std::env::args().skip(1);
-    let config_path = args.next().unwrap_or_else(|| "config.hocon".into());
-    let addr = args.next().unwrap_or_else(|| "127.0.0.1:1884".into()).parse().context("address as IP:PORT")?;
+    let config_path = args.next().context("usage: embedded_broker CONFIG.hocon [IP:PORT]")?;
+    let addr: SocketAddr =
+        args.next().as_deref().unwrap_or("127.0.0.1:1884").parse().context("the address must be IP:PORT")?;
     let config = Config::load(config_path.as_ref())?;
+    for warning in config.warnings() {
+        tracing::warn!("{warning}");
+    }
 
-    // Your broker's context: here, the retainer with its defaults.
+    // Your broker's context, with its own plugins: here rmqtt's retainer.
     let scx = ServerContext::new().build().await;
     rmqtt_retainer::register(&scx, true, false).await.context("rmqtt's retainer")?;
 
@@ -35,8 +44,15 @@ async fn main() -> anyhow::Result<()> {
     let engine = Engine::start(&config).await?;
     host::rmqtt::register(&scx, engine.clone()).await.context("the offline-messages plugin")?;
 
-    // Your broker's listeners.
-    let listener = Builder::new().name("external/tcp").laddr(addr).allow_anonymous(true).bind()?.tcp()?;
+    // Your broker's listener. rmqtt lets a client without a username in without asking any plugin
+    // when the listener allows anonymous clients, so it must not when `auth.users` is set.
+    let listener = Builder::new()
+        .name("external/tcp")
+        .laddr(addr)
+        .allow_anonymous(!config.auth.enabled())
+        .max_packet_size(config.broker.max_packet_size)
+        .bind()?
+        .tcp()?;
     tracing::info!(%addr, "embedded broker listening");
     let server = MqttServer::new(scx).listener(listener).build();
     tokio::select! {

@@ -1,56 +1,114 @@
-//! The documentation's promises: every example query in docs/schema.md runs on both databases,
-//! and docs/configuration.md documents every key the config parser accepts.
+//! The documentation's promises: every example query in docs/schema.md runs on both databases and
+//! returns what it says, docs/configuration.md documents every key the config parser accepts, and
+//! the embedding example of docs/hosts.md runs a broker with the plugin.
 
 #[macro_use]
 mod common;
+
+use std::collections::HashMap;
 
 use common::{Backend, Client, TestEnv, LONG};
 use rumqttc::QoS;
 use sqlx::Row;
 
-/// The SQL blocks of docs/schema.md fenced as ```sql <dialect>.
-fn examples(dialect: &str) -> Vec<String> {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.md")).unwrap();
-    let fence = format!("```sql {dialect}\n");
-    text.split(fence.as_str()).skip(1).map(|rest| rest.split("```").next().unwrap().trim().to_owned()).collect()
+const SCHEMA_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/schema.md");
+const CONFIG_DOC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md");
+
+/// One example of docs/schema.md: the `###` heading it is under, and its SQL.
+#[derive(Debug)]
+struct Example {
+    title: String,
+    sql: String,
+}
+
+/// The blocks of docs/schema.md fenced exactly as ```sql <dialect>, in order.
+fn examples(dialect: &str) -> Vec<Example> {
+    let text = std::fs::read_to_string(SCHEMA_DOC).unwrap();
+    let fence = format!("```sql {dialect}");
+    let mut found = Vec::new();
+    let mut title = String::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some(heading) = line.strip_prefix("### ") {
+            title = heading.trim().to_owned();
+        } else if line.trim_end() == fence {
+            let body: Vec<&str> = lines.by_ref().take_while(|l| !l.starts_with("```")).collect();
+            found.push(Example { title: title.clone(), sql: body.join("\n").trim().to_owned() });
+        }
+    }
+    found
+}
+
+/// The example under the heading that starts with `title`.
+fn example<'a>(examples: &'a [Example], title: &str) -> &'a Example {
+    examples
+        .iter()
+        .find(|e| e.title.starts_with(title))
+        .unwrap_or_else(|| panic!("no example titled {title:?} in docs/schema.md"))
+}
+
+#[test]
+fn every_schema_example_is_given_once_for_each_database() {
+    let (mysql, sqlite) = (examples("mysql"), examples("sqlite"));
+    assert!(!mysql.is_empty() && !sqlite.is_empty(), "no ```sql mysql / ```sql sqlite blocks found");
+    let titles = |v: &[Example]| v.iter().map(|e| e.title.clone()).collect::<Vec<_>>();
+    assert_eq!(titles(&mysql), titles(&sqlite), "each example has one block per dialect, in the same order");
+    for e in mysql.iter().chain(&sqlite) {
+        assert!(!e.title.is_empty(), "a block before the first ### heading: {}", e.sql);
+        assert!(!e.sql.trim_end_matches(';').contains(';'), "one statement per block: {}", e.sql);
+        assert!(!e.sql.contains('?') && !e.sql.contains("${"), "literal values, no placeholders: {}", e.sql);
+    }
 }
 
 on_both_backends!(every_example_query_in_the_schema_doc_runs);
 async fn every_example_query_in_the_schema_doc_runs(backend: Backend) {
     let env = TestEnv::new(backend).await;
-    let _broker = env.start("delivery_mode = fanout").await;
-    let mut p = Client::connect(env.port, "sensor-7", true).await;
+    // fanout: rows stay after an ack, so the "not acknowledged yet" example has something to tell.
+    let _broker = env.start("delivery_mode = fanout\nmessage_ttl = 30m").await;
+    let mut publisher = Client::connect(env.port, "sensor-7", true).await;
     for i in 0..12 {
-        p.publish("site/1/temp", QoS::AtLeastOnce, false, format!("t{i}")).await;
+        publisher.publish("site/1/temp", QoS::AtLeastOnce, false, format!("t{i}")).await;
     }
-    p.publish("site/2/hum", QoS::AtLeastOnce, false, "h").await;
+    publisher.publish("site/2/hum", QoS::AtLeastOnce, false, "h").await;
     env.wait_count("mqtt_msg", 13, LONG).await;
+    // `dashboard` subscribes to site/2/#: its one message is replayed and acknowledged.
+    let mut dashboard = Client::connect(env.port, "dashboard", false).await;
+    dashboard.subscribe("site/2/#", QoS::AtLeastOnce).await;
+    assert_eq!(dashboard.recv(1, LONG).await[0].payload.as_ref(), b"h");
+    env.wait_count("mqtt_delivered", 1, LONG).await;
+
     let dialect = if backend == Backend::MySql { "mysql" } else { "sqlite" };
-    let queries = examples(dialect);
-    assert!(queries.len() >= 6, "the examples are found: {queries:?}");
-    let mut results = Vec::new();
-    for sql in &queries {
-        let rows = with_conn!(env, c => sqlx::raw_sql(sqlx::AssertSqlSafe(sql.clone())).fetch_all(&mut c).await
-            .unwrap_or_else(|e| panic!("{sql}: {e}")).len());
-        results.push(rows);
+    let examples = examples(dialect);
+    assert!(!examples.is_empty(), "no ```sql {dialect} block in docs/schema.md");
+    let mut rows = HashMap::new();
+    for e in &examples {
+        let n = with_conn!(env, c => sqlx::raw_sql(sqlx::AssertSqlSafe(e.sql.clone())).fetch_all(&mut c).await
+            .unwrap_or_else(|err| panic!("{dialect} example {:?} fails: {err}\n{}", e.title, e.sql)).len());
+        rows.insert(e.title.as_str(), n);
     }
-    // The first example: the last 10 of site/1/temp, newest first.
-    let last = with_conn!(env, c => sqlx::raw_sql(sqlx::AssertSqlSafe(queries[0].clone())).fetch_all(&mut c).await.unwrap()
+    let count = |title: &str| rows[example(&examples, title).title.as_str()];
+
+    let last = &example(&examples, "The last 10 messages of a topic").sql;
+    let payloads = with_conn!(env, c => sqlx::raw_sql(sqlx::AssertSqlSafe(last.clone())).fetch_all(&mut c).await.unwrap()
         .iter().map(|r| r.get::<Vec<u8>, _>("payload")).collect::<Vec<_>>());
     let expected: Vec<Vec<u8>> = (2..12).rev().map(|i| format!("t{i}").into_bytes()).collect();
-    assert_eq!(last, expected);
-    assert_eq!(results[1], 13, "messages from sensor-7 in the range");
-    assert_eq!(results[2], 13, "everything under site/");
-    assert_eq!(results[3], 13, "dashboard has had nothing yet");
-    assert_eq!(results[4], 2, "two topics");
+    assert_eq!(payloads, expected, "the last 10 of site/1/temp, newest first");
+
+    assert_eq!(count("Messages from one client"), 13, "everything sensor-7 sent is in the range");
+    assert_eq!(count("Everything under a topic prefix"), 13);
+    assert_eq!(count("What one subscription has not acknowledged"), 12, "dashboard acknowledged site/2/hum only");
+    assert_eq!(count("Messages that expire within the next hour"), 13, "message_ttl = 30m");
+    assert_eq!(count("Messages per topic"), 2, "two topics");
+    assert_eq!(count("The subscriptions stored for a client"), 1, "dashboard's site/2/#");
+    assert_eq!(count("An MQTT 5 property"), 0, "an MQTT 3.1.1 publisher sends no properties");
 }
 
 #[test]
 fn the_configuration_reference_documents_every_key() {
-    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/configuration.md")).unwrap();
+    let doc = std::fs::read_to_string(CONFIG_DOC).unwrap();
     let missing: Vec<String> =
         mqtt_offline_messages::config::known_keys().into_iter().filter(|k| !doc.contains(&format!("`{k}`"))).collect();
-    assert!(missing.is_empty(), "keys missing from docs/configuration.md: {missing:?}");
+    assert!(missing.is_empty(), "keys missing from docs/configuration.md (as `full.path`): {missing:?}");
 }
 
 /// docs/hosts.md's second path: the embedding example, built by `cargo test`, runs a broker that
@@ -70,12 +128,19 @@ async fn the_embedding_example_runs_a_broker_with_the_plugin() {
         .unwrap();
     let start = std::time::Instant::now();
     while std::net::TcpStream::connect(("127.0.0.1", env.port)).is_err() {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!("the example exited before it listened: {status}");
+        }
         assert!(start.elapsed() < LONG, "the example never listened");
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let mut p = Client::connect(env.port, "embedded-pub", true).await;
-    p.publish("embedded/t", QoS::AtLeastOnce, false, "hello").await;
+    let mut publisher = Client::connect(env.port, "embedded-pub", true).await;
+    publisher.publish("embedded/t", QoS::AtLeastOnce, false, "hello").await;
     env.wait_count("mqtt_msg", 1, LONG).await;
+    let mut subscriber = Client::connect(env.port, "embedded-sub", true).await;
+    subscriber.subscribe("embedded/#", QoS::AtLeastOnce).await;
+    assert_eq!(subscriber.recv(1, LONG).await[0].payload.as_ref(), b"hello", "replayed on subscribe");
+    env.wait_count("mqtt_msg", 0, LONG).await;
     let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     assert!(child.wait().unwrap().success(), "it stops cleanly on SIGINT");
 }
