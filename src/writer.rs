@@ -252,14 +252,7 @@ impl WriterTask {
                 return true;
             }
         };
-        let mut batch = Batch::default();
-        for op in spooled {
-            match op {
-                SpoolOp::Insert(m) => batch.inserts.push(m),
-                SpoolOp::Delete(a) => batch.deletes.push(a),
-                SpoolOp::Delivered(d) => batch.deliveries.push(d),
-            }
-        }
+        let batch = batch_of(spooled);
         let written = match self.store.write_batch(&batch).await {
             Ok(()) => {
                 self.record(&batch);
@@ -388,14 +381,7 @@ impl WriterTask {
                 // Nothing is dropped for a failing spool: this batch waits in memory for the
                 // database instead (publishers wait with it).
                 tracing::error!(error = %e, operations = count, "writing the spool failed; this batch waits in memory for the database");
-                let mut batch = Batch::default();
-                for op in ops {
-                    match op {
-                        SpoolOp::Insert(m) => batch.inserts.push(m),
-                        SpoolOp::Delete(a) => batch.deletes.push(a),
-                        SpoolOp::Delivered(d) => batch.deliveries.push(d),
-                    }
-                }
+                let batch = batch_of(ops);
                 let mut backoff = Duration::from_millis(100);
                 while self.write_or_fail(&batch).await.is_err() {
                     sleep(backoff + jitter(backoff)).await;
@@ -432,12 +418,7 @@ impl WriterTask {
                     // The database refused the content, not the connection: retrying the same
                     // batch cannot help, so write row by row and report the rows it refuses.
                     tracing::warn!(template = key, rows, error = %db, "batch refused; writing its rows one by one");
-                    self.write_one_by_one(Batch {
-                        inserts: batch.inserts.clone(),
-                        deletes: batch.deletes.clone(),
-                        deliveries: batch.deliveries.clone(),
-                    })
-                    .await;
+                    self.write_one_by_one(batch.clone()).await;
                     return Ok(());
                 }
                 // Unreachable, refused, timed out: the spool takes it at once. A deadlock or a lock
@@ -522,6 +503,20 @@ impl WriterTask {
         Metrics::add(&self.metrics.deleted_on_ack, written.deletes.len() as u64);
         Metrics::add(&self.metrics.deliveries_recorded, written.deliveries.len() as u64);
     }
+}
+
+/// Spooled operations as one batch: inserts, then deletes, then delivery records, as a batch is
+/// written.
+fn batch_of(ops: Vec<SpoolOp>) -> Batch {
+    let mut batch = Batch::default();
+    for op in ops {
+        match op {
+            SpoolOp::Insert(m) => batch.inserts.push(m),
+            SpoolOp::Delete(a) => batch.deletes.push(a),
+            SpoolOp::Delivered(d) => batch.deliveries.push(d),
+        }
+    }
+    batch
 }
 
 /// The dead-letter file: messages the database refused, one JSON object per line, with the reason,

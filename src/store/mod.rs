@@ -182,7 +182,7 @@ impl Statements {
 }
 
 /// One transaction of the batch writer.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Batch {
     pub inserts: Vec<Message>,
     pub deletes: Vec<AckedMessage>,
