@@ -361,7 +361,6 @@ async fn a_row_the_database_refuses_does_not_fail_its_batch(backend: Backend) {
 on_both_backends!(messages_published_during_a_replay_follow_it_once_each);
 async fn messages_published_during_a_replay_follow_it_once_each(backend: Backend) {
     const BACKLOG: usize = 3000;
-    const LIVE: usize = 3000;
     let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
     let mut p = Client::connect(env.port, "seam-pub", true).await;
@@ -369,18 +368,27 @@ async fn messages_published_during_a_replay_follow_it_once_each(backend: Backend
         p.publish("seam/t", QoS::AtLeastOnce, false, i.to_string()).await;
     }
     env.wait_count("mqtt_msg", BACKLOG as i64, LONG).await;
-    let publishing = tokio::spawn(async move {
-        for i in BACKLOG..BACKLOG + LIVE {
-            p.publish("seam/t", QoS::AtLeastOnce, false, i.to_string()).await;
+    // The publisher goes on until well after the subscribe, however fast the machine is.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let publishing = tokio::spawn({
+        let stop = stop.clone();
+        async move {
+            let mut i = BACKLOG;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || i < BACKLOG + 1000 {
+                p.publish("seam/t", QoS::AtLeastOnce, false, i.to_string()).await;
+                i += 1;
+            }
+            i - BACKLOG
         }
     });
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut s = Client::connect(env.port, "seam-sub", true).await;
     s.subscribe("seam/#", QoS::AtLeastOnce).await;
-    assert!(!publishing.is_finished(), "the subscribe must race the live publishes");
-    publishing.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let live = publishing.await.unwrap();
     let got: Vec<usize> = s
-        .recv(BACKLOG + LIVE, LONG)
+        .recv(BACKLOG + live, LONG)
         .await
         .iter()
         .map(|m| std::str::from_utf8(&m.payload).unwrap().parse().unwrap())
@@ -390,7 +398,7 @@ async fn messages_published_during_a_replay_follow_it_once_each(backend: Backend
     let breaks: Vec<_> =
         got.windows(2).enumerate().filter(|(_, w)| w[0] >= w[1]).map(|(i, w)| (i, w[0], w[1])).collect();
     assert_eq!(out_of_order, 0, "every message after the one before it: {breaks:?}");
-    assert_eq!(got, (0..BACKLOG + LIVE).collect::<Vec<_>>());
+    assert_eq!(got, (0..BACKLOG + live).collect::<Vec<_>>());
     assert_eq!(extra, 0, "no message twice");
     env.wait_count("mqtt_msg", 0, LONG).await;
 }
