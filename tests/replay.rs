@@ -131,10 +131,10 @@ async fn an_expired_session_takes_its_stored_subscriptions_along() {
 on_both_backends!(expired_messages_are_never_replayed_and_are_purged);
 async fn expired_messages_are_never_replayed_and_are_purged(backend: Backend) {
     let env = TestEnv::new(backend).await;
-    let _broker = env.start("message_ttl = 1s").await;
+    let _broker = env.start("message_ttl = 3s").await;
     publish_all(&env, "ttl-pub", "ttl/t", &["old-1", "old-2"]).await;
     env.wait_count("mqtt_msg", 2, LONG).await;
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    tokio::time::sleep(Duration::from_millis(3200)).await;
     publish_all(&env, "ttl-pub", "ttl/t", &["fresh"]).await;
     let mut s = Client::connect(env.port, "ttl-sub", true).await;
     s.subscribe("ttl/t", QoS::AtLeastOnce).await;
