@@ -252,7 +252,8 @@ impl WriterTask {
                 return true;
             }
         };
-        let batch = batch_of(spooled);
+        let mut batch = batch_of(spooled);
+        self.refuse_too_large(&mut batch);
         let written = match self.store.write_batch(&batch).await {
             Ok(()) => {
                 self.record(&batch);
@@ -292,6 +293,22 @@ impl WriterTask {
         true
     }
 
+    /// A payload no statement can carry would fail every batch it is in: it is refused on its own
+    /// and dead-lettered. (Before the checks have run, the limit is not known yet: the spooled
+    /// batch is checked again when it is written.)
+    fn refuse_too_large(&self, batch: &mut Batch) {
+        batch.inserts.retain(|m| match self.store.check_payload(m.payload.len()) {
+            Ok(()) => true,
+            Err(limit) => {
+                Metrics::add(&self.metrics.too_large, 1);
+                let reason = format!("payload of {} bytes is beyond what the database takes ({limit} bytes: max_allowed_packet)", m.payload.len());
+                self.dead_letter(m, &reason);
+                tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, payload_bytes = m.payload.len(), limit_bytes = limit, "payload too large for the database's max_allowed_packet; this message goes to the dead-letter file (raise max_allowed_packet on the MySQL server to store such messages)");
+                false
+            }
+        });
+    }
+
     fn note_outage(&mut self, e: &StoreError) {
         if self.outage.is_none() {
             self.outage = Some(Instant::now());
@@ -312,17 +329,7 @@ impl WriterTask {
                 Op::Flush(done, kind) => flushes.push((done, kind)),
             }
         }
-        // A payload no statement can carry would fail every batch it is in: refused on its own.
-        batch.inserts.retain(|m| match self.store.check_payload(m.payload.len()) {
-            Ok(()) => true,
-            Err(limit) => {
-                Metrics::add(&self.metrics.too_large, 1);
-                let reason = format!("payload of {} bytes is beyond what the database takes ({limit} bytes: max_allowed_packet)", m.payload.len());
-                self.dead_letter(m, &reason);
-                tracing::error!(msgid = %m.msgid, topic = %m.topic, client_id = %m.from, payload_bytes = m.payload.len(), limit_bytes = limit, "payload too large for the database's max_allowed_packet; this message goes to the dead-letter file (raise max_allowed_packet on the MySQL server to store such messages)");
-                false
-            }
-        });
+        self.refuse_too_large(&mut batch);
         // An ack for a message still in this batch: neither write is needed.
         let pending: HashSet<&str> = batch.inserts.iter().map(|m| m.msgid.as_str()).collect();
         let cancelled: HashSet<String> =
