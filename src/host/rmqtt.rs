@@ -291,10 +291,7 @@ impl Handler for HookHandler {
             Parameter::ClientSubscribe(session, sub) => hooks.subscribing(session, sub).await,
             Parameter::SessionSubscribed(session, sub) => hooks.subscribed(session, sub).await,
             Parameter::SessionUnsubscribed(session, unsub) => {
-                let filter = match &unsub.shared_group {
-                    Some(group) => format!("$share/{group}/{}", unsub.topic_filter),
-                    None => unsub.topic_filter.to_string(),
-                };
+                let filter = as_subscribed(unsub.shared_group.as_ref(), &unsub.topic_filter);
                 let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: 0 };
                 hooks.no_replay.lock().expect("no-replay lock").remove(&(sub.client_id.clone(), sub.filter.clone()));
                 if let Err(e) = hooks.engine.on_unsubscribed(&sub).await {
@@ -588,9 +585,15 @@ fn codec_properties(p: &Properties, remaining: Option<u32>) -> Option<PublishPro
 
 /// The filter a SUBSCRIBE names, `$share/group/` included.
 fn subscribed_filter(sub: &Subscribe) -> String {
-    match sub.opts.shared_group() {
-        Some(group) => format!("$share/{group}/{}", sub.topic_filter),
-        None => sub.topic_filter.to_string(),
+    as_subscribed(sub.opts.shared_group(), &sub.topic_filter)
+}
+
+/// rmqtt keeps a shared subscription's group apart from its filter; the store keeps the filter as
+/// the client wrote it.
+fn as_subscribed(group: Option<&SharedGroup>, filter: &str) -> String {
+    match group {
+        Some(group) => format!("$share/{group}/{filter}"),
+        None => filter.to_owned(),
     }
 }
 
@@ -637,12 +640,10 @@ impl SessionSink {
         if !entry.is_connected().await {
             return false;
         }
-        entry.subscriptions().await.is_some_and(|subs| {
-            subs.iter().any(|s| match s.opts.shared_group() {
-                Some(group) => format!("$share/{group}/{}", s.topic) == filter,
-                None => s.topic == filter,
-            })
-        })
+        entry
+            .subscriptions()
+            .await
+            .is_some_and(|subs| subs.iter().any(|s| as_subscribed(s.opts.shared_group(), &s.topic) == filter))
     }
 
     /// Queues one message into the session, from `publisher` through the replay's listener id,
