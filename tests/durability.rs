@@ -112,18 +112,12 @@ async fn a_replay_that_fails_on_a_database_error_is_retried(backend: Backend) {
         p.publish("retry/t", QoS::AtLeastOnce, false, m).await;
     }
     env.wait_count("mqtt_msg", 3, LONG).await;
-    let (away, back) = match backend {
-        Backend::MySql => ("rename table mqtt_msg to mqtt_msg_away", "rename table mqtt_msg_away to mqtt_msg"),
-        Backend::Sqlite => {
-            ("alter table mqtt_msg rename to mqtt_msg_away", "alter table mqtt_msg_away rename to mqtt_msg")
-        }
-    };
-    env.execute(away).await;
+    env.rename_table("mqtt_msg", "mqtt_msg_away").await;
     let mut s = Client::connect(env.port, "retry-sub", true).await;
     s.subscribe("retry/t", QoS::AtLeastOnce).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert!(broker.log_text().contains("replay failed; retrying"), "the failure is logged");
-    env.execute(back).await;
+    env.rename_table("mqtt_msg_away", "mqtt_msg").await;
     let got: Vec<String> =
         s.recv(3, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
     assert_eq!(got, ["r1", "r2", "r3"], "replayed once the database answers again");
@@ -212,17 +206,11 @@ async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
         p.publish("rr/t", QoS::AtLeastOnce, false, m).await;
     }
     env.wait_count("mqtt_msg", 2, LONG).await;
-    let (away, back) = match backend {
-        Backend::MySql => ("rename table mqtt_sub to mqtt_sub_away", "rename table mqtt_sub_away to mqtt_sub"),
-        Backend::Sqlite => {
-            ("alter table mqtt_sub rename to mqtt_sub_away", "alter table mqtt_sub_away rename to mqtt_sub")
-        }
-    };
-    env.execute(away).await;
+    env.rename_table("mqtt_sub", "mqtt_sub_away").await;
     let mut c = Client::connect(env.port, "rr", true).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert!(broker.log_text().contains("reading stored subscriptions failed; retrying"), "the failure is logged");
-    env.execute(back).await;
+    env.rename_table("mqtt_sub_away", "mqtt_sub").await;
     let got: Vec<String> =
         c.recv(2, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
     assert_eq!(got, ["a", "b"], "restored and replayed once the database answers again");

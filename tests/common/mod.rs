@@ -205,6 +205,15 @@ impl TestEnv {
         with_conn!(self, c => sqlx::query(sql).fetch_optional(&mut c).await.unwrap().map(|r| r.get(0)))
     }
 
+    /// Renames a table, in the backend's dialect (a way to make statements fail, then work again).
+    pub async fn rename_table(&self, from: &str, to: &str) {
+        let sql = match self.backend {
+            Backend::MySql => format!("rename table {from} to {to}"),
+            Backend::Sqlite => format!("alter table {from} rename to {to}"),
+        };
+        with_conn!(self, c => { sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap(); })
+    }
+
     /// Runs statements, ignoring what they return.
     pub async fn execute(&self, sql: &'static str) {
         with_conn!(self, c => { sqlx::raw_sql(sql).execute(&mut c).await.unwrap(); })
