@@ -84,6 +84,13 @@ impl AuthConfig {
             {
                 continue;
             }
+            // A name with a wildcard or a level separator would widen an allow rule (a client id
+            // `+` turning `sensors/%c/#` into `sensors/+/#`): such an allow rule does not apply.
+            // A deny rule it widens only denies more.
+            let uses = |p: &str, value: &str| rule.topic.contains(p) && !is_plain_level(value);
+            if rule.allow && (uses("%u", username) || uses("%c", client_id)) {
+                continue;
+            }
             let text = rule.topic.replace("%u", username).replace("%c", client_id);
             let Ok(filter) = TopicFilter::parse(&text) else { continue };
             if rule.allow && allows(&filter) {
@@ -95,6 +102,11 @@ impl AuthConfig {
         }
         false
     }
+}
+
+/// True when `value` can stand for exactly one topic level: not empty, no wildcard, no `/`.
+fn is_plain_level(value: &str) -> bool {
+    !value.is_empty() && !value.contains(['+', '#', '/', '\0'])
 }
 
 /// True when every topic `inner` can match, `outer` matches too.
@@ -179,6 +191,17 @@ mod tests {
         assert!(!c.may_publish("ann", "d1", "devices/d2/temp"), "another device's topic");
         assert!(c.may_publish("admin", "x", "anything"));
         assert!(!c.may_publish("ann", "d1", "public/x"), "no rule: denied");
+    }
+
+    #[test]
+    fn a_client_id_with_wildcards_or_levels_does_not_widen_an_allow_rule() {
+        let c = config();
+        for id in ["+", "#", "a/b", ""] {
+            assert!(!c.may_publish("ann", id, "devices/d2/temp"), "client id {id:?}");
+        }
+        let mut c = config();
+        c.acl.insert(0, rule("*", Action::Subscribe, "secret/%c", false));
+        assert!(!c.may_subscribe("ann", "+", "secret/x"), "a widened deny still denies");
     }
 
     #[test]

@@ -54,6 +54,9 @@ async fn only_known_users_connect_and_the_acl_decides_what_is_stored_and_replaye
     s1.publish("sensors/s1/temp", QoS::AtLeastOnce, false, "22").await;
     s1.publish("sensors/s2/temp", QoS::AtLeastOnce, false, "spoofed").await;
     s1.publish("sensors/s1/hum", QoS::AtLeastOnce, false, "40").await;
+    // A client id `+` does not turn `sensors/%c/#` into `sensors/+/#`.
+    let mut wild = Client::connect_as(port, "+", "sensor", "sensor-pw").await;
+    wild.publish("sensors/s2/temp", QoS::AtLeastOnce, false, "spoofed through a wildcard id").await;
     env.wait_count("mqtt_msg", 3, LONG).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let stored: Vec<String> = env.messages().await.into_iter().map(|r| r.topic).collect();
