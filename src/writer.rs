@@ -254,16 +254,11 @@ impl WriterTask {
         };
         let mut batch = batch_of(spooled);
         self.refuse_too_large(&mut batch);
-        let written = match self.store.write_batch(&batch).await {
-            Ok(()) => {
-                self.record(&batch);
-                true
-            }
-            Err(StoreError::Query { cause: sqlx::Error::Database(db), .. }) if !is_transient(db.as_ref()) => {
-                self.write_one_by_one(batch).await;
-                true
-            }
-            Err(e) => {
+        // Not written: the whole spooled batch is tried again later (what of it did land is not
+        // written twice: the message id is unique).
+        let written = match self.write_or_fail(batch).await {
+            Ok(()) => true,
+            Err((e, _)) => {
                 self.note_outage(&e);
                 false
             }
@@ -342,9 +337,9 @@ impl WriterTask {
         }
         if batch.is_empty() {
         } else if self.spool.is_empty() {
-            if let Err(e) = self.write_or_fail(&batch).await {
+            if let Err((e, unwritten)) = self.write_or_fail(batch).await {
                 self.note_outage(&e);
-                self.spool_batch(batch).await;
+                self.spool_batch(unwritten).await;
             }
         } else {
             self.spool_batch(batch).await;
@@ -388,9 +383,10 @@ impl WriterTask {
                 // Nothing is dropped for a failing spool: this batch waits in memory for the
                 // database instead (publishers wait with it).
                 tracing::error!(error = %e, operations = count, "writing the spool failed; this batch waits in memory for the database");
-                let batch = batch_of(ops);
+                let mut batch = batch_of(ops);
                 let mut backoff = Duration::from_millis(100);
-                while self.write_or_fail(&batch).await.is_err() {
+                while let Err((_, unwritten)) = self.write_or_fail(batch).await {
+                    batch = unwritten;
                     sleep(backoff + jitter(backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
@@ -399,16 +395,17 @@ impl WriterTask {
         Metrics::set(&self.metrics.spool_bytes, self.spool.unread_bytes());
     }
 
-    /// Writes a batch; a refused row is isolated and dead-lettered; an error that says "try again"
-    /// is retried a few times (a deadlock, a lock wait), then returned: the caller spools.
-    async fn write_or_fail(&self, batch: &Batch) -> Result<(), StoreError> {
+    /// Writes a batch; a row the database refuses is isolated and dead-lettered; a deadlock or a
+    /// lock wait is retried a few times. Any other failure (unreachable, timed out, a missing
+    /// table, a read-only server, a refused login) returns what was not written: the caller spools.
+    async fn write_or_fail(&self, batch: Batch) -> Result<(), (StoreError, Batch)> {
         let started = Instant::now();
         let rows = batch.inserts.len();
         let mut backoff = Duration::from_millis(50);
         for attempt in 1.. {
-            match self.store.write_batch(batch).await {
+            match self.store.write_batch(&batch).await {
                 Ok(()) => {
-                    self.record(batch);
+                    self.record(&batch);
                     let total = batch.inserts.len() + batch.deletes.len() + batch.deliveries.len();
                     self.metrics.batch_size.observe(total as f64);
                     self.metrics.flush_seconds.observe_duration(started.elapsed());
@@ -421,64 +418,76 @@ impl WriterTask {
                     );
                     return Ok(());
                 }
-                Err(StoreError::Query { cause: sqlx::Error::Database(db), key }) if !is_transient(db.as_ref()) => {
-                    // The database refused the content, not the connection: retrying the same
-                    // batch cannot help, so write row by row and report the rows it refuses.
-                    tracing::warn!(template = key, rows, error = %db, "batch refused; writing its rows one by one");
-                    self.write_one_by_one(batch.clone()).await;
-                    return Ok(());
+                Err(e) if refuses_a_row(&e) => {
+                    // The database refused the content, not the work: retrying the same batch
+                    // cannot help, so write row by row and report the rows it refuses.
+                    tracing::warn!(rows, error = %e, "batch refused; writing its rows one by one");
+                    return self.write_one_by_one(batch).await;
                 }
-                // Unreachable, refused, timed out: the spool takes it at once. A deadlock or a lock
-                // wait is retried a few times first.
-                Err(e)
-                    if attempt >= TRIES_BEFORE_SPOOLING
-                        || !matches!(e, StoreError::Query { cause: sqlx::Error::Database(_), .. }) =>
-                {
-                    return Err(e)
-                }
-                Err(e) => {
+                Err(e) if attempt < TRIES_BEFORE_SPOOLING && says_try_again(&e) => {
                     Metrics::add(&self.metrics.retried_batches, 1);
                     tracing::debug!(rows, attempt, error = %e, "writing a batch failed; retrying");
                     sleep(backoff + jitter(backoff)).await;
                     backoff *= 2;
                 }
+                Err(e) => return Err((e, batch)),
             }
         }
         unreachable!("the loop returns")
     }
 
-    async fn write_one_by_one(&self, batch: Batch) {
-        for m in batch.inserts {
+    /// Writes a refused batch row by row, dead-lettering the rows the database refuses. When the
+    /// database fails otherwise on the way, returns that and what is not written yet.
+    async fn write_one_by_one(&self, batch: Batch) -> Result<(), (StoreError, Batch)> {
+        let Batch { inserts, deletes, deliveries } = batch;
+        let mut inserts = inserts.into_iter();
+        while let Some(m) = inserts.next() {
             let one = Batch { inserts: vec![m], ..Batch::default() };
             match self.write_alone(&one).await {
                 Ok(()) => self.record(&one),
-                Err(e) => {
+                Err(e) if refuses_a_row(&e) => {
                     let m = &one.inserts[0];
                     let (msgid, topic, from) = (&m.msgid, &m.topic, &m.from);
                     Metrics::add(&self.metrics.refused, 1);
                     self.dead_letter(m, &e.to_string());
                     tracing::error!(msgid, topic, client_id = from, error = %e, "the database refused this message; it goes to the dead-letter file");
                 }
-            }
-        }
-        for d in batch.deletes {
-            let msgid = d.msgid.clone();
-            let one = Batch { deletes: vec![d], ..Batch::default() };
-            match self.write_alone(&one).await {
-                Ok(()) => self.record(&one),
-                Err(e) => tracing::error!(msgid, error = %e, "deleting an acknowledged message failed"),
-            }
-        }
-        for d in batch.deliveries {
-            let (msgid, client_id) = (d.msgid.clone(), d.client_id.clone());
-            let one = Batch { deliveries: vec![d], ..Batch::default() };
-            match self.write_alone(&one).await {
-                Ok(()) => self.record(&one),
                 Err(e) => {
-                    tracing::error!(msgid, client_id, error = %e, "recording a delivery failed; the client may get this message again")
+                    let inserts = one.inserts.into_iter().chain(inserts).collect();
+                    return Err((e, Batch { inserts, deletes, deliveries }));
                 }
             }
         }
+        let mut deletes = deletes.into_iter();
+        while let Some(d) = deletes.next() {
+            let one = Batch { deletes: vec![d], ..Batch::default() };
+            match self.write_alone(&one).await {
+                Ok(()) => self.record(&one),
+                Err(e) if refuses_a_row(&e) => {
+                    tracing::error!(msgid = one.deletes[0].msgid, error = %e, "deleting an acknowledged message failed")
+                }
+                Err(e) => {
+                    let deletes = one.deletes.into_iter().chain(deletes).collect();
+                    return Err((e, Batch { inserts: Vec::new(), deletes, deliveries }));
+                }
+            }
+        }
+        let mut deliveries = deliveries.into_iter();
+        while let Some(d) = deliveries.next() {
+            let one = Batch { deliveries: vec![d], ..Batch::default() };
+            match self.write_alone(&one).await {
+                Ok(()) => self.record(&one),
+                Err(e) if refuses_a_row(&e) => {
+                    let d = &one.deliveries[0];
+                    tracing::error!(msgid = d.msgid, client_id = d.client_id, error = %e, "recording a delivery failed; the client may get this message again")
+                }
+                Err(e) => {
+                    let deliveries = one.deliveries.into_iter().chain(deliveries).collect();
+                    return Err((e, Batch { deliveries, ..Batch::default() }));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// One row on its own, retried a few times while the database says "try again".
@@ -486,7 +495,7 @@ impl WriterTask {
         let mut backoff = Duration::from_millis(50);
         for _ in 0..5 {
             match self.store.write_batch(batch).await {
-                Err(StoreError::Query { cause: sqlx::Error::Database(db), .. }) if is_transient(db.as_ref()) => {
+                Err(e) if says_try_again(&e) => {
                     sleep(backoff + jitter(backoff)).await;
                     backoff *= 2;
                 }
@@ -558,15 +567,35 @@ impl DeadLetters {
     }
 }
 
-/// Database errors that say "try again" rather than "this row is wrong": deadlocks, lock waits,
-/// a busy SQLite file, a server going away mid-statement.
-fn is_transient(e: &dyn sqlx::error::DatabaseError) -> bool {
-    if let Some(mysql) = e.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
-        // lock wait timeout, deadlock, too many connections, shutdown in progress, gone away, lost
-        return matches!(mysql.number(), 1205 | 1213 | 1040 | 1053 | 2006 | 2013);
+/// The database refused what a row holds (a value out of range or too long, a constraint, a
+/// payload beyond `max_allowed_packet`), as opposed to failing to do the work at all (unreachable,
+/// timed out, read-only, a missing table, a refused login, a full disk): that row is dead-lettered,
+/// where any other failure sends the batch to the spool.
+fn refuses_a_row(e: &StoreError) -> bool {
+    let StoreError::Query { cause: sqlx::Error::Database(db), .. } = e else { return false };
+    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        // null in a not-null column, duplicate key, packet too large, truncated / out of range /
+        // incorrect values, data too long, foreign keys, check constraints (MySQL, MariaDB)
+        return matches!(
+            mysql.number(),
+            1048 | 1062 | 1153 | 1263 | 1264 | 1265 | 1292 | 1366 | 1406 | 1451 | 1452 | 1690 | 3819 | 4025
+        );
     }
-    // SQLite (extended codes keep the primary code in the low byte): BUSY, LOCKED.
-    e.code().and_then(|c| c.parse::<i32>().ok()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+    // SQLite (extended codes keep the primary code in the low byte): TOOBIG, CONSTRAINT, MISMATCH.
+    sqlite_code(db.as_ref()).is_some_and(|c| matches!(c & 0xff, 18 | 19 | 20))
+}
+
+/// A failure that passes when tried again at once: a deadlock, a lock wait, a busy SQLite file.
+fn says_try_again(e: &StoreError) -> bool {
+    let StoreError::Query { cause: sqlx::Error::Database(db), .. } = e else { return false };
+    if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
+        return matches!(mysql.number(), 1205 | 1213);
+    }
+    sqlite_code(db.as_ref()).is_some_and(|c| matches!(c & 0xff, 5 | 6))
+}
+
+fn sqlite_code(e: &dyn sqlx::error::DatabaseError) -> Option<i32> {
+    e.code().and_then(|c| c.parse::<i32>().ok())
 }
 
 /// Up to a quarter of `base`, so that brokers sharing a database do not retry in step.

@@ -357,6 +357,30 @@ async fn a_row_the_database_refuses_does_not_fail_its_batch(backend: Backend) {
     assert_eq!(dead[0]["payload_base64"].as_str(), Some(payload.as_str()));
 }
 
+// A database that fails the work itself (here a missing table; a read-only server or a revoked
+// login alike) is an outage: the batch waits in the spool, it is not dead-lettered as a bad row.
+on_both_backends!(a_missing_table_is_an_outage_not_a_bad_row);
+async fn a_missing_table_is_an_outage_not_a_bad_row(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let broker = env.start("").await;
+    env.rename_table("mqtt_msg", "mqtt_msg_away").await;
+    let mut p = Client::connect(env.port, "outage-pub", true).await;
+    let sent: Vec<String> = (0..20).map(|i| format!("m{i}")).collect();
+    for m in &sent {
+        p.publish("outage/t", QoS::AtLeastOnce, false, m.as_bytes().to_vec()).await;
+    }
+    let start = std::time::Instant::now();
+    while !broker.log_text().contains("operations go to the spool") {
+        assert!(start.elapsed() < LONG, "the failing writes never went to the spool");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    env.rename_table("mqtt_msg_away", "mqtt_msg").await;
+    env.wait_count("mqtt_msg", 20, LONG).await;
+    let stored: Vec<Vec<u8>> = env.messages().await.into_iter().map(|r| r.payload).collect();
+    assert_eq!(stored, sent.iter().map(|m| m.as_bytes().to_vec()).collect::<Vec<_>>(), "all, once, in order");
+    assert!(env.dead_letters().is_empty(), "nothing dead-lettered: {:?}", env.dead_letters());
+}
+
 // Reference weakness 9: a publish racing a subscribe came twice, or before older stored messages.
 on_both_backends!(messages_published_during_a_replay_follow_it_once_each);
 async fn messages_published_during_a_replay_follow_it_once_each(backend: Backend) {
