@@ -183,6 +183,9 @@ pub struct StorageConfig {
     pub templates: Templates,
     pub batch_size: usize,
     pub batch_time: Duration,
+    /// How long one statement may take before the database counts as unavailable (`query_timeout`):
+    /// a write then goes to the spool, a read fails and is retried.
+    pub query_timeout: Duration,
     pub delivery_mode: DeliveryMode,
     pub restore_subscriptions: RestoreSubscriptions,
     /// How long a message is kept; `None` keeps it until acknowledged (or forever in `fanout`).
@@ -294,6 +297,7 @@ impl Templates {
 /// the benchmark picks them.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 pub const DEFAULT_BATCH_TIME: Duration = Duration::from_millis(5);
+pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Large pages keep the cost of a broad filter low where the database sorts each page (SQLite
 /// reads a prefix range through the topic index and sorts it by id, page after page).
 pub const DEFAULT_REPLAY_PAGE_SIZE: u32 = 10_000;
@@ -324,6 +328,7 @@ const STORAGE_KEYS: &[&str] = &[
     "delete_subscription_sql",
     "batch_size",
     "batch_time",
+    "query_timeout",
     "insert_delivery_sql",
     "purge_expired_sql",
     "trim_topic_sql",
@@ -590,6 +595,7 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
         },
         batch_size: t.int("batch_size", 1, MAX_BATCH_SIZE)?.map(|n| n as usize).unwrap_or(DEFAULT_BATCH_SIZE),
         batch_time: t.positive_duration("batch_time")?.unwrap_or(DEFAULT_BATCH_TIME),
+        query_timeout: t.positive_duration("query_timeout")?.unwrap_or(DEFAULT_QUERY_TIMEOUT),
         delivery_mode: match t.string("delivery_mode")?.as_deref() {
             None | Some("queue") => DeliveryMode::Queue,
             Some("fanout") => DeliveryMode::Fanout,
@@ -981,6 +987,7 @@ mod tests {
         assert!(s.storage.init_default_schema);
         assert_eq!(s.storage.templates, Templates::sqlite_default());
         assert_eq!((s.storage.batch_size, s.storage.batch_time), (DEFAULT_BATCH_SIZE, DEFAULT_BATCH_TIME));
+        assert_eq!(s.storage.query_timeout, DEFAULT_QUERY_TIMEOUT);
         assert_eq!(s.storage.message_ttl, Some(Duration::from_secs(7 * 24 * 3600)), "a finite TTL ships");
         assert_eq!((s.storage.delivery_mode, s.storage.restore_subscriptions), Default::default());
         assert_eq!((s.storage.max_messages_per_topic, s.storage.replay_page_size), (None, DEFAULT_REPLAY_PAGE_SIZE));

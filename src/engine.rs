@@ -400,8 +400,12 @@ impl Engine {
                 ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after_id, limit };
             let mut rows = self.store.select_messages(&query);
             let mut read = 0;
-            while let Some(row) = rows.next().await {
-                let m = row?;
+            loop {
+                let m = match tokio::time::timeout(self.store.query_timeout(), rows.next()).await {
+                    Ok(Some(row)) => row?,
+                    Ok(None) => break,
+                    Err(_) => return Err(ReplayError::Store(self.store.timed_out(self.store.select_key()))),
+                };
                 read += 1;
                 match m.id {
                     Some(id) => after_id = after_id.max(id),

@@ -195,6 +195,48 @@ async fn a_database_stopped_and_killed_mid_stream_loses_and_duplicates_nothing()
     }
 }
 
+// A statement that hangs (here: behind a table lock another session holds; a frozen server or a
+// cut cable alike) is given up after `query_timeout`: publishers keep getting their PUBACK, far
+// beyond the writer's memory bound (`max_buffered`), because what it held goes to the spool; once
+// the database answers, every message is stored once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_statement_is_given_up_and_publishers_go_on() {
+    use sqlx::Connection;
+    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    db.sql_ok("CREATE DATABASE t");
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
+    let config = env.write_config(&private_block(&db, "query_timeout = 1s\n max_buffered = 100"));
+    let broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut c = Client::connect(env.port, "hang-pub", true).await;
+    let sent: Vec<String> = (0..500).map(|i| format!("h{i}")).collect();
+    for m in &sent[..100] {
+        assert!(c.try_publish("hang/t", m.clone()).await);
+    }
+    let stored = |db: &common::PrivateMariaDb| db.sql_ok("select payload from t.mqtt_msg order by id");
+    let start = std::time::Instant::now();
+    while stored(&db).lines().count() < 100 {
+        assert!(start.elapsed() < LONG, "the first 100 never landed");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let url = format!("mysql://root@127.0.0.1:{}/t", db.port);
+    let mut locker = sqlx::MySqlConnection::connect(&url).await.unwrap();
+    sqlx::raw_sql("LOCK TABLES mqtt_msg WRITE").execute(&mut locker).await.unwrap();
+    for (i, m) in sent[100..].iter().enumerate() {
+        assert!(c.try_publish("hang/t", m.clone()).await, "no PUBACK for message {} while the table is locked", i + 100);
+    }
+    let log = broker.log_text();
+    sqlx::raw_sql("UNLOCK TABLES").execute(&mut locker).await.unwrap();
+    assert!(log.contains("query_timeout") && log.contains("operations go to the spool"), "not given up: {log}");
+    let start = std::time::Instant::now();
+    while stored(&db).lines().count() < sent.len() {
+        assert!(start.elapsed() < LONG, "the spool was not written");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rows = stored(&db);
+    println!("published {}, stored {}", sent.len(), rows.lines().count());
+    assert_eq!(rows.lines().collect::<Vec<_>>(), sent, "every message once, in order");
+}
+
 // Restoring stored subscriptions on connect is retried, too, when the database fails.
 on_both_backends!(a_restore_that_fails_on_a_database_error_is_retried);
 async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {

@@ -59,6 +59,8 @@ pub enum StoreError {
     Migrate { file: &'static str, cause: sqlx::Error },
     #[error("{key}: {cause}")]
     Query { key: &'static str, cause: sqlx::Error },
+    #[error("{key}: the database did not answer within {after:?} ({backend}.query_timeout); it counts as unavailable until it does")]
+    Timeout { key: &'static str, backend: &'static str, after: Duration },
     #[error("{key}: the result has no usable column `{column}` ({cause}); the select must return it by that name")]
     Column { key: &'static str, column: &'static str, cause: sqlx::Error },
     #[error("{key}: the select uses ${{after_id}} to read page by page, so it must return the `id` column; add it, or drop the paging")]
@@ -78,7 +80,7 @@ impl StoreError {
             | StoreError::Query { cause, .. }
             | StoreError::Prepare { cause, .. }
             | StoreError::Migrate { cause, .. } => cause,
-            StoreError::Unavailable => return true,
+            StoreError::Unavailable | StoreError::Timeout { .. } => return true,
             _ => return false,
         };
         matches!(
@@ -226,6 +228,8 @@ pub struct Store {
     /// Rows per insert statement: within the placeholder limit and `batch_size` (1 for a template
     /// that cannot take many rows).
     rows_per_statement: usize,
+    /// `query_timeout`: how long one statement (or a replay's next row) may take.
+    query_timeout: Duration,
     backend: Backend,
     /// What the checks found, once they passed against the database; until then every statement
     /// is refused with [`StoreError::Unavailable`] (the writer spools).
@@ -267,6 +271,7 @@ impl Store {
             replays,
             statements,
             rows_per_statement,
+            query_timeout: storage.query_timeout,
             backend: backend.clone(),
             checked: OnceLock::new(),
             last_check_error: Mutex::new(Some("not checked yet".into())),
@@ -373,7 +378,7 @@ impl Store {
                 q.execute(&mut *$tx).await.map_err(|cause| StoreError::Query { key: $t.key(), cause })?;
             }};
         }
-        with_pool!(&self.writes, p => async {
+        with_pool!(&self.writes, p => self.in_time(insert.key(), async {
             let err = |cause| StoreError::Query { key: insert.key(), cause };
             let mut tx = p.begin().await.map_err(err)?;
             for chunk in &insert_chunks {
@@ -386,7 +391,27 @@ impl Store {
                 execute_chunk!(tx, record, chunk);
             }
             tx.commit().await.map_err(err)
-        }.await)
+        }).await)
+    }
+
+    /// `work`, or [`StoreError::Timeout`] once it has taken `query_timeout`. A statement cut off
+    /// this way may still have committed: the writer's retry of it is absorbed by the unique
+    /// message id.
+    pub async fn in_time<T>(
+        &self,
+        key: &'static str,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.query_timeout, work).await.unwrap_or_else(|_| Err(self.timed_out(key)))
+    }
+
+    pub fn timed_out(&self, key: &'static str) -> StoreError {
+        StoreError::Timeout { key, backend: self.backend.name(), after: self.query_timeout }
+    }
+
+    /// `query_timeout`.
+    pub fn query_timeout(&self) -> Duration {
+        self.query_timeout
     }
 
     /// Splits a batch into statements: at most `rows_per_statement` rows and about
@@ -462,10 +487,8 @@ impl Store {
         let key = t.key();
         let probe = Subscription { client_id: client_id.to_owned(), filter: String::new(), qos: 0 };
         with_pool!(&self.writes, p => {
-            let rows = bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, &probe)
-                .fetch_all(p)
-                .await
-                .map_err(|cause| StoreError::Query { key, cause })?;
+            let fetch = bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, &probe).fetch_all(p);
+            let rows = self.in_time(key, async { fetch.await.map_err(|cause| StoreError::Query { key, cause }) }).await?;
             rows.iter()
                 .map(|row| {
                     Ok(Subscription {
@@ -491,8 +514,10 @@ impl Store {
 
     /// Runs one statement; returns the rows it changed.
     async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<u64, StoreError> {
-        with_pool!(&self.writes, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()))
-            .map_err(|cause| StoreError::Query { key: t.key(), cause })
+        let err = |cause| StoreError::Query { key: t.key(), cause };
+        with_pool!(&self.writes, p => self.in_time(t.key(), async {
+            bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()).map_err(err)
+        }).await)
     }
 
     /// Connections in use and open, over both pools.
@@ -504,8 +529,8 @@ impl Store {
 
     /// A trivial query on the write pool: does the database answer?
     pub async fn ping(&self) -> Result<(), StoreError> {
-        with_pool!(&self.writes, p => sqlx::query("select 1").execute(p).await.map(drop))
-            .map_err(|cause| StoreError::Query { key: "health", cause })
+        let err = |cause| StoreError::Query { key: "health", cause };
+        with_pool!(&self.writes, p => self.in_time("health", async { sqlx::query("select 1").execute(p).await.map(drop).map_err(err) }).await)
     }
 
     /// Closes the write pool, waiting for its connections. Replays in progress are not waited
