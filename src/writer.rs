@@ -217,7 +217,7 @@ impl WriterTask {
             let mut probe = self.probe.take().unwrap_or_else(|| {
                 let (store, wait) = (self.store.clone(), self.probe_backoff);
                 tokio::spawn(async move {
-                    sleep(wait).await;
+                    sleep(wait + jitter(wait)).await;
                     if store.is_checked() {
                         store.ping().await.is_ok()
                     } else {
@@ -598,8 +598,8 @@ fn sqlite_code(e: &dyn sqlx::error::DatabaseError) -> Option<i32> {
     e.code().and_then(|c| c.parse::<i32>().ok())
 }
 
-/// Up to a quarter of `base`, so that brokers sharing a database do not retry in step.
-fn jitter(base: Duration) -> Duration {
+/// Up to a quarter of `base`, so that brokers (and clients) sharing a database do not retry in step.
+pub fn jitter(base: Duration) -> Duration {
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     base / 4 * (nanos % 1000) / 1000
 }

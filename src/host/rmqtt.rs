@@ -27,6 +27,7 @@ use crate::config::RestoreSubscriptions;
 use crate::engine::{Delivery, Engine, ReplayError, ReplaySink};
 use crate::gate::{Gate, Gates};
 use crate::message::{Properties, Publish as EnginePublish, StoredMessage, Subscription};
+use crate::writer::jitter;
 
 /// A live message held back while a replay runs.
 type Live = (From, Publish);
@@ -417,14 +418,14 @@ impl Hooks {
         }
     }
 
-    /// Reads the stored subscriptions again, 1 s, then twice as long each time up to 60 s, until
+    /// Reads the stored subscriptions again, 1 s, then twice as long each time up to 60 s (with jitter), until
     /// it succeeds or the client's connection (this session) is gone.
     fn spawn_restore_retry(self: &Arc<Self>, session: Session) {
         let hooks = self.clone();
         tokio::spawn(async move {
             let mut backoff = REPLAY_RETRY_FIRST;
             loop {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff + jitter(backoff)).await;
                 backoff = (backoff * 2).min(REPLAY_RETRY_MAX);
                 let entry = hooks.scx.extends.shared().await.entry(session.id.clone());
                 if entry.id_same() != Some(true) || !entry.is_connected().await {
@@ -513,7 +514,7 @@ impl Hooks {
             // the client has had live in fanout mode is recorded).
             let mut backoff = REPLAY_RETRY_FIRST;
             while matches!(result, Err(ReplayError::Store(_))) && sink.still_subscribed(&sub.filter).await {
-                tokio::time::sleep(backoff).await;
+                tokio::time::sleep(backoff + jitter(backoff)).await;
                 backoff = (backoff * 2).min(REPLAY_RETRY_MAX);
                 if !sink.still_subscribed(&sub.filter).await {
                     break;
