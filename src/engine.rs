@@ -466,6 +466,12 @@ impl Engine {
         self.metrics.render(Gauges { writer_queue: self.writer.queued(), pool_in_use, pool_open })
     }
 
+    /// The same samples as [`Engine::render_metrics`], as one JSON object (`"name{labels}": value`),
+    /// for hosts that report a plugin's state as JSON.
+    pub fn metrics_json(&self) -> serde_json::Value {
+        crate::metrics::samples_json(&self.render_metrics())
+    }
+
     /// `Err(reason)` when the database does not answer a trivial query within `timeout`.
     pub async fn health(&self, timeout: Duration) -> Result<(), String> {
         if let Some(reason) = self.store.check_error() {
@@ -488,6 +494,7 @@ impl Engine {
         let queued = self.writer.queued();
         let started = tokio::time::Instant::now();
         if tokio::time::timeout(deadline, self.writer.flush_durable()).await.is_err() {
+            Metrics::add(&self.metrics.shutdown_lost, self.writer.queued() as u64);
             tracing::error!(
                 queued = self.writer.queued(),
                 deadline_ms = deadline.as_millis() as u64,

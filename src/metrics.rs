@@ -23,6 +23,10 @@ pub struct Metrics {
     pub spool_dropped: AtomicU64,
     /// Bytes of the oldest operations removed from a full spool (`spool_full = drop_oldest`).
     pub spool_dropped_bytes: AtomicU64,
+    /// Messages refused by the database whose dead-letter line could not be written either.
+    pub dead_letter_failed: AtomicU64,
+    /// Operations still queued when the shutdown's time (`broker.shutdown_timeout`) ran out.
+    pub shutdown_lost: AtomicU64,
     /// Bytes waiting in the spool (a gauge).
     pub spool_bytes: AtomicU64,
     /// Batches written again after a transient error.
@@ -158,6 +162,17 @@ impl Metrics {
             "Operations dropped because the spool was full.",
             &self.spool_dropped,
         );
+        let _ = writeln!(
+            out,
+            "# HELP offline_messages_dropped_total Operations lost, by reason (spool_full: spool_full = drop_newest; dead_letter_failed: a refused row the dead-letter file did not take; shutdown_timeout: still queued when broker.shutdown_timeout ran out).\n# TYPE offline_messages_dropped_total counter"
+        );
+        for (reason, v) in [
+            ("spool_full", &self.spool_dropped),
+            ("dead_letter_failed", &self.dead_letter_failed),
+            ("shutdown_timeout", &self.shutdown_lost),
+        ] {
+            let _ = writeln!(out, "offline_messages_dropped_total{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
+        }
         counter(
             &mut out,
             "offline_messages_spool_dropped_bytes_total",
@@ -245,9 +260,35 @@ impl Metrics {
     }
 }
 
+/// The samples of Prometheus text as one JSON object, `"name{labels}": value`.
+pub fn samples_json(text: &str) -> serde_json::Value {
+    let map = text
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .filter_map(|(name, value)| Some((name.to_owned(), serde_json::from_str::<serde_json::Value>(value).ok()?)))
+        .collect();
+    serde_json::Value::Object(map)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_json_form_has_every_sample() {
+        let m = Metrics::new();
+        Metrics::add(&m.persisted, 3);
+        m.flush_seconds.observe(0.002);
+        let text = m.render(Gauges { writer_queue: 7, pool_in_use: 1, pool_open: 2 });
+        let json = samples_json(&text);
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(json.as_object().unwrap().len(), samples, "{json}");
+        assert_eq!(json["offline_messages_persisted_total"], 3);
+        assert_eq!(json["offline_messages_writer_queue"], 7);
+        assert_eq!(json["offline_messages_flush_seconds_bucket{le=\"0.0025\"}"], 1);
+        assert_eq!(json["offline_messages_dropped_total{reason=\"spool_full\"}"], 0);
+    }
 
     #[test]
     fn histograms_are_cumulative_with_sum_and_count() {
@@ -275,6 +316,9 @@ mod tests {
             "spool_dropped_total",
             "spool_bytes",
             "failed_total{reason=\"too_large\"}",
+            "dropped_total{reason=\"spool_full\"}",
+            "dropped_total{reason=\"dead_letter_failed\"}",
+            "dropped_total{reason=\"shutdown_timeout\"}",
         ] {
             assert!(text.contains(&format!("\noffline_messages_{name} ")), "{name} is exported");
         }

@@ -509,6 +509,7 @@ impl WriterTask {
         match self.dead_letters.append(m, reason) {
             Ok(()) => Metrics::add(&self.metrics.dead_lettered, 1),
             Err(e) => {
+                Metrics::add(&self.metrics.dead_letter_failed, 1);
                 tracing::error!(msgid = %m.msgid, file = %self.dead_letters.path.display(), error = %e, "writing the dead-letter file failed; this message is lost")
             }
         }

@@ -168,27 +168,10 @@ impl Plugin for OfflineMessagesPlugin {
         Ok(true)
     }
 
-    /// The engine's counters, as rmqtt's plugin API reports a plugin's state.
+    /// Everything `/metrics` serves (counters, gauges, histograms), as rmqtt's plugin API reports
+    /// a plugin's state.
     async fn attrs(&self) -> serde_json::Value {
-        let m = self.hooks.engine.metrics();
-        let n = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
-        serde_json::json!({
-            "matched": n(&m.matched),
-            "persisted": n(&m.persisted),
-            "failed_refused": n(&m.refused),
-            "failed_too_large": n(&m.too_large),
-            "dead_lettered": n(&m.dead_lettered),
-            "spooled": n(&m.spooled),
-            "spool_dropped": n(&m.spool_dropped),
-            "spool_bytes": n(&m.spool_bytes),
-            "retried_batches": n(&m.retried_batches),
-            "deleted_on_ack": n(&m.deleted_on_ack),
-            "deliveries_recorded": n(&m.deliveries_recorded),
-            "replays": n(&m.replays),
-            "replayed": n(&m.replayed_messages),
-            "purged": n(&m.purged_expired),
-            "trimmed": n(&m.trimmed),
-        })
+        self.hooks.engine.metrics_json()
     }
 }
 
