@@ -112,7 +112,48 @@ pub async fn check_config(path: &Path) -> bool {
         Ok(_) => line(None, "indexes", "select_message_sql does not read mqtt_msg"),
         Err(e) => line(Some(false), "indexes", &e.to_string()),
     }
+    // The default subscription upsert and delivery insert-ignore keep one row per key only with it.
+    let keyed = [
+        ("mqtt_sub", &storage.templates.insert_subscription_sql, "insert_subscription_sql"),
+        ("mqtt_delivered", &storage.templates.insert_delivery_sql, "insert_delivery_sql"),
+    ];
+    for (table, sql, key) in keyed {
+        if !sql.contains(table) {
+            continue;
+        }
+        match admin.has_primary_key(table).await {
+            Ok(true) => line(Some(true), &format!("primary key {table}"), "exists"),
+            Ok(false) => line(
+                Some(false),
+                &format!("primary key {table}"),
+                &format!("missing: {key} would store duplicates; run `migrate`, or add the key"),
+            ),
+            Err(e) => line(Some(false), &format!("primary key {table}"), &e.to_string()),
+        }
+    }
+    for (key, dir) in [
+        ("dead_letter_file", storage.dead_letter_file.parent().filter(|d| !d.as_os_str().is_empty())),
+        ("spool_dir", Some(storage.spool_dir.as_path())),
+    ] {
+        let dir = dir.unwrap_or(std::path::Path::new("."));
+        match writable(dir) {
+            Ok(()) => line(Some(true), &format!("{}.{key}", backend.name()), &format!("{} is writable", dir.display())),
+            Err(e) => line(
+                Some(false),
+                &format!("{}.{key}", backend.name()),
+                &format!("{} is not writable ({e}); point {}.{key} at a directory the broker may write", dir.display(), backend.name()),
+            ),
+        }
+    }
     !failed
+}
+
+/// Creates `dir` if needed and a file in it, then removes the file.
+fn writable(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let probe = dir.join(format!(".check-config-{}", std::process::id()));
+    std::fs::File::create(&probe)?;
+    std::fs::remove_file(probe)
 }
 
 fn target(backend: &Backend) -> String {

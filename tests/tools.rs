@@ -76,6 +76,27 @@ async fn check_config_passes_a_good_config_and_names_what_is_wrong(backend: Back
     let out = tool(&["check-config"], &config);
     assert!(!out.status.success());
     assert!(stdout(&out).starts_with("FAIL config:") && stdout(&out).contains("batch_size"), "{}", stdout(&out));
+
+    // A spool directory nobody can create (beneath a file).
+    let config = env.write_config(&bare_block(&env, r#"spool_dir = "/dev/null/spool""#));
+    let out = tool(&["check-config"], &config);
+    assert!(!out.status.success());
+    assert!(stdout(&out).contains(&format!("FAIL {name}.spool_dir")), "{}", stdout(&out));
+
+    // mqtt_sub without its primary key: the upsert would store a subscription twice.
+    match backend {
+        Backend::MySql => env.execute("alter table mqtt_sub drop primary key").await,
+        Backend::Sqlite => {
+            env.execute("create table sub_copy as select * from mqtt_sub; drop table mqtt_sub; alter table sub_copy rename to mqtt_sub")
+                .await
+        }
+    }
+    let config = env.write_config(&bare_block(&env, ""));
+    let out = tool(&["check-config"], &config);
+    assert!(!out.status.success());
+    let text = stdout(&out);
+    assert!(text.contains("FAIL primary key mqtt_sub") && text.contains("insert_subscription_sql"), "{text}");
+    assert!(text.contains("ok   primary key mqtt_delivered"), "{text}");
 }
 
 #[tokio::test]

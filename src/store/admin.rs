@@ -99,6 +99,27 @@ impl Admin {
         }
     }
 
+    /// True when `table` has a primary key (the default upserts and insert-ignores rely on it).
+    pub async fn has_primary_key(&self, table: &str) -> Result<bool, StoreError> {
+        let err = |cause| StoreError::Query { key: "indexes", cause };
+        let n: i64 = match &self.pool {
+            Pool::MySql(p) => sqlx::query_scalar(
+                "select count(*) from information_schema.table_constraints \
+                 where table_schema = database() and table_name = ? and constraint_type = 'PRIMARY KEY'",
+            )
+            .bind(table)
+            .fetch_one(p)
+            .await
+            .map_err(err)?,
+            Pool::Sqlite(p) => sqlx::query_scalar("select count(*) from pragma_index_list(?) where origin = 'pk'")
+                .bind(table)
+                .fetch_one(p)
+                .await
+                .map_err(err)?,
+        };
+        Ok(n > 0)
+    }
+
     /// One page of stored messages, in publish (`id`) order.
     pub fn history<'a>(&'a self, q: &HistoryQuery) -> BoxStream<'a, Result<HistoryRow, StoreError>> {
         let err = |cause| StoreError::Query { key: "history", cause };
