@@ -96,6 +96,13 @@ async fn tls_to_mysql_verifies_the_server_and_presents_a_client_certificate() {
     let wrong_ca = format!("enable = true, verify = verify_peer, cacertfile = \"{}\"", p("other-ca.pem"));
     let (ok, out) = check(&write("wrong.hocon", mysql_block(&db, "root", &wrong_ca)));
     assert!(!ok && out.contains("(mysql.ssl)") && out.contains("mysql.ssl.cacertfile"), "{out}");
+    // verify_peer checks the name as well: the certificate is for 127.0.0.1, not for `localhost`.
+    let right_ca = format!("enable = true, verify = verify_peer, cacertfile = \"{}\"", p("ca.pem"));
+    let by_name = mysql_block(&db, "root", &right_ca).replace("\"127.0.0.1:", "\"localhost:");
+    let (ok, out) = check(&write("name.hocon", by_name.clone()));
+    assert!(!ok && out.contains("(mysql.ssl)"), "{out}");
+    let (ok, out) = check(&write("name-none.hocon", by_name.replace("verify_peer", "verify_none")));
+    assert!(ok, "verify_none does not check the name: {out}");
     // verify_none encrypts without checking: the same wrong CA is accepted.
     let none = format!("enable = true, verify = verify_none, cacertfile = \"{}\"", p("other-ca.pem"));
     let (ok, out) = check(&write("none.hocon", mysql_block(&db, "root", &none)));
