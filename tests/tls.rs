@@ -125,6 +125,15 @@ async fn tls_to_mysql_verifies_the_server_and_presents_a_client_certificate() {
     let missing = format!("enable = true, cacertfile = \"{}\"", p("missing.pem"));
     let (ok, out) = check(&write("missing.hocon", mysql_block(&db, "root", &missing)));
     assert!(!ok && out.contains("mysql.ssl.cacertfile: cannot read"), "{out}");
+    // And `run` stops on it at start-up, before it listens.
+    let run = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(env.dir.path().join("missing.hocon"))
+        .args(["--bind", &format!("127.0.0.1:{}", env.port)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&run.stderr);
+    assert!(!run.status.success() && err.contains("mysql.ssl.cacertfile: cannot read"), "{err}");
 }
 
 /// MQTT over TLS (broker.tls), with a client nobody here wrote: it checks the broker's certificate.
