@@ -8,7 +8,7 @@
 //! 2. `Engine::start(&config)`: connects to the database, applies the migrations when
 //!    `init_default_schema` is set, checks every template, starts the writer;
 //! 3. `host::rmqtt::register(&scx, engine)`: registers and starts the plugin in rmqtt;
-//! 4. `engine.shutdown(..)` on the way out, so that the writer flushes what it holds.
+//! 4. `engine.shutdown(..)` on the way out (SIGINT or SIGTERM), so that the writer flushes what it holds.
 //!
 //! `cargo test` builds this file, and `tests/docs.rs` runs it.
 
@@ -55,9 +55,11 @@ async fn main() -> anyhow::Result<()> {
         .tcp()?;
     tracing::info!(%addr, "embedded broker listening");
     let server = MqttServer::new(scx).listener(listener).build();
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         res = server.run() => res.context("the MQTT server stopped")?,
         _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
     }
     engine.shutdown(Duration::from_secs(30)).await;
     Ok(())

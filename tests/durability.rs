@@ -202,7 +202,7 @@ async fn a_database_stopped_and_killed_mid_stream_loses_and_duplicates_nothing()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hanging_statement_is_given_up_and_publishers_go_on() {
     use sqlx::Connection;
-    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    let db = common::PrivateMariaDb::start(&[], &[]).await;
     db.sql_ok("CREATE DATABASE t");
     let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
     let config = env.write_config(&private_block(&db, "query_timeout = 1s\n max_buffered = 100"));
