@@ -162,6 +162,9 @@ impl Spool {
     fn start_segment(&mut self) -> io::Result<()> {
         let next = self.segments.last().map_or(self.read.segment.max(1), |s| s + 1);
         let file = OpenOptions::new().create(true).append(true).open(self.path(next))?;
+        // The new segment's name must survive a power cut as its records do (a `sync` PUBACK
+        // waits for them).
+        sync_dir(&self.dir)?;
         if let Some(old) = self.tail.take() {
             old.sync_data()?;
         }
@@ -249,11 +252,20 @@ impl Spool {
         self.save_read()
     }
 
+    /// Replaces `read.pos` atomically and durably: a power cut leaves the old or the new one.
     fn save_read(&self) -> io::Result<()> {
         let tmp = self.dir.join("read.pos.tmp");
-        fs::write(&tmp, format!("{} {}\n", self.read.segment, self.read.offset))?;
-        fs::rename(tmp, self.dir.join("read.pos"))
+        let mut file = File::create(&tmp)?;
+        file.write_all(format!("{} {}\n", self.read.segment, self.read.offset).as_bytes())?;
+        file.sync_data()?;
+        fs::rename(tmp, self.dir.join("read.pos"))?;
+        sync_dir(&self.dir)
     }
+}
+
+/// Makes the directory's entries (a new file, a rename) durable.
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
 }
 
 #[derive(Debug, Default, PartialEq, Eq)]
