@@ -5,7 +5,12 @@
 //! is refused while it is. So the delete is queued here and the hook returns. Every other
 //! subscription write goes through the same queue, so a reconnect's subscribe lands after the
 //! ended session's delete, and a read of the stored subscriptions waits for what is queued.
+//!
+//! While the database cannot be reached, changes are kept in memory, in order, and written when it
+//! answers again (retried with backoff), so a subscription made during an outage is stored once the
+//! outage ends. They are not spooled to disk: a broker stopped during the outage loses them (logged).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,12 +18,22 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::message::Subscription;
 use crate::store::{Store, StoreError};
+use crate::writer::jitter;
 
-enum Op {
-    Upsert(Subscription, oneshot::Sender<Result<(), StoreError>>),
-    Delete(Subscription, oneshot::Sender<Result<(), StoreError>>),
+/// Changes kept while the database is unreachable; beyond this the oldest are dropped (logged).
+const MAX_KEPT: usize = 100_000;
+const RETRY_FIRST: Duration = Duration::from_millis(200);
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+enum Change {
+    Upsert(Subscription),
+    Delete(Subscription),
     /// Deletes every stored subscription of a client.
     Forget(String),
+}
+
+enum Op {
+    Change(Change, Option<oneshot::Sender<Result<(), StoreError>>>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -35,29 +50,33 @@ impl SubscriptionWriter {
         SubscriptionWriter { tx }
     }
 
-    /// Stores a subscription once what was queued before it is written.
+    /// Stores a subscription once what was queued before it is written. `Ok` also when the
+    /// database is unreachable and the change is kept for when it answers; `Err` when it refused.
     pub async fn upsert(&self, sub: Subscription) -> Result<(), StoreError> {
-        let (done, result) = oneshot::channel();
-        self.send(Op::Upsert(sub, done));
-        result.await.unwrap_or(Ok(()))
+        self.change(Change::Upsert(sub)).await
     }
 
+    /// Deletes a stored subscription, as [`SubscriptionWriter::upsert`] stores one.
     pub async fn delete(&self, sub: Subscription) -> Result<(), StoreError> {
-        let (done, result) = oneshot::channel();
-        self.send(Op::Delete(sub, done));
-        result.await.unwrap_or(Ok(()))
+        self.change(Change::Delete(sub)).await
     }
 
     /// Queues the delete of every subscription of `client_id`; does not wait for it.
     pub fn forget(&self, client_id: &str) {
-        self.send(Op::Forget(client_id.to_owned()));
+        self.send(Op::Change(Change::Forget(client_id.to_owned()), None));
     }
 
-    /// Returns once everything queued before is written.
+    /// Returns once everything queued before is written, or kept for when the database answers.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
         self.send(Op::Flush(done));
         let _ = wait.await;
+    }
+
+    async fn change(&self, change: Change) -> Result<(), StoreError> {
+        let (done, result) = oneshot::channel();
+        self.send(Op::Change(change, Some(done)));
+        result.await.unwrap_or(Ok(()))
     }
 
     fn send(&self, op: Op) {
@@ -68,47 +87,90 @@ impl SubscriptionWriter {
 }
 
 async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
-    while let Some(op) = rx.recv().await {
+    // Changes that met an unreachable database, oldest first; new ones queue behind them.
+    let mut kept: VecDeque<Change> = VecDeque::new();
+    let mut backoff = RETRY_FIRST;
+    loop {
+        let op = if kept.is_empty() {
+            rx.recv().await
+        } else {
+            tokio::select! {
+                op = rx.recv() => op,
+                _ = tokio::time::sleep(backoff + jitter(backoff)) => {
+                    if write_kept(&store, &mut kept).await {
+                        backoff = RETRY_FIRST;
+                        tracing::info!("the database answers again; the kept subscription changes are stored");
+                    } else {
+                        backoff = (backoff * 2).min(RETRY_MAX);
+                    }
+                    continue;
+                }
+            }
+        };
+        let Some(op) = op else { break };
         match op {
-            Op::Upsert(sub, done) => {
-                let _ = done.send(store.upsert_subscription(&sub).await);
+            Op::Change(change, done) if kept.is_empty() => {
+                let result = match apply(&store, &change).await {
+                    Err(e) if e.is_unreachable() => {
+                        tracing::warn!(error = %e, "the database is unavailable; subscription changes are kept in memory and stored when it answers");
+                        kept.push_back(change);
+                        Ok(())
+                    }
+                    other => other,
+                };
+                if let Err(e) = &result {
+                    if done.is_none() {
+                        tracing::error!(error = %e, "a subscription change failed");
+                    }
+                }
+                if let Some(done) = done {
+                    let _ = done.send(result);
+                }
             }
-            Op::Delete(sub, done) => {
-                let _ = done.send(store.delete_subscription(&sub).await);
+            Op::Change(change, done) => {
+                if kept.len() >= MAX_KEPT {
+                    kept.pop_front();
+                    tracing::error!(kept = MAX_KEPT, "too many subscription changes kept during the outage; the oldest is dropped");
+                }
+                kept.push_back(change);
+                if let Some(done) = done {
+                    let _ = done.send(Ok(()));
+                }
             }
-            Op::Forget(client_id) => forget(&store, &client_id).await,
             Op::Flush(done) => {
                 let _ = done.send(());
             }
         }
     }
+    if !kept.is_empty() && !write_kept(&store, &mut kept).await {
+        tracing::error!(changes = kept.len(), "subscription changes kept during the outage are lost at shutdown");
+    }
 }
 
-/// Nobody waits on a forget, so it is retried here a few times while the database fails, then
-/// logged.
-async fn forget(store: &Store, client_id: &str) {
-    let mut backoff = Duration::from_millis(100);
-    for attempt in 1..=5 {
-        let result = async {
+/// Writes the kept changes in order; true once none is left. A change the database refuses
+/// (rather than not answering) is logged and dropped: retrying it cannot help.
+async fn write_kept(store: &Store, kept: &mut VecDeque<Change>) -> bool {
+    while let Some(change) = kept.front() {
+        match apply(store, change).await {
+            Err(e) if e.is_unreachable() => return false,
+            Err(e) => tracing::error!(error = %e, "a kept subscription change was refused"),
+            Ok(()) => {}
+        }
+        kept.pop_front();
+    }
+    true
+}
+
+async fn apply(store: &Store, change: &Change) -> Result<(), StoreError> {
+    match change {
+        Change::Upsert(sub) => store.upsert_subscription(sub).await,
+        Change::Delete(sub) => store.delete_subscription(sub).await,
+        Change::Forget(client_id) => {
             for sub in store.select_subscriptions(client_id).await? {
                 store.delete_subscription(&sub).await?;
             }
-            Ok::<(), StoreError>(())
-        }
-        .await;
-        match result {
-            Ok(()) => {
-                tracing::debug!(client_id, "stored subscriptions deleted");
-                return;
-            }
-            Err(e) if attempt == 5 => {
-                tracing::error!(client_id, error = %e, "deleting stored subscriptions failed; they stay stored")
-            }
-            Err(e) => {
-                tracing::warn!(client_id, error = %e, attempt, "deleting stored subscriptions failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-            }
+            tracing::debug!(client_id, "stored subscriptions deleted");
+            Ok(())
         }
     }
 }

@@ -237,6 +237,34 @@ async fn a_hanging_statement_is_given_up_and_publishers_go_on() {
     assert_eq!(rows.lines().collect::<Vec<_>>(), sent, "every message once, in order");
 }
 
+// A subscription made while the database is down is kept and stored once it answers, so that a
+// broker restart after the outage still restores it; an unsubscribe during the outage keeps its
+// place in the order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscription_changes_during_an_outage_are_stored_when_the_database_returns() {
+    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    db.sql_ok("CREATE DATABASE t");
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
+    let config = env.write_config(&private_block(&db, "query_timeout = 2s"));
+    let broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    db.kill();
+    let mut c = Client::connect(env.port, "outage-sub", false).await;
+    c.subscribe("kept/a", QoS::AtLeastOnce).await;
+    c.subscribe("kept/b", QoS::AtLeastOnce).await;
+    c.unsubscribe("kept/b").await;
+    db.restart().await;
+    let start = std::time::Instant::now();
+    loop {
+        let rows = db.sql_ok("select clientid, topic from t.mqtt_sub order by topic");
+        if rows == "outage-sub\tkept/a" {
+            break;
+        }
+        assert!(start.elapsed() < LONG, "the subscription made during the outage was not stored: {rows:?}");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(broker.log_text().contains("subscription changes are kept in memory"), "the outage is logged");
+}
+
 // Restoring stored subscriptions on connect is retried, too, when the database fails.
 on_both_backends!(a_restore_that_fails_on_a_database_error_is_retried);
 async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
