@@ -254,7 +254,8 @@ async fn health_is_503_when_the_database_refuses() {
     assert!(body.starts_with("database: "), "{body}");
 }
 
-/// The database password appears in no log line, error or tool output, at any log level.
+/// Neither the database password nor an MQTT user's appears in any log line, error or tool
+/// output, at any log level (the broker and the tools run at `trace`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_password_never_reaches_logs_or_output() {
     const PASSWORD: &str = "Pw-9f3K-never-print";
@@ -268,12 +269,18 @@ async fn the_password_never_reaches_logs_or_output() {
         "CREATE USER '{user}'@'%' IDENTIFIED BY '{PASSWORD}'; GRANT ALL ON `{}`.* TO '{user}'@'%';",
         env.db_name
     ));
+    const MQTT_PASSWORD: &str = "Mq-7c1Z-never-print";
+    let auth = format!(
+        "auth {{ users = [ {{ username = pw-user, password_hash = \"{}\" }} ], acl = [ {{ username = pw-user, action = all, topic = \"#\", permission = allow }} ] }}\n",
+        mqtt_offline_messages::auth::hash_password(MQTT_PASSWORD)
+    );
     let block = env.backend_block(&format!("username = \"{user}\"\n password = \"{PASSWORD}\""));
-    let config = env.write_config(&block);
+    let config = env.write_config(&format!("{auth}{block}"));
     let mut outputs = String::new();
     {
-        let mut broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
-        let mut p = Client::connect(env.port, "pw-pub", true).await;
+        let log = env.dir.path().join("broker.log");
+        let mut broker = common::Broker::start_logging(&config, env.port, log, "trace").await;
+        let mut p = Client::connect_as(env.port, "pw-pub", "pw-user", MQTT_PASSWORD).await;
         p.publish("pw/t", QoS::AtLeastOnce, false, "x").await;
         env.wait_count("mqtt_msg", 1, LONG).await;
         p.disconnect().await;
@@ -293,5 +300,6 @@ async fn the_password_never_reaches_logs_or_output() {
     outputs.push_str(&String::from_utf8_lossy(&out.stdout));
     outputs.push_str(&String::from_utf8_lossy(&out.stderr));
     assert!(outputs.len() > 1000, "the broker and the tools said something");
-    assert!(!outputs.contains(PASSWORD), "the password leaked");
+    assert!(!outputs.contains(PASSWORD), "the database password leaked");
+    assert!(!outputs.contains(MQTT_PASSWORD), "an MQTT password leaked");
 }

@@ -295,13 +295,18 @@ pub const BIN: &str = env!("CARGO_BIN_EXE_mqtt-offline-messages");
 
 impl Broker {
     pub async fn start(config: &std::path::Path, port: u16, log: PathBuf) -> Broker {
+        Broker::start_logging(config, port, log, "info,mqtt_offline_messages=debug").await
+    }
+
+    /// Starts it with `rust_log` as its `RUST_LOG`.
+    pub async fn start_logging(config: &std::path::Path, port: u16, log: PathBuf, rust_log: &str) -> Broker {
         let ready_before = std::fs::read_to_string(&log).unwrap_or_default().matches(READY).count();
         let log_file = std::fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let child = Command::new(BIN)
             .args(["run", "--config"])
             .arg(config)
             .args(["--bind", &format!("127.0.0.1:{port}")])
-            .env("RUST_LOG", "info,mqtt_offline_messages=debug")
+            .env("RUST_LOG", rust_log)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
