@@ -70,7 +70,16 @@ async fn every_example_query_in_the_schema_doc_runs(backend: Backend) {
         publisher.publish("site/1/temp", QoS::AtLeastOnce, false, format!("t{i}")).await;
     }
     publisher.publish("site/2/hum", QoS::AtLeastOnce, false, "h").await;
-    env.wait_count("mqtt_msg", 13, LONG).await;
+    // One MQTT 5 publish with a content type, from a client nobody here wrote.
+    let out = common::mosquitto(
+        "mosquitto_pub",
+        env.port,
+        "config-tool",
+        "cfg/x",
+        &["-m", "{}", "-D", "publish", "content-type", "application/json"],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    env.wait_count("mqtt_msg", 14, LONG).await;
     // `dashboard` subscribes to site/2/#: its one message is replayed and acknowledged.
     let mut dashboard = Client::connect(env.port, "dashboard", false).await;
     dashboard.subscribe("site/2/#", QoS::AtLeastOnce).await;
@@ -97,10 +106,13 @@ async fn every_example_query_in_the_schema_doc_runs(backend: Backend) {
     assert_eq!(count("Messages from one client"), 13, "everything sensor-7 sent is in the range");
     assert_eq!(count("Everything under a topic prefix"), 13);
     assert_eq!(count("What one subscription has not acknowledged"), 12, "dashboard acknowledged site/2/hum only");
-    assert_eq!(count("Messages that expire within the next hour"), 13, "message_ttl = 30m");
-    assert_eq!(count("Messages per topic"), 2, "two topics");
+    assert_eq!(count("Messages that expire within the next hour"), 14, "message_ttl = 30m");
+    assert_eq!(count("Messages per topic"), 3, "three topics");
     assert_eq!(count("The subscriptions stored for a client"), 1, "dashboard's site/2/#");
-    assert_eq!(count("An MQTT 5 property"), 0, "an MQTT 3.1.1 publisher sends no properties");
+    let mqtt5 = &example(&examples, "An MQTT 5 property").sql;
+    let types = with_conn!(env, c => sqlx::raw_sql(sqlx::AssertSqlSafe(mqtt5.clone())).fetch_all(&mut c).await.unwrap()
+        .iter().map(|r| r.get::<Option<String>, _>("content_type")).collect::<Vec<_>>());
+    assert_eq!(types, [Some("application/json".to_owned())], "only the MQTT 5 publish has properties");
 }
 
 #[test]
