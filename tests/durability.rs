@@ -265,6 +265,41 @@ async fn subscription_changes_during_an_outage_are_stored_when_the_database_retu
     assert!(broker.log_text().contains("subscription changes are kept in memory"), "the outage is logged");
 }
 
+// Started while the database is away, with a template the database cannot prepare: when the
+// database answers, the failing check is logged loudly, `/health` names it, and the writes stay in
+// the spool (none is written by a template that was never checked, none is lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_that_fails_when_the_database_first_answers_keeps_the_spool() {
+    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    db.sql_ok("CREATE DATABASE t");
+    db.kill();
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        private_block(&db, r#"delete_message_sql = "delete from no_such_table where msgid = ${id}""#)
+    ));
+    let broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut p = Client::connect(env.port, "check-pub", true).await;
+    for i in 0..10 {
+        assert!(p.try_publish("check/t", format!("{i}")).await, "PUBACK {i} with the database away");
+    }
+    db.restart().await;
+    let start = std::time::Instant::now();
+    while !broker.log_text().contains("the database answers but the checks fail") {
+        assert!(start.elapsed() < LONG, "the failing check was not logged: {}", broker.log_text());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{metrics_port}/health")])
+        .output()
+        .unwrap();
+    let health = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(health.ends_with("503") && health.contains("mysql.delete_message_sql"), "{health}");
+    assert_eq!(db.sql_ok("select count(*) from t.mqtt_msg"), "0", "nothing written before the checks pass");
+    assert!(std::fs::read_dir(db.dir.path().join("spool")).unwrap().count() > 0, "the writes wait in the spool");
+}
+
 // Restoring stored subscriptions on connect is retried, too, when the database fails.
 on_both_backends!(a_restore_that_fails_on_a_database_error_is_retried);
 async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
