@@ -14,10 +14,31 @@ use mqtt_offline_messages::topic::TopicFilter;
 /// `migrate`: applies the schema migrations and says what it applied.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let admin = Admin::connect(&config.backend).await?;
-    let mut progress = Progress::new();
-    progress.show("applying migrations");
-    let applied = admin.migrate().await?;
-    progress.done();
+    // Which migration runs since when, drawn as each starts and every half second while it runs,
+    // so that a long one (an index on a large table) shows it is still going.
+    type Current = Option<(usize, usize, &'static str, std::time::Instant)>;
+    let state: std::sync::Mutex<(Progress, Current)> = std::sync::Mutex::new((Progress::new(), None));
+    let draw = |(progress, current): &mut (Progress, Current)| {
+        if let Some((i, n, file, since)) = *current {
+            let bar: String = (1..=n).map(|k| if k < i { '#' } else if k == i { '>' } else { '.' }).collect();
+            progress.show(&format!("[{bar}] migration {i}/{n}: {file} ({}s)", since.elapsed().as_secs()));
+        }
+    };
+    let on_start = |i, n, file| {
+        let mut state = state.lock().expect("progress lock");
+        state.1 = Some((i, n, file, std::time::Instant::now()));
+        draw(&mut state);
+    };
+    let run = admin.migrate(&on_start);
+    tokio::pin!(run);
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(500));
+    let applied = loop {
+        tokio::select! {
+            result = &mut run => break result?,
+            _ = tick.tick() => draw(&mut state.lock().expect("progress lock")),
+        }
+    };
+    state.lock().expect("progress lock").0.done();
     if applied.is_empty() {
         println!("schema up to date: nothing to apply");
     }

@@ -22,6 +22,23 @@ fn bare_block(env: &TestEnv, extra: &str) -> String {
     env.backend_block(&format!("init_default_schema = false\n{extra}"))
 }
 
+/// On a terminal (`script` gives it one), `migrate` draws which migration runs.
+#[tokio::test]
+async fn migrate_shows_its_progress_on_a_terminal() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let config = env.write_config(&bare_block(&env, ""));
+    let command = format!("{BIN} migrate --config {}", config.display());
+    let out = Command::new("script")
+        .args(["-qec", &command, "/dev/null"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let screen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("[>..] migration 1/3: migrations/sqlite/0001_default_schema.sql"), "{screen}");
+    assert!(screen.contains("[##>] migration 3/3"), "{screen}");
+}
+
 on_both_backends!(migrate_applies_each_migration_once);
 async fn migrate_applies_each_migration_once(backend: Backend) {
     let env = TestEnv::new(backend).await;
@@ -36,6 +53,7 @@ async fn migrate_applies_each_migration_once(backend: Backend) {
             ["default_schema.sql", "msgid_index.sql", "fidelity_expiry_deliveries.sql"][n - 1]
         ))
     );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains('\x1b'), "no progress bar when stderr is not a terminal");
     let again = tool(&["migrate"], &config);
     assert!(again.status.success());
     assert_eq!(stdout(&again).trim(), "schema up to date: nothing to apply");

@@ -62,10 +62,10 @@ impl Admin {
         Ok(Admin { pool, backend: backend.name() })
     }
 
-    /// Applies the migrations not yet applied; returns their files.
-    pub async fn migrate(&self) -> Result<Vec<&'static str>, StoreError> {
+    /// Applies the migrations not yet applied, telling `on_start` as each begins; returns their files.
+    pub async fn migrate(&self, on_start: migrate::OnMigration<'_>) -> Result<Vec<&'static str>, StoreError> {
         let migrations = migrate::for_backend(self.backend);
-        with_pool!(&self.pool, p => migrate::apply(p, migrations).await)
+        with_pool!(&self.pool, p => migrate::apply(p, migrations, on_start).await)
     }
 
     /// The migrations not applied yet; `None` when the database has no record of migrations.

@@ -41,8 +41,15 @@ pub fn for_backend(backend: &str) -> &'static [Migration] {
     }
 }
 
+/// Tells which migration starts: its number among those to apply (from 1), how many, its file.
+pub type OnMigration<'a> = &'a (dyn Fn(usize, usize, &'static str) + Sync);
+
 /// Applies the migrations not yet recorded, in order; returns the files it applied.
-pub async fn apply<DB>(pool: &Pool<DB>, migrations: &'static [Migration]) -> Result<Vec<&'static str>, StoreError>
+pub async fn apply<DB>(
+    pool: &Pool<DB>,
+    migrations: &'static [Migration],
+    on_start: OnMigration<'_>,
+) -> Result<Vec<&'static str>, StoreError>
 where
     DB: Database,
     for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
@@ -66,7 +73,9 @@ where
         .await
         .map_err(err(TABLE))?;
     let mut done = Vec::new();
-    for m in migrations.iter().filter(|m| !applied.contains(&m.version)) {
+    let todo: Vec<&Migration> = migrations.iter().filter(|m| !applied.contains(&m.version)).collect();
+    for (i, m) in todo.iter().enumerate() {
+        on_start(i + 1, todo.len(), m.file);
         // DDL commits implicitly on MySQL, so each file runs on its own and is recorded after it.
         sqlx::raw_sql(m.sql).execute(&mut *conn).await.map_err(err(m.file))?;
         sqlx::query("INSERT INTO offline_messages_schema (version, file) VALUES (?, ?)")

@@ -314,7 +314,7 @@ impl Store {
             p.acquire().await.map_err(|cause| mysql_connect_error(cfg, cause))?;
         }
         if storage.init_default_schema {
-            with_pool!(pool, p => migrate::apply(p, migrate::for_backend(name)).await)?;
+            with_pool!(pool, p => migrate::apply(p, migrate::for_backend(name), &|_, _, _| {}).await)?;
         }
         for t in self.statements.all() {
             with_pool!(pool, p => p.prepare(AssertSqlSafe(t.sql()).into_sql_str()).await.map(drop))
