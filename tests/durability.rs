@@ -300,6 +300,38 @@ async fn a_check_that_fails_when_the_database_first_answers_keeps_the_spool() {
     assert!(std::fs::read_dir(db.dir.path().join("spool")).unwrap().count() > 0, "the writes wait in the spool");
 }
 
+// SIGKILL in `sync` mode while the database is down: what got a PUBACK was synced to the spool,
+// and a new broker writes it once the database is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_while_spooling_in_sync_mode_loses_no_acknowledged_message() {
+    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    db.sql_ok("CREATE DATABASE t");
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
+    let config = env.write_config(&private_block(&db, "write_mode = sync"));
+    let mut broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut c = Client::connect(env.port, "spool-kill-pub", true).await;
+    assert!(c.try_publish("spool-kill/t", "before").await);
+    db.kill();
+    let mut acked = vec!["before".to_owned()];
+    for i in 0..300 {
+        let m = format!("down-{i}");
+        assert!(c.try_publish("spool-kill/t", m.clone()).await, "PUBACK {i} with the database down");
+        acked.push(m);
+    }
+    broker.kill();
+    db.restart().await;
+    let _restarted = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let stored = || db.sql_ok("select payload from t.mqtt_msg order by id");
+    let start = std::time::Instant::now();
+    while stored().lines().count() < acked.len() {
+        assert!(start.elapsed() < LONG, "acknowledged messages missing: {} of {}", stored().lines().count(), acked.len());
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let rows = stored();
+    println!("acknowledged {}, stored {}", acked.len(), rows.lines().count());
+    assert_eq!(rows.lines().collect::<Vec<_>>(), acked, "each once, in order");
+}
+
 // Restoring stored subscriptions on connect is retried, too, when the database fails.
 on_both_backends!(a_restore_that_fails_on_a_database_error_is_retried);
 async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
