@@ -76,9 +76,9 @@ pub trait ReplaySink: Send {
         timestamp_ms: i64,
     ) -> impl std::future::Future<Output = Result<(), ReplayError>> + Send;
 
-    /// True when the stored row with this message id must not be delivered (the subscriber gets a
-    /// live copy instead; see [`crate::gate`]).
-    fn skip(&mut self, _msgid: &str) -> bool {
+    /// True when this stored row must not be delivered (the subscriber gets a live copy instead,
+    /// see [`crate::gate`], or had it before).
+    fn skip(&mut self, _m: &StoredMessage) -> bool {
         false
     }
 }
@@ -413,7 +413,7 @@ impl Engine {
                     None => {}
                 }
                 let now = now_ms();
-                if !filter.matches(&m.topic) || m.expiry_ms.is_some_and(|e| e <= now) || sink.skip(&m.msgid) {
+                if !filter.matches(&m.topic) || m.expiry_ms.is_some_and(|e| e <= now) || sink.skip(&m) {
                     continue;
                 }
                 let at_most_once = m.qos.min(sub.qos) == 0;

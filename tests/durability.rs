@@ -123,6 +123,41 @@ async fn a_replay_that_fails_on_a_database_error_is_retried(backend: Backend) {
     assert_eq!(got, ["r1", "r2", "r3"], "replayed once the database answers again");
 }
 
+// A replay that fails on a database error while the client is connected, and is still owed when
+// the client goes away: a resumed session (clean start = false) gets it on reconnect, without what
+// it had from the broker's own queue meanwhile, and nothing twice.
+on_both_backends!(a_replay_owed_to_a_persistent_session_comes_when_it_reconnects);
+async fn a_replay_owed_to_a_persistent_session_comes_when_it_reconnects(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let broker = env.start("").await;
+    let mut p = Client::connect(env.port, "owed-pub", true).await;
+    for m in ["o1", "o2", "o3"] {
+        p.publish("owed/t", QoS::AtLeastOnce, false, m).await;
+    }
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    env.rename_table("mqtt_msg", "mqtt_msg_away").await;
+    let mut s = Client::connect(env.port, "owed-sub", false).await;
+    s.subscribe("owed/t", QoS::AtLeastOnce).await;
+    let wait_log = |text: &'static str| {
+        let start = std::time::Instant::now();
+        while !broker.log_text().contains(text) {
+            assert!(start.elapsed() < LONG, "not logged: {text}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    wait_log("replay failed; retrying");
+    s.disconnect().await;
+    wait_log("replay owed to the session");
+    p.publish("owed/t", QoS::AtLeastOnce, false, "o4").await; // queued by the broker for the session
+    env.rename_table("mqtt_msg_away", "mqtt_msg").await;
+    let mut s = Client::connect(env.port, "owed-sub", false).await;
+    let mut got: Vec<String> =
+        s.recv(4, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    got.sort();
+    assert_eq!(got, ["o1", "o2", "o3", "o4"]);
+    assert!(s.drain(std::time::Duration::from_secs(1)).await.is_empty(), "nothing twice");
+}
+
 /// The broker's backend block for a private MariaDB.
 fn private_block(db: &common::PrivateMariaDb, extra: &str) -> String {
     format!(

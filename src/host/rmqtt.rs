@@ -27,6 +27,7 @@ use crate::config::RestoreSubscriptions;
 use crate::engine::{Delivery, Engine, ReplayError, ReplaySink};
 use crate::gate::{Gate, Gates};
 use crate::message::{Properties, Publish as EnginePublish, StoredMessage, Subscription};
+use crate::message_id::MessageId;
 use crate::writer::jitter;
 
 /// A live message held back while a replay runs.
@@ -50,6 +51,8 @@ const REPLAY_STALL_CHECK: Duration = Duration::from_secs(1);
 /// time, up to `REPLAY_RETRY_MAX`.
 const REPLAY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REPLAY_RETRY_MAX: Duration = Duration::from_secs(60);
+/// How long a resumed session may take to get its subscriptions back before an owed replay runs.
+const OWED_REPLAY_WAIT: Duration = Duration::from_secs(10);
 
 /// A connected subscriber that takes nothing for this long ends its replay.
 const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(120);
@@ -118,6 +121,7 @@ impl OfflineMessagesPlugin {
             windows: Mutex::default(),
             no_replay: Mutex::default(),
             gates: Gates::default(),
+            owed: Mutex::default(),
         });
         OfflineMessagesPlugin { register, hooks }
     }
@@ -198,6 +202,25 @@ struct Hooks {
     no_replay: Mutex<HashSet<(String, String)>>,
     /// Live messages held back while their subscription's replay runs.
     gates: Gates<Live>,
+    /// Per client id: replays that failed on a database error and were still owed when the
+    /// client went away; a resumed session gets them when it reconnects.
+    owed: Mutex<HashMap<String, Vec<OwedReplay>>>,
+}
+
+/// A replay still owed to a persistent session, limited to what it cannot have had otherwise.
+struct OwedReplay {
+    sub: Subscription,
+    limits: ReplayLimits,
+}
+
+/// Which stored rows a replay delivers beyond its filter.
+#[derive(Clone, Copy, Default)]
+struct ReplayLimits {
+    /// Only messages published before this (unix microseconds, from the message id): later ones
+    /// reached the session live, or in the broker's own queue while the client was away.
+    published_before_us: Option<u64>,
+    /// Only rows after this table id: an earlier attempt delivered up to it.
+    after_row: i64,
 }
 
 struct HookHandler(Arc<Hooks>);
@@ -340,7 +363,7 @@ impl Hooks {
         }
         if !no_replay {
             let gate = self.gates.claim(&sub.client_id, &sub.filter);
-            self.spawn_replay(session.id.clone(), sub, gate);
+            self.spawn_replay(session.id.clone(), sub, gate, ReplayLimits::default());
         }
     }
 
@@ -390,8 +413,10 @@ impl Hooks {
         // in a state transfer that runs after this hook; only a session the broker no longer has
         // (a clean start under `always`, a broker restart, another node) needs them from the store.
         if !clean_start && session.session_present().await.unwrap_or(false) {
+            self.pay_owed_replays(session);
             return;
         }
+        self.owed.lock().expect("owed lock").remove(&client_id);
         match self.engine.stored_subscriptions(&client_id).await {
             Ok(stored) => self.restore(session, stored).await,
             Err(e) => {
@@ -399,6 +424,31 @@ impl Hooks {
                 self.spawn_restore_retry(session.clone());
             }
         }
+    }
+
+    /// A resumed session gets the replays that failed while its client was away, once the broker
+    /// has handed it its subscriptions again.
+    fn pay_owed_replays(self: &Arc<Self>, session: &Session) {
+        let Some(owed) = self.owed.lock().expect("owed lock").remove(&*session.id.client_id) else { return };
+        let hooks = self.clone();
+        let id = session.id.clone();
+        tokio::spawn(async move {
+            let window = Arc::new(ReplayWindow::default());
+            let probe = SessionSink { scx: hooks.scx.clone(), id: id.clone(), window, qos: 0, gate: None, limits: ReplayLimits::default() };
+            for OwedReplay { sub, limits } in owed {
+                let start = tokio::time::Instant::now();
+                while !probe.still_subscribed(&sub.filter).await {
+                    if start.elapsed() > OWED_REPLAY_WAIT {
+                        tracing::info!(client_id = %sub.client_id, topic = %sub.filter, "the resumed session no longer holds the filter; its owed replay is dropped");
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if probe.still_subscribed(&sub.filter).await {
+                    hooks.spawn_replay(id.clone(), sub, None, limits);
+                }
+            }
+        });
     }
 
     /// Reads the stored subscriptions again, 1 s, then twice as long each time up to 60 s (with jitter), until
@@ -448,7 +498,7 @@ impl Hooks {
                     tracing::info!(client_id, topic = %sub.filter, "restored a stored subscription");
                     if replay {
                         let gate = self.gates.claim(&client_id, &sub.filter);
-                        self.spawn_replay(session.id.clone(), sub, gate);
+                        self.spawn_replay(session.id.clone(), sub, gate, ReplayLimits::default());
                     }
                 }
                 Err(e) => {
@@ -477,12 +527,15 @@ impl Hooks {
     /// Replays in a task of its own: the hook runs on the client's task, which must keep running
     /// to send SUBACK and deliver what the replay queues. The live messages the gate held back
     /// follow the stored ones.
-    fn spawn_replay(self: &Arc<Self>, id: Id, sub: Subscription, gate: Option<Arc<Gate<Live>>>) {
+    fn spawn_replay(self: &Arc<Self>, id: Id, sub: Subscription, gate: Option<Arc<Gate<Live>>>, limits: ReplayLimits) {
         let hooks = self.clone();
+        // Taken once the subscription is in place: anything published before may be owed to it.
+        let started_us =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
         tokio::spawn(async move {
             let window =
                 hooks.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
-            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos, gate };
+            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos, gate, limits };
             let mut result = hooks.engine.replay(&sub, &mut sink).await;
             log_replay(&sub, &result);
             if let Some(gate) = sink.gate.take() {
@@ -504,6 +557,16 @@ impl Hooks {
                 }
                 result = hooks.engine.replay(&sub, &mut sink).await;
                 log_replay(&sub, &result);
+            }
+            if matches!(result, Err(ReplayError::Store(_))) {
+                // The client went away before the database answered: owed to its session, if it
+                // comes back to it (what was published after the subscribe reaches it anyway).
+                let limits = ReplayLimits {
+                    published_before_us: Some(sink.limits.published_before_us.unwrap_or(started_us)),
+                    ..sink.limits
+                };
+                tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "replay owed to the session until the client reconnects");
+                hooks.owed.lock().expect("owed lock").entry(sub.client_id.clone()).or_default().push(OwedReplay { sub: sub.clone(), limits });
             }
             drop(sink);
             let mut windows = hooks.windows.lock().expect("replay windows lock");
@@ -589,6 +652,8 @@ struct SessionSink {
     window: Arc<ReplayWindow>,
     qos: u8,
     gate: Option<Arc<Gate<Live>>>,
+    /// Which rows this replay leaves out; `after_row` follows what it has delivered.
+    limits: ReplayLimits,
 }
 
 impl ReplaySink for SessionSink {
@@ -609,11 +674,20 @@ impl ReplaySink for SessionSink {
             properties: codec_properties(&m.properties, remaining),
         })
         .create_time(timestamp_ms);
-        self.forward(&m.from, publish).await
+        self.forward(&m.from, publish).await?;
+        if let Some(id) = m.id {
+            self.limits.after_row = self.limits.after_row.max(id);
+        }
+        Ok(())
     }
 
-    fn skip(&mut self, msgid: &str) -> bool {
-        self.gate.as_ref().is_some_and(|g| g.replaying(msgid))
+    fn skip(&mut self, m: &StoredMessage) -> bool {
+        let limits = self.limits;
+        m.id.is_some_and(|id| id <= limits.after_row)
+            || limits.published_before_us.is_some_and(|before| {
+                MessageId::from_base62(&m.msgid).is_some_and(|id| id.micros() >= before)
+            })
+            || self.gate.as_ref().is_some_and(|g| g.replaying(&m.msgid))
     }
 }
 
