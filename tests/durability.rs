@@ -138,16 +138,9 @@ async fn a_replay_owed_to_a_persistent_session_comes_when_it_reconnects(backend:
     env.rename_table("mqtt_msg", "mqtt_msg_away").await;
     let mut s = Client::connect(env.port, "owed-sub", false).await;
     s.subscribe("owed/t", QoS::AtLeastOnce).await;
-    let wait_log = |text: &'static str| {
-        let start = std::time::Instant::now();
-        while !broker.log_text().contains(text) {
-            assert!(start.elapsed() < LONG, "not logged: {text}");
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
-    wait_log("replay failed; retrying");
+    broker.wait_for_log("replay failed; retrying").await;
     s.disconnect().await;
-    wait_log("replay owed to the session");
+    broker.wait_for_log("replay owed to the session").await;
     p.publish("owed/t", QoS::AtLeastOnce, false, "o4").await; // queued by the broker for the session
     env.rename_table("mqtt_msg_away", "mqtt_msg").await;
     let mut s = Client::connect(env.port, "owed-sub", false).await;
@@ -320,11 +313,7 @@ async fn a_check_that_fails_when_the_database_first_answers_keeps_the_spool() {
         assert!(p.try_publish("check/t", format!("{i}")).await, "PUBACK {i} with the database away");
     }
     db.restart().await;
-    let start = std::time::Instant::now();
-    while !broker.log_text().contains("the database answers but the checks fail") {
-        assert!(start.elapsed() < LONG, "the failing check was not logged: {}", broker.log_text());
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
+    broker.wait_for_log("the database answers but the checks fail").await;
     let out = std::process::Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}", &format!("http://127.0.0.1:{metrics_port}/health")])
         .output()

@@ -369,11 +369,7 @@ async fn a_missing_table_is_an_outage_not_a_bad_row(backend: Backend) {
     for m in &sent {
         p.publish("outage/t", QoS::AtLeastOnce, false, m.as_bytes().to_vec()).await;
     }
-    let start = std::time::Instant::now();
-    while !broker.log_text().contains("operations go to the spool") {
-        assert!(start.elapsed() < LONG, "the failing writes never went to the spool");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    broker.wait_for_log("operations go to the spool").await;
     env.rename_table("mqtt_msg_away", "mqtt_msg").await;
     env.wait_count("mqtt_msg", 20, LONG).await;
     let stored: Vec<Vec<u8>> = env.messages().await.into_iter().map(|r| r.payload).collect();

@@ -326,6 +326,15 @@ impl Broker {
         }
     }
 
+    /// Waits until the broker's log holds `text`.
+    pub async fn wait_for_log(&self, text: &str) {
+        let start = Instant::now();
+        while !self.log_text().contains(text) {
+            assert!(start.elapsed() < LONG, "not logged within {LONG:?}: {text}\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
