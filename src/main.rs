@@ -177,12 +177,17 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
 
     // The retainer keeps retained messages in memory, without limits (its defaults).
     let scx = ServerContext::new().plugins_config_map_add("rmqtt-retainer", "max_retained_messages = 0").build().await;
+    // How long the broker keeps a message queued for an offline persistent session when the
+    // message sets no MQTT 5 expiry: as long as the plugin keeps its row (`message_ttl`; zero, for
+    // ever, when it has none), not rmqtt's 5 minutes, so that a session away longer still gets it.
+    let session_message_expiry = config.backend.storage().message_ttl.unwrap_or(std::time::Duration::ZERO);
     // Bind first: a taken port is the most common start-up failure and needs no database.
     let listener = Builder::new()
         .name("external/tcp")
         .laddr(addr)
         .allow_anonymous(!config.auth.enabled())
         .max_packet_size(config.broker.max_packet_size)
+        .message_expiry_interval(session_message_expiry)
         // A restart right after a crash must not wait for the old connections' TIME_WAIT.
         .reuseaddr(Some(true))
         .bind()
@@ -200,6 +205,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
                 .laddr(tls.bind)
                 .allow_anonymous(!config.auth.enabled())
                 .max_packet_size(config.broker.max_packet_size)
+                .message_expiry_interval(session_message_expiry)
                 .reuseaddr(Some(true))
                 .tls_cert(Some(tls.certfile.display().to_string()))
                 .tls_key(Some(tls.keyfile.display().to_string()))
