@@ -135,6 +135,30 @@ async fn only_matching_qos1_and_2_non_sys_topics_are_stored(backend: Backend) {
     assert_eq!(topics, vec!["keep/b", "x/exact"]);
 }
 
+// Topics and client ids are case-sensitive in MQTT, and so are the stored rows: `case/A` and
+// `case/a` are two subscriptions, clients `Dev1` and `dev1` two subscribers (MariaDB's default
+// collation made each pair one row).
+on_both_backends!(topics_and_client_ids_differing_in_case_are_different_rows);
+async fn topics_and_client_ids_differing_in_case_are_different_rows(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("").await;
+    let mut upper = Client::connect(env.port, "Dev1", false).await;
+    upper.subscribe("case/A", QoS::AtLeastOnce).await;
+    upper.subscribe("case/a", QoS::AtLeastOnce).await;
+    let mut lower = Client::connect(env.port, "dev1", false).await;
+    lower.subscribe("case/a", QoS::AtLeastOnce).await;
+    let mut subs = env.subscriptions().await;
+    subs.sort();
+    let expected: Vec<(String, String, i64)> = [("Dev1", "case/A"), ("Dev1", "case/a"), ("dev1", "case/a")]
+        .iter()
+        .map(|(c, t)| (c.to_string(), t.to_string(), 1))
+        .collect();
+    assert_eq!(subs, expected);
+    upper.unsubscribe("case/A").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(env.subscriptions().await.len(), 2, "unsubscribing case/A leaves case/a");
+}
+
 on_both_backends!(hostile_topic_and_client_id_are_stored_verbatim);
 async fn hostile_topic_and_client_id_are_stored_verbatim(backend: Backend) {
     let env = TestEnv::new(backend).await;

@@ -26,6 +26,7 @@ const MYSQL: &[Migration] = &[
     migration!(1, "mysql", "0001_default_schema.sql"),
     migration!(2, "mysql", "0002_msgid_index.sql"),
     migration!(3, "mysql", "0003_fidelity_expiry_deliveries.sql"),
+    migration!(4, "mysql", "0004_binary_collation.sql"),
 ];
 const SQLITE: &[Migration] = &[
     migration!(1, "sqlite", "0001_default_schema.sql"),
