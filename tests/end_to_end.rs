@@ -211,6 +211,8 @@ async fn a_retained_message_reaches_a_new_subscriber_once(backend: Backend) {
     p.publish("state/door", QoS::AtLeastOnce, false, "opened").await;
     p.publish("state/door", QoS::AtLeastOnce, true, "closed").await;
     env.wait_count("mqtt_msg", 2, LONG).await;
+    let retain: Vec<i64> = env.messages().await.into_iter().map(|r| r.retain).collect();
+    assert_eq!(retain, [0, 1], "the retain flag is stored");
     let mut s = Client::connect(env.port, "ret-sub", true).await;
     s.subscribe("state/door", QoS::AtLeastOnce).await;
     let mut got: Vec<Vec<u8>> = s.recv(2, LONG).await.into_iter().map(|p| p.payload.to_vec()).collect();
