@@ -265,7 +265,11 @@ async fn publish_all_bytes(env: &TestEnv, client_id: &str, topic: &str, payload:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_payload_beyond_max_allowed_packet_is_refused_alone() {
     let env = TestEnv::new(Backend::MySql).await;
-    let config = format!("broker {{ max_packet_size = 40000000 }}\n{}", env.backend_block("batch_time = 300ms"));
+    let metrics_port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let config = format!(
+        "broker {{ max_packet_size = 40000000 }}\nmetrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("batch_time = 300ms")
+    );
     let broker = Broker::start(&env.write_config(&config), env.port, env.dir.path().join("broker.log")).await;
     let mut p = Client::connect_with_max_packet(env.port, "huge-pub", 40_000_000).await;
     p.publish("huge/t", QoS::AtLeastOnce, false, "before").await;
@@ -284,6 +288,11 @@ async fn a_payload_beyond_max_allowed_packet_is_refused_alone() {
         (17usize << 20).div_ceil(3) * 4,
         "the whole payload is kept"
     );
+    let out = std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")]).output().unwrap();
+    let metrics = String::from_utf8_lossy(&out.stdout);
+    for line in ["offline_messages_failed_total{reason=\"too_large\"} 1", "offline_messages_dead_lettered_total 1"] {
+        assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");
+    }
 }
 
 // Weaknesses 3 and 9 for shared subscriptions: a group gets its backlog once, not once per member.
