@@ -171,7 +171,8 @@ impl Metrics {
             ("dead_letter_failed", &self.dead_letter_failed),
             ("shutdown_timeout", &self.shutdown_lost),
         ] {
-            let _ = writeln!(out, "offline_messages_dropped_total{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
+            let _ =
+                writeln!(out, "offline_messages_dropped_total{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
         }
         counter(
             &mut out,

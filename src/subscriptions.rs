@@ -130,7 +130,10 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
             Op::Change(change, done) => {
                 if kept.len() >= MAX_KEPT {
                     kept.pop_front();
-                    tracing::error!(kept = MAX_KEPT, "too many subscription changes kept during the outage; the oldest is dropped");
+                    tracing::error!(
+                        kept = MAX_KEPT,
+                        "too many subscription changes kept during the outage; the oldest is dropped"
+                    );
                 }
                 kept.push_back(change);
                 if let Some(done) = done {

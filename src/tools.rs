@@ -20,7 +20,17 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
     let state: std::sync::Mutex<(Progress, Current)> = std::sync::Mutex::new((Progress::new(), None));
     let draw = |(progress, current): &mut (Progress, Current)| {
         if let Some((i, n, file, since)) = *current {
-            let bar: String = (1..=n).map(|k| if k < i { '#' } else if k == i { '>' } else { '.' }).collect();
+            let bar: String = (1..=n)
+                .map(|k| {
+                    if k < i {
+                        '#'
+                    } else if k == i {
+                        '>'
+                    } else {
+                        '.'
+                    }
+                })
+                .collect();
             progress.show(&format!("[{bar}] migration {i}/{n}: {file} ({}s)", since.elapsed().as_secs()));
         }
     };
@@ -162,7 +172,11 @@ pub async fn check_config(path: &Path) -> bool {
             Err(e) => line(
                 Some(false),
                 &format!("{}.{key}", backend.name()),
-                &format!("{} is not writable ({e}); point {}.{key} at a directory the broker may write", dir.display(), backend.name()),
+                &format!(
+                    "{} is not writable ({e}); point {}.{key} at a directory the broker may write",
+                    dir.display(),
+                    backend.name()
+                ),
             ),
         }
     }

@@ -250,7 +250,11 @@ async fn a_hanging_statement_is_given_up_and_publishers_go_on() {
     let mut locker = sqlx::MySqlConnection::connect(&url).await.unwrap();
     sqlx::raw_sql("LOCK TABLES mqtt_msg WRITE").execute(&mut locker).await.unwrap();
     for (i, m) in sent[100..].iter().enumerate() {
-        assert!(c.try_publish("hang/t", m.clone()).await, "no PUBACK for message {} while the table is locked", i + 100);
+        assert!(
+            c.try_publish("hang/t", m.clone()).await,
+            "no PUBACK for message {} while the table is locked",
+            i + 100
+        );
     }
     let log = broker.log_text();
     sqlx::raw_sql("UNLOCK TABLES").execute(&mut locker).await.unwrap();
@@ -348,7 +352,12 @@ async fn sigkill_while_spooling_in_sync_mode_loses_no_acknowledged_message() {
     let stored = || db.sql_ok("select payload from t.mqtt_msg order by id");
     let start = std::time::Instant::now();
     while stored().lines().count() < acked.len() {
-        assert!(start.elapsed() < LONG, "acknowledged messages missing: {} of {}", stored().lines().count(), acked.len());
+        assert!(
+            start.elapsed() < LONG,
+            "acknowledged messages missing: {} of {}",
+            stored().lines().count(),
+            acked.len()
+        );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     let rows = stored();

@@ -288,7 +288,10 @@ async fn a_payload_beyond_max_allowed_packet_is_refused_alone() {
         (17usize << 20).div_ceil(3) * 4,
         "the whole payload is kept"
     );
-    let out = std::process::Command::new("curl").args(["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")]).output().unwrap();
+    let out = std::process::Command::new("curl")
+        .args(["-s", &format!("http://127.0.0.1:{metrics_port}/metrics")])
+        .output()
+        .unwrap();
     let metrics = String::from_utf8_lossy(&out.stdout);
     for line in ["offline_messages_failed_total{reason=\"too_large\"} 1", "offline_messages_dead_lettered_total 1"] {
         assert!(metrics.lines().any(|l| l == line), "{line} in:\n{metrics}");

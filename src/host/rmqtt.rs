@@ -434,7 +434,14 @@ impl Hooks {
         let id = session.id.clone();
         tokio::spawn(async move {
             let window = Arc::new(ReplayWindow::default());
-            let probe = SessionSink { scx: hooks.scx.clone(), id: id.clone(), window, qos: 0, gate: None, limits: ReplayLimits::default() };
+            let probe = SessionSink {
+                scx: hooks.scx.clone(),
+                id: id.clone(),
+                window,
+                qos: 0,
+                gate: None,
+                limits: ReplayLimits::default(),
+            };
             for OwedReplay { sub, limits } in owed {
                 let start = tokio::time::Instant::now();
                 while !probe.still_subscribed(&sub.filter).await {
@@ -566,7 +573,13 @@ impl Hooks {
                     ..sink.limits
                 };
                 tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "replay owed to the session until the client reconnects");
-                hooks.owed.lock().expect("owed lock").entry(sub.client_id.clone()).or_default().push(OwedReplay { sub: sub.clone(), limits });
+                hooks
+                    .owed
+                    .lock()
+                    .expect("owed lock")
+                    .entry(sub.client_id.clone())
+                    .or_default()
+                    .push(OwedReplay { sub: sub.clone(), limits });
             }
             drop(sink);
             let mut windows = hooks.windows.lock().expect("replay windows lock");
@@ -684,9 +697,9 @@ impl ReplaySink for SessionSink {
     fn skip(&mut self, m: &StoredMessage) -> bool {
         let limits = self.limits;
         m.id.is_some_and(|id| id <= limits.after_row)
-            || limits.published_before_us.is_some_and(|before| {
-                MessageId::from_base62(&m.msgid).is_some_and(|id| id.micros() >= before)
-            })
+            || limits
+                .published_before_us
+                .is_some_and(|before| MessageId::from_base62(&m.msgid).is_some_and(|id| id.micros() >= before))
             || self.gate.as_ref().is_some_and(|g| g.replaying(&m.msgid))
     }
 }
