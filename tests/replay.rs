@@ -111,9 +111,9 @@ async fn restore_always_brings_subscriptions_back_on_a_clean_start(backend: Back
 
 // MQTT's sessions (restore_subscriptions = persistent): a session that expires by its Session
 // Expiry Interval takes its stored subscriptions with it.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_expired_session_takes_its_stored_subscriptions_along() {
-    let env = TestEnv::new(Backend::MySql).await;
+on_both_backends!(an_expired_session_takes_its_stored_subscriptions_along);
+async fn an_expired_session_takes_its_stored_subscriptions_along(backend: Backend) {
+    let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
     let port = env.port;
     // A persistent MQTT 5 session (-c) that expires 2 s after the client leaves (-x 2).
