@@ -109,6 +109,26 @@ async fn restore_always_brings_subscriptions_back_on_a_clean_start(backend: Back
     assert!(c.drain(Duration::from_millis(500)).await.is_empty());
 }
 
+// `always`, and a persistent session the broker still holds: a subscription provisioned in
+// mqtt_sub while the client was away is restored (and replayed) on its reconnect, beside its own.
+on_both_backends!(restore_always_adds_provisioned_subscriptions_to_a_resumed_session);
+async fn restore_always_adds_provisioned_subscriptions_to_a_resumed_session(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start("restore_subscriptions = always").await;
+    let mut c = Client::connect(env.port, "prov-2", false).await;
+    c.subscribe("own/t", QoS::AtLeastOnce).await;
+    c.disconnect().await;
+    env.exec("insert into mqtt_sub(clientid, topic, qos) values('prov-2', 'prov2/#', 1)").await;
+    publish_all(&env, "prov2-pub", "prov2/a", &["provisioned"]).await;
+    publish_all(&env, "prov2-pub-b", "own/t", &["own"]).await; // queued by the broker for the session
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    let mut c = Client::connect(env.port, "prov-2", false).await;
+    let mut got = c.recv(2, LONG).await.iter().map(text).collect::<Vec<_>>();
+    got.sort();
+    assert_eq!(got, ["own", "provisioned"]);
+    assert!(c.drain(Duration::from_millis(700)).await.is_empty(), "nothing twice");
+}
+
 // MQTT's sessions (restore_subscriptions = persistent): a session that expires by its Session
 // Expiry Interval takes its stored subscriptions with it.
 on_both_backends!(an_expired_session_takes_its_stored_subscriptions_along);

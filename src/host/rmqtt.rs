@@ -414,6 +414,9 @@ impl Hooks {
         // (a clean start under `always`, a broker restart, another node) needs them from the store.
         if !clean_start && session.session_present().await.unwrap_or(false) {
             self.pay_owed_replays(session);
+            if always {
+                self.spawn_restore_unheld(session.clone());
+            }
             return;
         }
         self.owed.lock().expect("owed lock").remove(&client_id);
@@ -454,6 +457,45 @@ impl Hooks {
                 if probe.still_subscribed(&sub.filter).await {
                     hooks.spawn_replay(id.clone(), sub, None, limits);
                 }
+            }
+        });
+    }
+
+    /// `restore_subscriptions = "always"` and a resumed session: the stored subscriptions it does
+    /// not hold (provisioned in `mqtt_sub` while it was away) are restored, once the broker has
+    /// handed the session its own (it does so after the connect hook; waited for up to
+    /// [`OWED_REPLAY_WAIT`] when none of the stored ones shows up).
+    fn spawn_restore_unheld(self: &Arc<Self>, session: Session) {
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            let stored = match hooks.engine.stored_subscriptions(&session.id.client_id).await {
+                Ok(stored) => stored,
+                Err(e) => {
+                    tracing::error!(client_id = %session.id.client_id, error = %e, "reading stored subscriptions failed; the resumed session keeps its own");
+                    return;
+                }
+            };
+            let window = Arc::new(ReplayWindow::default());
+            let probe = SessionSink {
+                scx: hooks.scx.clone(),
+                id: session.id.clone(),
+                window,
+                qos: 0,
+                gate: None,
+                limits: ReplayLimits::default(),
+            };
+            let start = tokio::time::Instant::now();
+            loop {
+                let mut unheld = Vec::new();
+                for sub in &stored {
+                    if !probe.still_subscribed(&sub.filter).await {
+                        unheld.push(sub.clone());
+                    }
+                }
+                if unheld.len() < stored.len() || start.elapsed() > OWED_REPLAY_WAIT || unheld.is_empty() {
+                    return hooks.restore(&session, unheld).await;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         });
     }
