@@ -3,16 +3,13 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use clap::{Parser, Subcommand};
 use mqtt_offline_messages::config::Config;
 use mqtt_offline_messages::engine::Engine;
 use mqtt_offline_messages::{host, http};
 
 mod tools;
-use rmqtt::context::ServerContext;
-use rmqtt::net::Builder;
-use rmqtt::server::MqttServer;
 
 #[derive(Parser)]
 #[command(
@@ -175,56 +172,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     let config = load_config(&args.config)?;
     let addr = args.bind.unwrap_or(config.broker.bind);
 
-    // The retainer keeps retained messages in memory, without limits (its defaults).
-    let scx = ServerContext::new().plugins_config_map_add("rmqtt-retainer", "max_retained_messages = 0").build().await;
-    // How long the broker keeps a message queued for an offline persistent session when the
-    // message sets no MQTT 5 expiry: as long as the plugin keeps its row (`message_ttl`; zero, for
-    // ever, when it has none), not rmqtt's 5 minutes, so that a session away longer still gets it.
-    let session_message_expiry = config.backend.storage().message_ttl.unwrap_or(std::time::Duration::ZERO);
     // Bind first: a taken port is the most common start-up failure and needs no database.
-    let listener = Builder::new()
-        .name("external/tcp")
-        .laddr(addr)
-        .allow_anonymous(!config.auth.enabled())
-        .max_packet_size(config.broker.max_packet_size)
-        .message_expiry_interval(session_message_expiry)
-        // A restart right after a crash must not wait for the old connections' TIME_WAIT.
-        .reuseaddr(Some(true))
-        .bind()
-        .and_then(|l| l.tcp());
-    let listener = listener.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot listen on {addr}: {e}; choose another address with --bind HOST:PORT (or broker.bind in the config)"
-        )
-    })?;
-
-    let tls_listener = match &config.broker.tls {
-        Some(tls) => Some(
-            Builder::new()
-                .name("external/tls")
-                .laddr(tls.bind)
-                .allow_anonymous(!config.auth.enabled())
-                .max_packet_size(config.broker.max_packet_size)
-                .message_expiry_interval(session_message_expiry)
-                .reuseaddr(Some(true))
-                .tls_cert(Some(tls.certfile.display().to_string()))
-                .tls_key(Some(tls.keyfile.display().to_string()))
-                .bind()
-                .and_then(|l| l.tls())
-                .map_err(|e| {
-                    anyhow::anyhow!("cannot start the TLS listener on {} (broker.tls): {e:#}; check broker.tls.bind, certfile and keyfile", tls.bind)
-                })?,
-        ),
-        None => None,
-    };
+    let broker = host::rmqtt::Broker::bind(&config, addr).await?;
     let metrics_listener = match config.metrics.bind {
         Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!("cannot listen on {addr} for metrics: {e}; change metrics.bind in the config")
         })?),
         None => None,
     };
-
-    host::rmqtt::enable_shared_subscriptions(&scx).await;
     if !config.auth.enabled() && !addr.ip().is_loopback() {
         tracing::warn!(%addr, "listening beyond localhost without authentication: anyone who reaches this address can publish and subscribe; configure auth.users");
     }
@@ -233,22 +188,11 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening (/metrics, /health)");
         tokio::spawn(http::serve(listener, engine.clone()));
     }
-    rmqtt_retainer::register(&scx, true, false).await.context("starting rmqtt's retainer")?;
-    host::rmqtt::register(&scx, engine.clone()).await.context("starting the offline-messages plugin")?;
     tracing::info!(%addr, "MQTT broker listening");
-
-    let mut server = MqttServer::new(scx).listener(listener);
-    if let Some(tls) = tls_listener {
-        tracing::info!(addr = %tls.cfg.laddr, "MQTT over TLS listening");
-        server = server.listener(tls);
-    }
-    let server = server.build();
-    tokio::select! {
-        res = server.run() => res.context("the MQTT server stopped")?,
-        signal = shutdown_signal() => tracing::info!(signal, "shutting down"),
-    }
+    let stop = async { tracing::info!(signal = shutdown_signal().await, "shutting down") };
+    let served = broker.serve(engine.clone(), stop).await;
     engine.shutdown(config.broker.shutdown_timeout).await;
-    Ok(())
+    Ok(served?)
 }
 
 async fn shutdown_signal() -> &'static str {

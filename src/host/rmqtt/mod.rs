@@ -30,6 +30,9 @@ use crate::message::{Properties, Publish as EnginePublish, StoredMessage, Subscr
 use crate::message_id::MessageId;
 use crate::writer::jitter;
 
+mod broker;
+pub use broker::{Broker, BrokerError};
+
 /// A live message held back while a replay runs.
 type Live = (From, Publish);
 
