@@ -432,6 +432,12 @@ impl Hooks {
         }
     }
 
+    /// A sink that delivers nothing, to ask what a session holds ([`SessionSink::still_subscribed`]).
+    fn probe(&self, id: Id) -> SessionSink {
+        let window = Arc::new(ReplayWindow::default());
+        SessionSink { scx: self.scx.clone(), id, window, qos: 0, gate: None, limits: ReplayLimits::default() }
+    }
+
     /// A resumed session gets the replays that failed while its client was away, once the broker
     /// has handed it its subscriptions again.
     fn pay_owed_replays(self: &Arc<Self>, session: &Session) {
@@ -439,15 +445,7 @@ impl Hooks {
         let hooks = self.clone();
         let id = session.id.clone();
         tokio::spawn(async move {
-            let window = Arc::new(ReplayWindow::default());
-            let probe = SessionSink {
-                scx: hooks.scx.clone(),
-                id: id.clone(),
-                window,
-                qos: 0,
-                gate: None,
-                limits: ReplayLimits::default(),
-            };
+            let probe = hooks.probe(id.clone());
             for OwedReplay { sub, limits } in owed {
                 let start = tokio::time::Instant::now();
                 while !probe.still_subscribed(&sub.filter).await {
@@ -478,15 +476,7 @@ impl Hooks {
                     return;
                 }
             };
-            let window = Arc::new(ReplayWindow::default());
-            let probe = SessionSink {
-                scx: hooks.scx.clone(),
-                id: session.id.clone(),
-                window,
-                qos: 0,
-                gate: None,
-                limits: ReplayLimits::default(),
-            };
+            let probe = hooks.probe(session.id.clone());
             let start = tokio::time::Instant::now();
             loop {
                 let mut unheld = Vec::new();
