@@ -186,6 +186,26 @@ async fn an_expired_row_still_in_the_table_is_not_replayed(backend: Backend) {
     assert_eq!(env.count("mqtt_msg").await, 1, "the expired row is still there, unpurged");
 }
 
+// MQTT 4.7.2: a filter starting with a wildcard does not match topics starting with `$`; the
+// replay follows the same rule (the reference replayed nothing for wildcards at all).
+on_both_backends!(dollar_topics_are_not_replayed_to_a_leading_wildcard);
+async fn dollar_topics_are_not_replayed_to_a_leading_wildcard(backend: Backend) {
+    let env = TestEnv::new(backend).await;
+    let _broker = env.start(r##"topics = ["#", "$app/#"]"##).await;
+    publish_all(&env, "dollar-pub", "$app/x", &["dollar"]).await;
+    publish_all(&env, "plain-pub", "app/x", &["plain"]).await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    for (id, filter) in [("dollar-hash", "#"), ("dollar-plus", "+/x")] {
+        let mut s = Client::connect_with(env.port, id, true, true).await; // never acks: rows stay
+        s.subscribe(filter, QoS::AtLeastOnce).await;
+        assert_eq!(s.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["plain"], "{filter}");
+        assert!(s.drain(Duration::from_millis(500)).await.is_empty(), "{filter} gets no $-topic");
+    }
+    let mut s = Client::connect(env.port, "dollar-named", true).await;
+    s.subscribe("$app/#", QoS::AtLeastOnce).await;
+    assert_eq!(s.recv(1, LONG).await.iter().map(text).collect::<Vec<_>>(), ["dollar"]);
+}
+
 // A message accepted before the subscribe but still in the writer's buffer is part of the replay.
 on_both_backends!(messages_still_in_the_writers_buffer_are_replayed);
 async fn messages_still_in_the_writers_buffer_are_replayed(backend: Backend) {
