@@ -400,12 +400,8 @@ impl Engine {
                 ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after_id, limit };
             let mut rows = self.store.select_messages(&query);
             let mut read = 0;
-            loop {
-                let m = match tokio::time::timeout(self.store.query_timeout(), rows.next()).await {
-                    Ok(Some(row)) => row?,
-                    Ok(None) => break,
-                    Err(_) => return Err(ReplayError::Store(self.store.timed_out(self.store.select_key()))),
-                };
+            let key = self.store.select_key();
+            while let Some(m) = self.store.in_time(key, async { rows.next().await.transpose() }).await? {
                 read += 1;
                 match m.id {
                     Some(id) => after_id = after_id.max(id),

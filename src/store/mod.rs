@@ -402,16 +402,8 @@ impl Store {
         key: &'static str,
         work: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.query_timeout, work).await.unwrap_or_else(|_| Err(self.timed_out(key)))
-    }
-
-    pub fn timed_out(&self, key: &'static str) -> StoreError {
-        StoreError::Timeout { key, backend: self.backend.name(), after: self.query_timeout }
-    }
-
-    /// `query_timeout`.
-    pub fn query_timeout(&self) -> Duration {
-        self.query_timeout
+        let timed_out = || StoreError::Timeout { key, backend: self.backend.name(), after: self.query_timeout };
+        tokio::time::timeout(self.query_timeout, work).await.unwrap_or_else(|_| Err(timed_out()))
     }
 
     /// Splits a batch into statements: at most `rows_per_statement` rows and about

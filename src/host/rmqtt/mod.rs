@@ -54,8 +54,8 @@ const REPLAY_STALL_CHECK: Duration = Duration::from_secs(1);
 /// time, up to `REPLAY_RETRY_MAX`.
 const REPLAY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REPLAY_RETRY_MAX: Duration = Duration::from_secs(60);
-/// How long a resumed session may take to get its subscriptions back before an owed replay runs.
-const OWED_REPLAY_WAIT: Duration = Duration::from_secs(10);
+/// How long a resumed session may take to get its subscriptions back from the broker.
+const SESSION_TRANSFER_WAIT: Duration = Duration::from_secs(10);
 
 /// A connected subscriber that takes nothing for this long ends its replay.
 const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(120);
@@ -445,18 +445,13 @@ impl Hooks {
         let hooks = self.clone();
         let id = session.id.clone();
         tokio::spawn(async move {
-            let probe = hooks.probe(id.clone());
-            for OwedReplay { sub, limits } in owed {
-                let start = tokio::time::Instant::now();
-                while !probe.still_subscribed(&sub.filter).await {
-                    if start.elapsed() > OWED_REPLAY_WAIT {
-                        tracing::info!(client_id = %sub.client_id, topic = %sub.filter, "the resumed session no longer holds the filter; its owed replay is dropped");
-                        break;
-                    }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if probe.still_subscribed(&sub.filter).await {
+            let filters: Vec<&str> = owed.iter().map(|o| o.sub.filter.as_str()).collect();
+            let held = hooks.probe(id.clone()).held_after_transfer(&filters).await;
+            for (OwedReplay { sub, limits }, held) in owed.into_iter().zip(held) {
+                if held {
                     hooks.spawn_replay(id.clone(), sub, None, limits);
+                } else {
+                    tracing::info!(client_id = %sub.client_id, topic = %sub.filter, "the resumed session no longer holds the filter; its owed replay is dropped");
                 }
             }
         });
@@ -464,8 +459,7 @@ impl Hooks {
 
     /// `restore_subscriptions = "always"` and a resumed session: the stored subscriptions it does
     /// not hold (provisioned in `mqtt_sub` while it was away) are restored, once the broker has
-    /// handed the session its own (it does so after the connect hook; waited for up to
-    /// [`OWED_REPLAY_WAIT`] when none of the stored ones shows up).
+    /// handed the session its own.
     fn spawn_restore_unheld(self: &Arc<Self>, session: Session) {
         let hooks = self.clone();
         tokio::spawn(async move {
@@ -476,20 +470,10 @@ impl Hooks {
                     return;
                 }
             };
-            let probe = hooks.probe(session.id.clone());
-            let start = tokio::time::Instant::now();
-            loop {
-                let mut unheld = Vec::new();
-                for sub in &stored {
-                    if !probe.still_subscribed(&sub.filter).await {
-                        unheld.push(sub.clone());
-                    }
-                }
-                if unheld.len() < stored.len() || start.elapsed() > OWED_REPLAY_WAIT || unheld.is_empty() {
-                    return hooks.restore(&session, unheld).await;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            let filters: Vec<&str> = stored.iter().map(|s| s.filter.as_str()).collect();
+            let held = hooks.probe(session.id.clone()).held_after_transfer(&filters).await;
+            let unheld = stored.iter().zip(held).filter(|(_, held)| !held).map(|(sub, _)| sub.clone()).collect();
+            hooks.restore(&session, unheld).await;
         });
     }
 
@@ -740,6 +724,23 @@ impl ReplaySink for SessionSink {
 }
 
 impl SessionSink {
+    /// Which of `filters` the session holds once the broker has handed a resumed session its
+    /// subscriptions (it does so after the connect hook): checked until it holds one of them, or
+    /// for [`SESSION_TRANSFER_WAIT`].
+    async fn held_after_transfer(&self, filters: &[&str]) -> Vec<bool> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let mut held = Vec::with_capacity(filters.len());
+            for filter in filters {
+                held.push(self.still_subscribed(filter).await);
+            }
+            if held.is_empty() || held.contains(&true) || start.elapsed() > SESSION_TRANSFER_WAIT {
+                return held;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The client is connected and still holds `filter` (as subscribed, `$share/...` included).
     async fn still_subscribed(&self, filter: &str) -> bool {
         let entry = self.scx.extends.shared().await.entry(self.id.clone());
