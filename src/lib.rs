@@ -1,21 +1,8 @@
-//! mqtt-offline-messages: persists MQTT messages to a SQL database and replays them to subscribers.
+//! mqtt-offline-messages: persists MQTT messages to a database and replays them to subscribers.
 //!
-//! The engine (everything but [`host`]) knows no broker; a host adapter translates a broker's
-//! events into [`engine::Engine`] calls.
+//! The engine ([`mqtt_offline_messages_engine`], re-exported here) knows no broker; [`host`] holds
+//! the adapters that translate a broker's events into [`engine::Engine`] calls.
 
-pub mod auth;
-pub mod config;
-pub mod encode;
-pub mod engine;
-pub mod gate;
+pub use mqtt_offline_messages_engine::*;
+
 pub mod host;
-pub mod http;
-pub mod message;
-pub mod message_id;
-pub mod metrics;
-pub mod spool;
-pub mod store;
-pub mod subscriptions;
-pub mod template;
-pub mod topic;
-pub mod writer;

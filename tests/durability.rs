@@ -79,10 +79,10 @@ on_both_backends!(a_batch_written_twice_stores_each_message_once);
 async fn a_batch_written_twice_stores_each_message_once(backend: Backend) {
     use mqtt_offline_messages::message::{Message, Publish};
     use mqtt_offline_messages::message_id::MessageIdGenerator;
-    use mqtt_offline_messages::store::{Batch, Store};
+    use mqtt_offline_messages::store::{self, Batch};
     let env = TestEnv::new(backend).await;
     let config = mqtt_offline_messages::config::Config::parse_str(&env.backend_block("")).unwrap();
-    let store = Store::connect(&config.backend).await.unwrap();
+    let store = store::connect(&config.backend).await.unwrap();
     let ids = MessageIdGenerator::new(7);
     let message = |topic: &str| {
         let p = Publish {

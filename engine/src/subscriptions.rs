@@ -44,7 +44,7 @@ pub struct SubscriptionWriter {
 }
 
 impl SubscriptionWriter {
-    pub fn spawn(store: Arc<Store>) -> SubscriptionWriter {
+    pub fn spawn(store: Arc<dyn Store>) -> SubscriptionWriter {
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(run(store, rx));
         SubscriptionWriter { tx }
@@ -86,7 +86,7 @@ impl SubscriptionWriter {
     }
 }
 
-async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
     // Changes that met an unreachable database, oldest first; new ones queue behind them.
     let mut kept: VecDeque<Change> = VecDeque::new();
     let mut backoff = RETRY_FIRST;
@@ -97,7 +97,7 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
             tokio::select! {
                 op = rx.recv() => op,
                 _ = tokio::time::sleep(backoff + jitter(backoff)) => {
-                    if write_kept(&store, &mut kept).await {
+                    if write_kept(&*store, &mut kept).await {
                         backoff = RETRY_FIRST;
                         tracing::info!("the database answers again; the kept subscription changes are stored");
                     } else {
@@ -110,7 +110,7 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
         let Some(op) = op else { break };
         match op {
             Op::Change(change, done) if kept.is_empty() => {
-                let result = match apply(&store, &change).await {
+                let result = match apply(&*store, &change).await {
                     Err(e) if e.is_unreachable() => {
                         tracing::warn!(error = %e, "the database is unavailable; subscription changes are kept in memory and stored when it answers");
                         kept.push_back(change);
@@ -145,14 +145,14 @@ async fn run(store: Arc<Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
             }
         }
     }
-    if !kept.is_empty() && !write_kept(&store, &mut kept).await {
+    if !kept.is_empty() && !write_kept(&*store, &mut kept).await {
         tracing::error!(changes = kept.len(), "subscription changes kept during the outage are lost at shutdown");
     }
 }
 
 /// Writes the kept changes in order; true once none is left. A change the database refuses
 /// (rather than not answering) is logged and dropped: retrying it cannot help.
-async fn write_kept(store: &Store, kept: &mut VecDeque<Change>) -> bool {
+async fn write_kept(store: &dyn Store, kept: &mut VecDeque<Change>) -> bool {
     while let Some(change) = kept.front() {
         match apply(store, change).await {
             Err(e) if e.is_unreachable() => return false,
@@ -164,7 +164,7 @@ async fn write_kept(store: &Store, kept: &mut VecDeque<Change>) -> bool {
     true
 }
 
-async fn apply(store: &Store, change: &Change) -> Result<(), StoreError> {
+async fn apply(store: &dyn Store, change: &Change) -> Result<(), StoreError> {
     match change {
         Change::Upsert(sub) => store.upsert_subscription(sub).await,
         Change::Delete(sub) => store.delete_subscription(sub).await,

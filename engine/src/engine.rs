@@ -18,7 +18,7 @@ use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessag
 use crate::message_id::{random_node_id, MessageIdGenerator};
 use crate::metrics::{Gauges, Metrics};
 use crate::spool::Spool;
-use crate::store::{AckedMessage, Store, StoreError};
+use crate::store::{self, AckedMessage, Store, StoreError};
 use crate::subscriptions::SubscriptionWriter;
 use crate::topic::{is_sys_topic, parse_shared, TopicFilter};
 use crate::writer::{BatchLimits, BatchWriter, DeadLetters};
@@ -164,7 +164,7 @@ impl AckIndex {
 
 /// The host-independent plugin.
 pub struct Engine {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     writer: BatchWriter,
     subscriptions: SubscriptionWriter,
     metrics: Arc<Metrics>,
@@ -201,13 +201,13 @@ impl Engine {
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let store = Arc::new(Store::connect(backend).await?);
+        let store = store::connect(backend).await?;
         let limits = BatchLimits {
             batch_size: storage.batch_size,
             batch_time: storage.batch_time,
             queue_capacity: storage.max_buffered.unwrap_or(storage.batch_size.saturating_mul(QUEUE_BATCHES)),
         };
-        let ack_needs_names = store.delete_binds_names();
+        let ack_needs_names = store.ack_needs_names();
         let metrics = Arc::new(Metrics::new());
         let dead_letters = DeadLetters { path: storage.dead_letter_file.clone() };
         let spool = Spool::open(&storage.spool_dir, storage.spool_max_bytes, storage.spool_full).map_err(|cause| {
@@ -400,12 +400,11 @@ impl Engine {
                 ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after_id, limit };
             let mut rows = self.store.select_messages(&query);
             let mut read = 0;
-            let key = self.store.select_key();
-            while let Some(m) = self.store.in_time(key, async { rows.next().await.transpose() }).await? {
+            while let Some(m) = rows.next().await.transpose()? {
                 read += 1;
                 match m.id {
                     Some(id) => after_id = after_id.max(id),
-                    None if pages => return Err(ReplayError::Store(StoreError::NoId { key: self.store.select_key() })),
+                    None if pages => return Err(ReplayError::Store(StoreError::NoId { key: self.store.replay_key() })),
                     None => {}
                 }
                 let now = now_ms();
@@ -458,7 +457,7 @@ impl Engine {
 
     /// The Prometheus text of everything counted so far, with the gauges read now.
     pub fn render_metrics(&self) -> String {
-        let (pool_in_use, pool_open) = self.store.pool_usage();
+        let (pool_in_use, pool_open) = self.store.connections();
         self.metrics.render(Gauges { writer_queue: self.writer.queued(), pool_in_use, pool_open })
     }
 

@@ -4,7 +4,7 @@
 
 use sqlx::{Database, Executor, Pool};
 
-use super::StoreError;
+use crate::store::StoreError;
 
 pub struct Migration {
     pub version: i64,
@@ -17,7 +17,7 @@ macro_rules! migration {
         Migration {
             version: $version,
             file: concat!("migrations/", $backend, "/", $name),
-            sql: include_str!(concat!("../../migrations/", $backend, "/", $name)),
+            sql: include_str!(concat!("../../../migrations/", $backend, "/", $name)),
         }
     };
 }

@@ -980,7 +980,7 @@ mod tests {
 
     #[test]
     fn the_shipped_config_enables_sqlite_for_everything() {
-        let c = Config::parse_str(include_str!("../config.hocon")).unwrap();
+        let c = Config::parse_str(include_str!("../../config.hocon")).unwrap();
         let Backend::Sqlite(s) = &c.backend else { panic!("sqlite expected") };
         assert_eq!(s.path, PathBuf::from("data/offline-messages.db"));
         assert_eq!(s.storage.topics, vec!["#"]);
@@ -1000,7 +1000,7 @@ mod tests {
     #[test]
     fn the_shipped_mysql_block_is_valid_once_enabled() {
         // Later keys override earlier ones, as a user's edit would.
-        let text = format!("{}\nsqlite.enable = false\nmysql.enable = true\n", include_str!("../config.hocon"));
+        let text = format!("{}\nsqlite.enable = false\nmysql.enable = true\n", include_str!("../../config.hocon"));
         let c = Config::parse_str(&text).unwrap();
         let Backend::MySql(m) = &c.backend else { panic!("mysql expected: {text}") };
         assert_eq!((m.server.as_str(), m.username.as_str(), m.database.as_str()), ("127.0.0.1:3306", "root", "mqtt"));
@@ -1333,7 +1333,7 @@ mod tests {
         assert!(e.starts_with(&format!("{}: sqlite.bach_size: unknown key", path.display())), "{e}");
         let e = Config::load(&dir.path().join("missing.hocon")).unwrap_err().to_string();
         assert!(e.starts_with("cannot read the config file") && e.contains("missing.hocon"), "{e}");
-        std::fs::write(&path, include_str!("../config.hocon")).unwrap();
+        std::fs::write(&path, include_str!("../../config.hocon")).unwrap();
         assert_eq!(Config::load(&path).unwrap().backend.name(), "sqlite");
     }
 

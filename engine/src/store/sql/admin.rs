@@ -5,7 +5,8 @@
 use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::{AssertSqlSafe, Row};
 
-use super::{connect_mysql, connect_sqlite, migrate, Pool, StoreError};
+use super::{connect_mysql, connect_sqlite, migrate, Pool};
+use crate::store::StoreError;
 use crate::config::Backend;
 use crate::message::Properties;
 use crate::template::SqlTemplate;

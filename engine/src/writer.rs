@@ -69,7 +69,7 @@ pub struct BatchWriter {
 impl BatchWriter {
     /// Starts the writer task. It ends when every handle is dropped, after writing what it holds.
     pub fn spawn(
-        store: Arc<Store>,
+        store: Arc<dyn Store>,
         limits: BatchLimits,
         metrics: Arc<Metrics>,
         dead_letters: DeadLetters,
@@ -143,7 +143,7 @@ impl BatchWriter {
 }
 
 struct WriterTask {
-    store: Arc<Store>,
+    store: Arc<dyn Store>,
     limits: BatchLimits,
     metrics: Arc<Metrics>,
     dead_letters: DeadLetters,

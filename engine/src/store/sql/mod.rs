@@ -20,8 +20,9 @@ use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Type};
 
+use super::{in_time, Batch, Store, StoreError, ACK_VARS};
 use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates, WriteMode};
-use crate::message::{DeliveryRecord, Maintenance, Message, Properties, ReplayQuery, StoredMessage, Subscription};
+use crate::message::{Maintenance, Message, Properties, ReplayQuery, StoredMessage, Subscription};
 use crate::template::{
     Bindings, SqlTemplate, TemplateError, Value, Var, DELIVERY_VARS, MESSAGE_VARS, PURGE_VARS, SELECT_MESSAGE_VARS,
     SUBSCRIPTION_VARS, TRIM_VARS,
@@ -43,52 +44,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room a single-row insert needs beside its payload (the statement, the other columns).
 const ROW_OVERHEAD: usize = 64 << 10;
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("cannot connect to {backend} at {target} ({key}): {cause}; check that the database is running and reachable, and the connection keys in the `{backend}` block")]
-    Connect { backend: &'static str, key: &'static str, target: String, cause: sqlx::Error },
-    #[error("{key}: cannot read {path}: {cause}; give the path of a readable PEM file")]
-    TlsFile { key: &'static str, path: String, cause: std::io::Error },
-    #[error("cannot set up TLS to mysql at {target} (mysql.ssl): {cause}; check mysql.ssl.cacertfile (the CA that signed the server's certificate, whose name must match the host in mysql.server), or set mysql.ssl.verify = verify_none to encrypt without checking")]
-    Tls { target: String, cause: sqlx::Error },
-    #[error(transparent)]
-    Template(#[from] TemplateError),
-    #[error("{key}: the database cannot prepare this template: {cause}; fix the template, or create its tables (set `init_default_schema = true` for the default ones)")]
-    Prepare { key: &'static str, cause: sqlx::Error },
-    #[error("schema migration {file} failed: {cause}")]
-    Migrate { file: &'static str, cause: sqlx::Error },
-    #[error("{key}: {cause}")]
-    Query { key: &'static str, cause: sqlx::Error },
-    #[error("{key}: the database did not answer within {after:?} ({backend}.query_timeout); it counts as unavailable until it does")]
-    Timeout { key: &'static str, backend: &'static str, after: Duration },
-    #[error("{key}: the result has no usable column `{column}` ({cause}); the select must return it by that name")]
-    Column { key: &'static str, column: &'static str, cause: sqlx::Error },
-    #[error("{key}: the select uses ${{after_id}} to read page by page, so it must return the `id` column; add it, or drop the paging")]
-    NoId { key: &'static str },
-    #[error("the database is unavailable, or not checked yet: what the writer holds waits in the spool")]
-    Unavailable,
-    #[error("cannot create the directory for sqlite.path {path}: {cause}")]
-    SqliteDir { path: String, cause: std::io::Error },
-}
-
-impl StoreError {
-    /// The database could not be reached (down, restarting, out of connections), as opposed to
-    /// refusing what was asked of it.
-    pub fn is_unreachable(&self) -> bool {
-        let cause = match self {
-            StoreError::Connect { cause, .. }
-            | StoreError::Query { cause, .. }
-            | StoreError::Prepare { cause, .. }
-            | StoreError::Migrate { cause, .. } => cause,
-            StoreError::Unavailable | StoreError::Timeout { .. } => return true,
-            _ => return false,
-        };
-        matches!(
-            cause,
-            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::WorkerCrashed
-        )
-    }
-}
 
 enum Pool {
     MySql(sqlx::MySqlPool),
@@ -184,42 +139,8 @@ impl Statements {
 }
 
 /// One transaction of the batch writer.
-#[derive(Clone, Debug, Default)]
-pub struct Batch {
-    pub inserts: Vec<Message>,
-    pub deletes: Vec<AckedMessage>,
-    pub deliveries: Vec<DeliveryRecord>,
-}
-
-impl Batch {
-    pub fn is_empty(&self) -> bool {
-        self.inserts.is_empty() && self.deletes.is_empty() && self.deliveries.is_empty()
-    }
-}
-
-/// What an ack knows of the message it acknowledges: the variables `delete_message_sql` may use.
-pub const ACK_VARS: &[Var] = &[Var::Id, Var::From, Var::Topic];
-
-/// An acknowledged message, for `delete_message_sql`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AckedMessage {
-    pub msgid: String,
-    pub from: String,
-    pub topic: String,
-}
-
-impl Bindings for AckedMessage {
-    fn value(&self, var: Var) -> Value<'_> {
-        match var {
-            Var::Id => Value::Text(&self.msgid),
-            Var::From | Var::ClientId => Value::Text(&self.from),
-            _ => Value::Text(&self.topic),
-        }
-    }
-}
-
 /// A connected database with its checked statements.
-pub struct Store {
+pub struct SqlStore {
     /// The batch writer, subscription statements, schema checks.
     writes: Pool,
     /// Replays (`select_message_sql`).
@@ -247,12 +168,12 @@ struct Checked {
     max_payload: Option<usize>,
 }
 
-impl Store {
+impl SqlStore {
     /// Opens the pools and runs the checks ([`Store::check`]), so that a broken template or a
     /// missing table stops start-up with the template's key. A database that cannot be reached
     /// does not: the store starts unchecked, refuses statements (the writer spools), and the
     /// caller runs the checks again until they pass.
-    pub async fn connect(backend: &Backend) -> Result<Store, StoreError> {
+    pub async fn connect(backend: &Backend) -> Result<SqlStore, StoreError> {
         let (name, storage) = (backend.name(), backend.storage());
         let statements = Statements::parse(name, &storage.templates)?;
         let (writes, replays) = match backend {
@@ -266,7 +187,7 @@ impl Store {
         };
         let insert = &statements.insert_message;
         let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
-        let store = Store {
+        let store = SqlStore {
             writes,
             replays,
             statements,
@@ -284,26 +205,6 @@ impl Store {
                 Ok(store)
             }
             Err(e) => Err(e),
-        }
-    }
-
-    /// Connects, applies the default schema when asked, prepares every template, and reads
-    /// `max_allowed_packet`; once that has passed, statements run.
-    pub async fn check(&self) -> Result<(), StoreError> {
-        let _one_at_a_time = self.check_lock.lock().await;
-        if self.is_checked() {
-            return Ok(());
-        }
-        match self.run_checks().await {
-            Ok(checked) => {
-                let _ = self.checked.set(checked);
-                *self.last_check_error.lock().expect("check error lock") = None;
-                Ok(())
-            }
-            Err(e) => {
-                *self.last_check_error.lock().expect("check error lock") = Some(e.to_string());
-                Err(e)
-            }
         }
     }
 
@@ -335,23 +236,82 @@ impl Store {
         })
     }
 
-    /// The checks have passed against the database.
-    pub fn is_checked(&self) -> bool {
-        self.checked.get().is_some()
-    }
-
-    /// Why the checks have not passed, while they have not.
-    pub fn check_error(&self) -> Option<String> {
-        self.last_check_error.lock().expect("check error lock").clone()
-    }
-
     fn ready(&self) -> Result<&Checked, StoreError> {
         self.checked.get().ok_or(StoreError::Unavailable)
     }
 
+    /// `work`, bounded by `query_timeout`.
+    async fn in_time<T>(
+        &self,
+        key: &'static str,
+        work: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        in_time(key, self.backend.name(), self.query_timeout, work).await
+    }
+
+    /// Splits a batch into statements: at most `rows_per_statement` rows and about
+    /// `statement_payload` payload bytes each (a single large row still gets its own statement).
+    fn insert_chunks<'m>(&self, inserts: &'m [Message], statement_payload: usize) -> Vec<&'m [Message]> {
+        let mut chunks = Vec::new();
+        let (mut start, mut bytes) = (0, 0);
+        for (i, m) in inserts.iter().enumerate() {
+            let rows = i - start;
+            if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > statement_payload) {
+                chunks.push(&inserts[start..i]);
+                (start, bytes) = (i, 0);
+            }
+            bytes += m.payload.len();
+        }
+        if start < inserts.len() {
+            chunks.push(&inserts[start..]);
+        }
+        chunks
+    }
+
+    /// Runs one statement; returns the rows it changed.
+    async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<u64, StoreError> {
+        let err = |cause| StoreError::Query { key: t.key(), cause };
+        with_pool!(&self.writes, p => self.in_time(t.key(), async {
+            bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()).map_err(err)
+        }).await)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqlStore {
+    /// Connects, applies the default schema when asked, prepares every template, and reads
+    /// `max_allowed_packet`; once that has passed, statements run.
+    async fn check(&self) -> Result<(), StoreError> {
+        let _one_at_a_time = self.check_lock.lock().await;
+        if self.is_checked() {
+            return Ok(());
+        }
+        match self.run_checks().await {
+            Ok(checked) => {
+                let _ = self.checked.set(checked);
+                *self.last_check_error.lock().expect("check error lock") = None;
+                Ok(())
+            }
+            Err(e) => {
+                *self.last_check_error.lock().expect("check error lock") = Some(e.to_string());
+                Err(e)
+            }
+        }
+    }
+
+    /// The checks have passed against the database.
+    fn is_checked(&self) -> bool {
+        self.checked.get().is_some()
+    }
+
+    /// Why the checks have not passed, while they have not.
+    fn check_error(&self) -> Option<String> {
+        self.last_check_error.lock().expect("check error lock").clone()
+    }
+
     /// `Err(limit)` when a payload is too large for any statement of this database: MySQL's
     /// `max_allowed_packet` caps every statement, and such a row would fail its whole batch.
-    pub fn check_payload(&self, len: usize) -> Result<(), usize> {
+    fn check_payload(&self, len: usize) -> Result<(), usize> {
         match self.checked.get().and_then(|c| c.max_payload) {
             Some(max) if len > max => Err(max),
             _ => Ok(()),
@@ -360,7 +320,7 @@ impl Store {
 
     /// Writes one batch in one transaction: the inserts (as multi-row statements when the template
     /// allows), the deletes of acknowledged messages, then the delivery records.
-    pub async fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
+    async fn write_batch(&self, batch: &Batch) -> Result<(), StoreError> {
         let checked = self.ready()?;
         let (insert, delete) = (&self.statements.insert_message, &self.statements.delete_message);
         let record = &self.statements.insert_delivery;
@@ -394,57 +354,26 @@ impl Store {
         }).await)
     }
 
-    /// `work`, or [`StoreError::Timeout`] once it has taken `query_timeout`. A statement cut off
-    /// this way may still have committed: the writer's retry of it is absorbed by the unique
-    /// message id.
-    pub async fn in_time<T>(
-        &self,
-        key: &'static str,
-        work: impl std::future::Future<Output = Result<T, StoreError>>,
-    ) -> Result<T, StoreError> {
-        let timed_out = || StoreError::Timeout { key, backend: self.backend.name(), after: self.query_timeout };
-        tokio::time::timeout(self.query_timeout, work).await.unwrap_or_else(|_| Err(timed_out()))
-    }
-
-    /// Splits a batch into statements: at most `rows_per_statement` rows and about
-    /// `statement_payload` payload bytes each (a single large row still gets its own statement).
-    fn insert_chunks<'m>(&self, inserts: &'m [Message], statement_payload: usize) -> Vec<&'m [Message]> {
-        let mut chunks = Vec::new();
-        let (mut start, mut bytes) = (0, 0);
-        for (i, m) in inserts.iter().enumerate() {
-            let rows = i - start;
-            if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > statement_payload) {
-                chunks.push(&inserts[start..i]);
-                (start, bytes) = (i, 0);
-            }
-            bytes += m.payload.len();
-        }
-        if start < inserts.len() {
-            chunks.push(&inserts[start..]);
-        }
-        chunks
-    }
-
     /// True when `delete_message_sql` binds the publisher or the topic, not only the id.
-    pub fn delete_binds_names(&self) -> bool {
+    fn ack_needs_names(&self) -> bool {
         self.statements.delete_message.vars().iter().any(|v| matches!(v, Var::From | Var::ClientId | Var::Topic))
     }
 
-    pub fn select_key(&self) -> &'static str {
+    fn replay_key(&self) -> &'static str {
         self.statements.select_message.key()
     }
 
     /// True when `select_message_sql` reads a page at a time (it uses `${after_id}`).
-    pub fn replay_pages(&self) -> bool {
+    fn replay_pages(&self) -> bool {
         self.statements.select_message.vars().contains(&Var::AfterId)
     }
 
     /// Streams the stored messages for one page of a replay (`select_message_sql`), in the order
     /// the template gives (the default orders by the table's auto-increment id: publish order).
-    pub fn select_messages<'a>(&'a self, query: &ReplayQuery<'_>) -> BoxStream<'a, Result<StoredMessage, StoreError>> {
+    fn select_messages<'a>(&'a self, query: &ReplayQuery<'_>) -> BoxStream<'a, Result<StoredMessage, StoreError>> {
         let t = &self.statements.select_message;
         let key = t.key();
-        with_pool!(&self.replays, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, query)
+        let rows = with_pool!(&self.replays, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, query)
             .fetch(p)
             .map(move |row| {
                 let row = row.map_err(|cause| StoreError::Query { key, cause })?;
@@ -462,19 +391,30 @@ impl Store {
                         .unwrap_or_default(),
                 })
             })
-            .boxed())
+            .boxed());
+        // Each row within `query_timeout`; the stream ends after a timeout.
+        let (backend, after) = (self.backend.name(), self.query_timeout);
+        futures_util::stream::unfold(Some(rows), move |rows| async move {
+            let mut rows = rows?;
+            match tokio::time::timeout(after, rows.next()).await {
+                Ok(Some(row)) => Some((row, Some(rows))),
+                Ok(None) => None,
+                Err(_) => Some((Err(StoreError::Timeout { key, backend, after }), None)),
+            }
+        })
+        .boxed()
     }
 
-    pub async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+    async fn upsert_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
         self.execute(&self.statements.insert_subscription, sub).await.map(drop)
     }
 
-    pub async fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
+    async fn delete_subscription(&self, sub: &Subscription) -> Result<(), StoreError> {
         self.execute(&self.statements.delete_subscription, sub).await.map(drop)
     }
 
     /// The stored subscriptions of one client (`select_subscriptions_sql`, columns `topic`, `qos`).
-    pub async fn select_subscriptions(&self, client_id: &str) -> Result<Vec<Subscription>, StoreError> {
+    async fn select_subscriptions(&self, client_id: &str) -> Result<Vec<Subscription>, StoreError> {
         let t = &self.statements.select_subscriptions;
         let key = t.key();
         let probe = Subscription { client_id: client_id.to_owned(), filter: String::new(), qos: 0 };
@@ -494,33 +434,25 @@ impl Store {
     }
 
     /// Deletes up to `limit` expired messages (`purge_expired_sql`); returns how many.
-    pub async fn purge_expired(&self, now_ms: i64, limit: i64) -> Result<u64, StoreError> {
+    async fn purge_expired(&self, now_ms: i64, limit: i64) -> Result<u64, StoreError> {
         self.execute(&self.statements.purge_expired, &Maintenance { now_ms, limit, topic: "" }).await
     }
 
     /// Deletes the oldest messages of `topic` beyond the newest `keep` (`trim_topic_sql`).
-    pub async fn trim_topic(&self, topic: &str, keep: u64) -> Result<u64, StoreError> {
+    async fn trim_topic(&self, topic: &str, keep: u64) -> Result<u64, StoreError> {
         let limit = keep.min(i64::MAX as u64) as i64;
         self.execute(&self.statements.trim_topic, &Maintenance { now_ms: 0, limit, topic }).await
     }
 
-    /// Runs one statement; returns the rows it changed.
-    async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<u64, StoreError> {
-        let err = |cause| StoreError::Query { key: t.key(), cause };
-        with_pool!(&self.writes, p => self.in_time(t.key(), async {
-            bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()).map_err(err)
-        }).await)
-    }
-
     /// Connections in use and open, over both pools.
-    pub fn pool_usage(&self) -> (u32, u32) {
+    fn connections(&self) -> (u32, u32) {
         let usage = |pool: &Pool| with_pool!(pool, p => (p.size() - p.num_idle() as u32, p.size()));
         let (w, r) = (usage(&self.writes), usage(&self.replays));
         (w.0 + r.0, w.1 + r.1)
     }
 
     /// A trivial query on the write pool: does the database answer?
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         let err = |cause| StoreError::Query { key: "health", cause };
         with_pool!(&self.writes, p => self.in_time("health", async { sqlx::query("select 1").execute(p).await.map(drop).map_err(err) }).await)
     }
@@ -528,7 +460,7 @@ impl Store {
     /// Closes the write pool, waiting for its connections. Replays in progress are not waited
     /// for: a stalled one could hold its connection for minutes, and what it has not delivered
     /// stays stored.
-    pub async fn close(&self) {
+    async fn close(&self) {
         with_pool!(&self.writes, p => p.close().await)
     }
 }
