@@ -156,3 +156,122 @@ async fn the_embedding_example_runs_a_broker_with_the_plugin() {
     let _ = std::process::Command::new("kill").args(["-INT", &child.id().to_string()]).status();
     assert!(child.wait().unwrap().success(), "it stops cleanly on SIGINT");
 }
+
+const README: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/README.md");
+
+/// The first ```sh block after the heading `heading` in README.md, as lines.
+fn readme_block(heading: &str) -> Vec<String> {
+    let text = std::fs::read_to_string(README).unwrap();
+    let after = text.split_once(&format!("\n{heading}\n")).unwrap_or_else(|| panic!("no {heading:?} in README.md")).1;
+    let body = after.split_once("```sh\n").expect("a ```sh block").1;
+    body.split_once("\n```").unwrap().0.lines().map(str::to_owned).collect()
+}
+
+/// README's metrics table and the endpoint agree: every metric served is documented with its type,
+/// and every documented one is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_documents_every_metric_the_endpoint_serves() {
+    let readme = std::fs::read_to_string(README).unwrap();
+    let documented: std::collections::BTreeSet<(String, String)> = readme
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `offline_messages_"))
+        .map(|rest| {
+            let (name, rest) = rest.split_once('`').unwrap();
+            let kind = rest.trim_start_matches([' ', '|']).split_once(' ').unwrap().0;
+            (format!("offline_messages_{name}"), kind.to_owned())
+        })
+        .collect();
+    assert!(!documented.is_empty(), "no | `offline_messages_...` | rows in README.md");
+
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let metrics_port = common::free_port();
+    let config = format!("metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}", env.backend_block(""));
+    let _broker = common::Broker::start(&env.write_config(&config), env.port, env.dir.path().join("broker.log")).await;
+    let (code, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    assert_eq!(code, 200);
+    let served: std::collections::BTreeSet<(String, String)> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .map(|l| {
+            let (name, kind) = l.split_once(' ').unwrap();
+            (name.to_owned(), kind.to_owned())
+        })
+        .collect();
+    let undocumented: Vec<_> = served.difference(&documented).collect();
+    let unserved: Vec<_> = documented.difference(&served).collect();
+    assert!(undocumented.is_empty(), "served but not in README's metrics table (name, type): {undocumented:?}");
+    assert!(unserved.is_empty(), "in README's metrics table but not served (name, type): {unserved:?}");
+}
+
+/// README's "Try it", run as written (its one port variable set to a free port), in a directory
+/// holding the shipped config.hocon, with the built binary on PATH: the message is stored, then
+/// replayed, then deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readme_try_it_stores_and_replays_a_message() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let lines = readme_block("### Try it");
+    let port = common::free_port();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(concat!(env!("CARGO_MANIFEST_DIR"), "/config.hocon"), dir.path().join("config.hocon")).unwrap();
+    let bin_dir = std::path::Path::new(common::BIN).parent().unwrap();
+    let mut shell = std::process::Command::new("bash")
+        .current_dir(dir.path())
+        .env("PATH", format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap()))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = shell.id();
+    let kill_group = move || {
+        let _ = std::process::Command::new("kill").args(["-KILL", "--", &format!("-{group}")]).status();
+    };
+    let mut stdin = shell.stdin.take().unwrap();
+    let (first, rest) = lines.split_first().unwrap();
+    assert!(first.starts_with("PORT="), "the block starts by choosing its one port: {first}");
+    writeln!(stdin, "PORT={port}").unwrap();
+    for line in rest {
+        assert!(!line.contains("1883"), "a command that does not use $PORT: {line}");
+        writeln!(stdin, "{line}").unwrap();
+        if line.starts_with("mqtt-offline-messages run") {
+            // A person types the next line once the broker is up; the test waits for its port.
+            let start = std::time::Instant::now();
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if start.elapsed() > LONG {
+                    kill_group();
+                    panic!("the broker never listened on {port}");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+    drop(stdin);
+    let start = std::time::Instant::now();
+    while shell.try_wait().unwrap().is_none() {
+        if start.elapsed() > LONG {
+            kill_group();
+            panic!("the block did not finish in {LONG:?}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut shell.stdout.take().unwrap(), &mut out).unwrap();
+    let out: Vec<&str> = out.lines().collect();
+    assert_eq!(out.len(), 2, "sqlite3's row, then mosquitto_sub's message: {out:?}");
+    assert!(out[0].starts_with("greetings|") && out[0].ends_with("|hello"), "stored: {out:?}");
+    assert_eq!(out[1], "hello", "replayed");
+    // `kill %1` stops the broker; its last flush deletes the acknowledged row.
+    let db = dir.path().join("data/offline-messages.db");
+    let start = std::time::Instant::now();
+    loop {
+        let left = std::process::Command::new("sqlite3").arg(&db).arg("select count(*) from mqtt_msg").output();
+        let left = String::from_utf8_lossy(&left.expect("sqlite3 (Debian package sqlite3)").stdout).trim().to_owned();
+        if left == "0" {
+            break;
+        }
+        assert!(start.elapsed() < LONG, "the acknowledged row is still stored: {left}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(std::fs::read_to_string(dir.path().join("broker.log")).unwrap().contains("MQTT broker listening"));
+}

@@ -41,6 +41,15 @@ pub fn payload(i: usize) -> Vec<u8> {
     p
 }
 
+/// `GET url` with curl: (status, body).
+pub fn curl(url: &str) -> (u16, String) {
+    let out =
+        Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().expect("curl (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
 /// Runs Debian's `mosquitto_pub` or `mosquitto_sub` (package mosquitto-clients) against the
 /// broker as an MQTT 5 client with QoS 1.
 pub fn mosquitto(program: &str, port: u16, client_id: &str, topic: &str, extra: &[&str]) -> std::process::Output {
