@@ -6,6 +6,7 @@
 //! reported with their full path. Every block is checked, enabled or not, so a mistake in a
 //! disabled block shows up now rather than on the day someone enables it.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -47,9 +48,16 @@ pub enum ConfigError {
          `sqlite`"
     )]
     RedisNotBuilt,
+    /// Every problem of one file, found in one run, in file order.
+    #[error("{} problems; fix them all, then run again:\n{}", .0.len(), list(.0))]
+    Several(Vec<ConfigError>),
     /// Any of the above, found while loading a file.
     #[error("{path}: {error}")]
     InFile { path: String, error: Box<ConfigError> },
+}
+
+fn list(errors: &[ConfigError]) -> String {
+    errors.iter().map(|e| format!("  - {e}")).collect::<Vec<_>>().join("\n")
 }
 
 /// A password: printed as `***`; [`Secret::expose`] is the only way to read it, so that neither a
@@ -375,36 +383,47 @@ impl Config {
             .map_err(|e| ConfigError::InFile { path: path.display().to_string(), error: Box::new(e) })
     }
 
+    /// Checks the whole file: every unknown key and every bad value is reported (as
+    /// [`ConfigError::Several`] when there are more than one), not only the first.
     pub fn parse_str(text: &str) -> Result<Config, ConfigError> {
         let tree = parse_tree(text)?;
         let Hocon::Hash(map) = &tree else { return Err(ConfigError::Syntax { line: 1, hint: "" }) };
-        let root = Table { path: String::new(), map: Some(map), source: text }.checked(TOP_KEYS)?;
-
-        let broker = broker(&root.table("broker", BROKER_KEYS)?)?;
-        let metrics = root.table("metrics", METRICS_KEYS)?;
-        let metrics = MetricsConfig {
-            bind: match metrics.string("bind")? {
-                Some(s) => Some(s.parse().map_err(|_| {
-                    metrics.invalid("bind", format!("{s:?} is not IP:PORT; write e.g. bind = \"127.0.0.1:9090\""))
-                })?),
-                None => None,
-            },
-        };
-        let mysql_block = root.table("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat())?;
-        let mysql = (mysql_block.bool("enable")?.unwrap_or(false), mysql(&mysql_block)?);
-        let sqlite_block = root.table("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat())?;
-        let sqlite = (sqlite_block.bool("enable")?.unwrap_or(false), sqlite(&sqlite_block)?);
-        if check_redis(&root.table("redis", REDIS_KEYS)?)? {
-            return Err(ConfigError::RedisNotBuilt);
+        let errors = RefCell::new(Vec::new());
+        let config = Self::from_tree(Table { path: String::new(), map: Some(map), source: text, errors: &errors });
+        let mut errors = errors.into_inner();
+        match config {
+            Some(config) if errors.is_empty() => Ok(config),
+            _ if errors.len() == 1 => Err(errors.remove(0)),
+            _ => Err(ConfigError::Several(errors)),
         }
-        let backend = match (mysql, sqlite) {
-            ((true, _), (true, _)) => return Err(ConfigError::TwoBackends),
-            ((false, _), (false, _)) => return Err(ConfigError::NoBackend),
-            ((true, m), _) => Backend::MySql(m),
-            (_, (true, s)) => Backend::Sqlite(s),
-        };
-        let auth = auth(&root.table("auth", AUTH_KEYS)?)?;
-        Ok(Config { broker, backend, metrics, auth })
+    }
+
+    /// A block's value checks that fail are recorded and the block is skipped, so that the
+    /// others are still checked; the keys' own checks record and go on with the default.
+    fn from_tree(root: Table<'_>) -> Option<Config> {
+        let root = root.checked(TOP_KEYS);
+        let broker = root.kept(root.table("broker", BROKER_KEYS).and_then(|t| broker(&t)));
+        let metrics = root.kept(root.table("metrics", METRICS_KEYS).and_then(|t| metrics(&t)));
+        let mysql = root.kept(root.table("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat()).and_then(|t| {
+            let enable = t.enable()?;
+            Ok((enable, mysql(&t)?))
+        }));
+        let sqlite = root.kept(root.table("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat()).and_then(|t| {
+            let enable = t.enable()?;
+            Ok((enable, sqlite(&t)?))
+        }));
+        let redis = root.kept(root.table("redis", REDIS_KEYS).and_then(|t| check_redis(&t)));
+        let auth = root.kept(root.table("auth", AUTH_KEYS).and_then(|t| auth(&t)));
+        // Which backend is enabled cannot be told from a broken block: its errors are recorded.
+        let ((mysql_on, mysql), (sqlite_on, sqlite)) = (mysql?, sqlite?);
+        let backend = root.kept(match (mysql_on?, sqlite_on?, redis?) {
+            (_, _, true) => Err(ConfigError::RedisNotBuilt),
+            (true, true, _) => Err(ConfigError::TwoBackends),
+            (false, false, _) => Err(ConfigError::NoBackend),
+            (true, _, _) => Ok(Backend::MySql(mysql)),
+            (_, true, _) => Ok(Backend::Sqlite(sqlite)),
+        })?;
+        Some(Config { broker: broker?, backend, metrics: metrics?, auth: auth? })
     }
 
     /// Start-up warnings a valid config still deserves (the caller logs them).
@@ -486,14 +505,13 @@ fn syntax_error(text: &str) -> ConfigError {
     ConfigError::Syntax { line: bad + 1, hint }
 }
 
+fn metrics(t: &Table<'_>) -> Result<MetricsConfig, ConfigError> {
+    Ok(MetricsConfig { bind: t.addr("bind", "127.0.0.1:9090")? })
+}
+
 fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
     Ok(BrokerConfig {
-        bind: match t.string("bind")? {
-            Some(s) => s.parse().map_err(|_| {
-                t.invalid("bind", format!("{s:?} is not IP:PORT; write e.g. bind = \"127.0.0.1:1883\""))
-            })?,
-            None => SocketAddr::from(([127, 0, 0, 1], 1883)),
-        },
+        bind: t.addr("bind", "127.0.0.1:1883")?.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1883))),
         node_id: t.int("node_id", 0, u32::MAX.into())?.map(|n| n as u32),
         max_packet_size: t
             .int("max_packet_size", 64, MQTT_MAX_PACKET_SIZE)?
@@ -505,10 +523,7 @@ fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
 
 /// `broker.tls`: off without `bind`; with it, a certificate chain and its key, both readable now.
 fn tls_listener(t: &Table<'_>) -> Result<Option<TlsListener>, ConfigError> {
-    let Some(bind) = t.string("bind")? else { return Ok(None) };
-    let bind = bind
-        .parse()
-        .map_err(|_| t.invalid("bind", format!("{bind:?} is not IP:PORT; write e.g. bind = \"0.0.0.0:8883\"")))?;
+    let Some(bind) = t.addr("bind", "0.0.0.0:8883")? else { return Ok(None) };
     let file = |key: &str| -> Result<PathBuf, ConfigError> {
         let path = t
             .non_empty_string(key)?
@@ -557,11 +572,7 @@ fn check_redis(t: &Table<'_>) -> Result<bool, ConfigError> {
         }
         Some(other) => return Err(t.type_error("servers", "\"host:port,host:port\" or a list of them", other)),
     }
-    if let Some(kind) = t.string("redis_type")? {
-        if !["single", "sentinel", "cluster"].contains(&kind.as_str()) {
-            return Err(t.invalid("redis_type", format!("{kind:?} is none of \"single\", \"sentinel\", \"cluster\"")));
-        }
-    }
+    t.choice("redis_type", &[("single", ()), ("sentinel", ()), ("cluster", ())])?;
     for key in ["sentinel", "username", "message_key_prefix", "subscription_key_prefix"] {
         t.string(key)?;
     }
@@ -596,46 +607,27 @@ fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigEr
         batch_size: t.int("batch_size", 1, MAX_BATCH_SIZE)?.map(|n| n as usize).unwrap_or(DEFAULT_BATCH_SIZE),
         batch_time: t.positive_duration("batch_time")?.unwrap_or(DEFAULT_BATCH_TIME),
         query_timeout: t.positive_duration("query_timeout")?.unwrap_or(DEFAULT_QUERY_TIMEOUT),
-        delivery_mode: match t.string("delivery_mode")?.as_deref() {
-            None | Some("queue") => DeliveryMode::Queue,
-            Some("fanout") => DeliveryMode::Fanout,
-            Some(other) => {
-                return Err(t.invalid("delivery_mode", format!("{other:?} is neither \"queue\" nor \"fanout\"")))
-            }
-        },
-        restore_subscriptions: match t.string("restore_subscriptions")?.as_deref() {
-            None | Some("persistent") => RestoreSubscriptions::Persistent,
-            Some("always") => RestoreSubscriptions::Always,
-            Some(other) => {
-                return Err(
-                    t.invalid("restore_subscriptions", format!("{other:?} is neither \"persistent\" nor \"always\""))
-                )
-            }
-        },
+        delivery_mode: t
+            .choice("delivery_mode", &[("queue", DeliveryMode::Queue), ("fanout", DeliveryMode::Fanout)])?,
+        restore_subscriptions: t.choice(
+            "restore_subscriptions",
+            &[("persistent", RestoreSubscriptions::Persistent), ("always", RestoreSubscriptions::Always)],
+        )?,
         // A bare number is seconds, as the reference's redis.message_ttl.
         message_ttl: t.duration("message_ttl", Unit::Seconds)?.filter(|d| !d.is_zero()),
         max_messages_per_topic: t.int("max_messages_per_topic", 0, i64::MAX)?.filter(|n| *n > 0).map(|n| n as u64),
         replay_page_size: t
             .int("replay_page_size", 1, MAX_REPLAY_PAGE_SIZE)?
             .map_or(DEFAULT_REPLAY_PAGE_SIZE, |n| n as u32),
-        write_mode: match t.string("write_mode")?.as_deref() {
-            None | Some("async") => WriteMode::Async,
-            Some("sync") => WriteMode::Sync,
-            Some(other) => return Err(t.invalid("write_mode", format!("{other:?} is neither \"async\" nor \"sync\""))),
-        },
+        write_mode: t.choice("write_mode", &[("async", WriteMode::Async), ("sync", WriteMode::Sync)])?,
         dead_letter_file: t
             .non_empty_string("dead_letter_file")?
             .map_or_else(|| PathBuf::from(DEFAULT_DEAD_LETTER_FILE), PathBuf::from),
         max_buffered: t.int("max_buffered", 1, MAX_BATCH_SIZE * 100)?.map(|n| n as usize),
         spool_dir: t.non_empty_string("spool_dir")?.map_or_else(|| PathBuf::from(DEFAULT_SPOOL_DIR), PathBuf::from),
         spool_max_bytes: t.int("spool_max_bytes", 1 << 20, i64::MAX)?.map_or(DEFAULT_SPOOL_MAX_BYTES, |n| n as u64),
-        spool_full: match t.string("spool_full")?.as_deref() {
-            None | Some("drop_newest") => SpoolFull::DropNewest,
-            Some("drop_oldest") => SpoolFull::DropOldest,
-            Some(other) => {
-                return Err(t.invalid("spool_full", format!("{other:?} is neither \"drop_newest\" nor \"drop_oldest\"")))
-            }
-        },
+        spool_full: t
+            .choice("spool_full", &[("drop_newest", SpoolFull::DropNewest), ("drop_oldest", SpoolFull::DropOldest)])?,
     })
 }
 
@@ -656,12 +648,10 @@ fn auth(t: &Table<'_>) -> Result<AuthConfig, ConfigError> {
     }
     let mut acl = Vec::new();
     for r in t.objects("acl", ACL_KEYS)? {
-        let action = match r.string("action")?.as_deref() {
-            Some("publish") => Action::Publish,
-            Some("subscribe") => Action::Subscribe,
-            Some("all") | None => Action::All,
-            Some(other) => return Err(r.invalid("action", format!("{other:?} is not publish, subscribe or all"))),
-        };
+        let action = r.choice(
+            "action",
+            &[("all", Action::All), ("publish", Action::Publish), ("subscribe", Action::Subscribe)],
+        )?;
         let allow = match r.string("permission")?.as_deref() {
             Some("allow") => true,
             Some("deny") => false,
@@ -682,13 +672,8 @@ fn ssl(t: &Table<'_>) -> Result<SslConfig, ConfigError> {
     Ok(SslConfig {
         enable: t.bool("enable")?.unwrap_or(false),
         server_name_indication: t.string("server_name_indication")?,
-        verify: match t.string("verify")?.as_deref() {
-            None | Some("verify_peer") => SslVerify::VerifyPeer,
-            Some("verify_none") => SslVerify::VerifyNone,
-            Some(other) => {
-                return Err(t.invalid("verify", format!("{other:?} is neither \"verify_peer\" nor \"verify_none\"")))
-            }
-        },
+        verify: t
+            .choice("verify", &[("verify_peer", SslVerify::VerifyPeer), ("verify_none", SslVerify::VerifyNone)])?,
         cacertfile: t.non_empty_string("cacertfile")?.map(PathBuf::from),
         certfile: t.non_empty_string("certfile")?.map(PathBuf::from),
         keyfile: t.non_empty_string("keyfile")?.map(PathBuf::from),
@@ -721,6 +706,9 @@ struct Table<'a> {
     map: Option<&'a Map>,
     /// The whole document, to tell an unset `${?VAR}` from an unset `${VAR}`.
     source: &'a str,
+    /// What is wrong so far: a key's check records its error and the key takes its default, so
+    /// that one run reports every problem.
+    errors: &'a RefCell<Vec<ConfigError>>,
 }
 
 impl<'a> Table<'a> {
@@ -732,13 +720,52 @@ impl<'a> Table<'a> {
         }
     }
 
-    fn checked(self, known: &[&str]) -> Result<Self, ConfigError> {
-        let Some(unknown) = self.map.into_iter().flat_map(|m| m.keys()).find(|k| !known.contains(&k.as_str())) else {
-            return Ok(self);
+    /// A backend block's `enable` (default false); `None` when it is wrong (recorded).
+    fn enable(&self) -> Result<Option<bool>, ConfigError> {
+        let before = self.errors.borrow().len();
+        let enable = self.bool("enable")?.unwrap_or(false);
+        Ok((self.errors.borrow().len() == before).then_some(enable))
+    }
+
+    /// Records every unknown key.
+    fn checked(self, known: &[&str]) -> Self {
+        for unknown in self.map.into_iter().flat_map(|m| m.keys()).filter(|k| !known.contains(&k.as_str())) {
+            let suggestion = closest(unknown, known).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default();
+            let scope = if self.path.is_empty() { "at the top level".to_owned() } else { format!("in {}", self.path) };
+            let known = known.join(", ");
+            self.record(ConfigError::UnknownKey { key: self.key(unknown), suggestion, scope, known });
+        }
+        self
+    }
+
+    fn record(&self, e: ConfigError) {
+        self.errors.borrow_mut().push(e);
+    }
+
+    /// A key's value is wrong: recorded, and the key is left at its default.
+    fn bad<T>(&self, e: ConfigError) -> Result<Option<T>, ConfigError> {
+        self.record(e);
+        Ok(None)
+    }
+
+    /// A block's result; its error is recorded.
+    fn kept<T>(&self, result: Result<T, ConfigError>) -> Option<T> {
+        result.map_err(|e| self.record(e)).ok()
+    }
+
+    /// One of `options`, by name; the first when the key is absent or wrong (wrong is recorded).
+    fn choice<T: Copy>(&self, key: &str, options: &[(&str, T)]) -> Result<T, ConfigError> {
+        let Some(value) = self.string(key)? else { return Ok(options[0].1) };
+        if let Some((_, v)) = options.iter().find(|(name, _)| *name == value) {
+            return Ok(*v);
+        }
+        let names: Vec<String> = options.iter().map(|(name, _)| format!("{name:?}")).collect();
+        let names = match names.as_slice() {
+            [a, b] => format!("neither {a} nor {b}"),
+            _ => format!("none of {}", names.join(", ")),
         };
-        let suggestion = closest(unknown, known).map(|k| format!(" (did you mean `{k}`?)")).unwrap_or_default();
-        let scope = if self.path.is_empty() { "at the top level".to_owned() } else { format!("in {}", self.path) };
-        Err(ConfigError::UnknownKey { key: self.key(unknown), suggestion, scope, known: known.join(", ") })
+        self.record(self.invalid(key, format!("{value:?} is {names}")));
+        Ok(options[0].1)
     }
 
     /// The value of `key`; `None` when absent, null, or an unset `${?VAR}` with no earlier value.
@@ -751,10 +778,10 @@ impl<'a> Table<'a> {
                 if self.source.contains(&format!("${{?{var}}}")) {
                     Ok(None)
                 } else {
-                    Err(ConfigError::Unresolved { key: self.key(key), var: var.clone() })
+                    self.bad(ConfigError::Unresolved { key: self.key(key), var: var.clone() })
                 }
             }
-            Some(Hocon::BadValue(e)) => Err(self.invalid(key, e.to_string())),
+            Some(Hocon::BadValue(e)) => self.bad(self.invalid(key, e.to_string())),
             Some(v) => Ok(Some(v)),
         }
     }
@@ -765,7 +792,7 @@ impl<'a> Table<'a> {
             Some(Hocon::Hash(m)) => Some(m),
             Some(other) => return Err(self.type_error(key, "an object { ... }", other)),
         };
-        Table { path: self.key(key), map, source: self.source }.checked(known)
+        Ok(Table { path: self.key(key), map, source: self.source, errors: self.errors }.checked(known))
     }
 
     fn type_error(&self, key: &str, expected: &'static str, found: &Hocon) -> ConfigError {
@@ -776,6 +803,19 @@ impl<'a> Table<'a> {
         ConfigError::Invalid { key: self.key(key), reason }
     }
 
+    /// An "IP:PORT" address; `example` is shown when it is not one.
+    fn addr(&self, key: &str, example: &str) -> Result<Option<SocketAddr>, ConfigError> {
+        match self.string(key)? {
+            None => Ok(None),
+            Some(s) => match s.parse() {
+                Ok(addr) => Ok(Some(addr)),
+                Err(_) => {
+                    self.bad(self.invalid(key, format!("{s:?} is not IP:PORT; write e.g. {key} = \"{example}\"")))
+                }
+            },
+        }
+    }
+
     /// Strings too: a `${?VAR}` always gives one.
     fn bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
         match self.get(key)? {
@@ -783,7 +823,7 @@ impl<'a> Table<'a> {
             Some(Hocon::Boolean(b)) => Ok(Some(*b)),
             Some(Hocon::String(s)) if ["true", "yes", "on"].contains(&s.trim()) => Ok(Some(true)),
             Some(Hocon::String(s)) if ["false", "no", "off"].contains(&s.trim()) => Ok(Some(false)),
-            Some(other) => Err(self.type_error(key, "true or false", other)),
+            Some(other) => self.bad(self.type_error(key, "true or false", other)),
         }
     }
 
@@ -794,14 +834,14 @@ impl<'a> Table<'a> {
             // An unquoted integer or boolean where a string is expected (e.g. `database = 2024`).
             Some(Hocon::Integer(i)) => Ok(Some(i.to_string())),
             Some(Hocon::Boolean(b)) => Ok(Some(b.to_string())),
-            Some(other) => Err(self.type_error(key, "a string", other)),
+            Some(other) => self.bad(self.type_error(key, "a string", other)),
         }
     }
 
     fn non_empty_string(&self, key: &str) -> Result<Option<String>, ConfigError> {
         match self.string(key)? {
             Some(s) if s.trim().is_empty() => {
-                Err(self.invalid(key, "is empty; give a value or remove the key to use the default".into()))
+                self.bad(self.invalid(key, "is empty; give a value or remove the key to use the default".into()))
             }
             s => Ok(s),
         }
@@ -812,7 +852,7 @@ impl<'a> Table<'a> {
         match self.get(key)? {
             None => Ok(None),
             Some(Hocon::String(s)) => Ok(Some(Secret(s.clone()))),
-            Some(other) => Err(self.type_error(key, "a string in quotes", other)),
+            Some(other) => self.bad(self.type_error(key, "a string in quotes", other)),
         }
     }
 
@@ -822,11 +862,14 @@ impl<'a> Table<'a> {
             None => return Ok(None),
             Some(Hocon::Integer(i)) => *i,
             Some(Hocon::Real(r)) if r.fract() == 0.0 && r.abs() < 9.0e15 => *r as i64,
-            Some(v @ Hocon::String(s)) => s.trim().parse().map_err(|_| self.type_error(key, "an integer", v))?,
-            Some(other) => return Err(self.type_error(key, "an integer", other)),
+            Some(v @ Hocon::String(s)) => match s.trim().parse() {
+                Ok(n) => n,
+                Err(_) => return self.bad(self.type_error(key, "an integer", v)),
+            },
+            Some(other) => return self.bad(self.type_error(key, "an integer", other)),
         };
         if n < min || n > max {
-            return Err(self.invalid(key, format!("{n} is out of range; use {min} to {max}")));
+            return self.bad(self.invalid(key, format!("{n} is out of range; use {min} to {max}")));
         }
         Ok(Some(n))
     }
@@ -836,15 +879,20 @@ impl<'a> Table<'a> {
         let items = match self.get(key)? {
             None => return Ok(Vec::new()),
             Some(Hocon::Array(items)) => items,
-            Some(other) => return Err(self.type_error(key, "a list of objects [ { ... } ]", other)),
+            Some(other) => {
+                self.record(self.type_error(key, "a list of objects [ { ... } ]", other));
+                return Ok(Vec::new());
+            }
         };
         let mut tables = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             let path = self.key(&format!("{key}[{i}]"));
             match item {
-                Hocon::Hash(map) => tables.push(Table { path, map: Some(map), source: self.source }.checked(known)?),
+                Hocon::Hash(map) => {
+                    tables.push(Table { path, map: Some(map), source: self.source, errors: self.errors }.checked(known))
+                }
                 other => {
-                    return Err(ConfigError::Type { key: path, expected: "an object { ... }", found: kind(other) })
+                    self.record(ConfigError::Type { key: path, expected: "an object { ... }", found: kind(other) })
                 }
             }
         }
@@ -855,16 +903,19 @@ impl<'a> Table<'a> {
         let items = match self.get(key)? {
             None => return Ok(None),
             Some(Hocon::Array(items)) => items,
-            Some(other) => return Err(self.type_error(key, "a list of strings, e.g. [\"#\"]", other)),
+            Some(other) => return self.bad(self.type_error(key, "a list of strings, e.g. [\"#\"]", other)),
         };
         let mut list = Vec::with_capacity(items.len());
         for (i, item) in items.iter().enumerate() {
             match item {
                 Hocon::String(s) if !s.is_empty() => list.push(s.clone()),
                 Hocon::String(_) => {
-                    return Err(self.invalid(&format!("{key}[{i}]"), "is empty; remove it or write a filter".into()))
+                    return self
+                        .bad(self.invalid(&format!("{key}[{i}]"), "is empty; remove it or write a filter".into()))
                 }
-                other => return Err(self.type_error(&format!("{key}[{i}]"), "a string, e.g. \"sensors/#\"", other)),
+                other => {
+                    return self.bad(self.type_error(&format!("{key}[{i}]"), "a string, e.g. \"sensors/#\"", other))
+                }
             }
         }
         Ok(Some(list))
@@ -879,22 +930,21 @@ impl<'a> Table<'a> {
             Some(Hocon::Integer(i)) => i.to_string(),
             Some(Hocon::Real(r)) => r.to_string(),
             Some(Hocon::String(s)) => s.clone(),
-            Some(other) => return Err(self.type_error(key, EXPECTED, other)),
+            Some(other) => return self.bad(self.type_error(key, EXPECTED, other)),
         };
         if text.trim_start().starts_with('-') {
-            return Err(self.invalid(key, "is negative; give a duration such as \"5ms\"".into()));
+            return self.bad(self.invalid(key, "is negative; give a duration such as \"5ms\"".into()));
         }
-        parse_duration(&text, bare).map(Some).ok_or_else(|| ConfigError::Type {
-            key: self.key(key),
-            expected: EXPECTED,
-            found: "a string",
-        })
+        match parse_duration(&text, bare) {
+            Some(d) => Ok(Some(d)),
+            None => self.bad(ConfigError::Type { key: self.key(key), expected: EXPECTED, found: "a string" }),
+        }
     }
 
     /// `batch_time`: a bare number is milliseconds, and zero would spin the writer.
     fn positive_duration(&self, key: &str) -> Result<Option<Duration>, ConfigError> {
         match self.duration(key, Unit::Millis)? {
-            Some(d) if d.is_zero() => Err(self.invalid(key, "must be more than 0; write e.g. \"5ms\"".into())),
+            Some(d) if d.is_zero() => self.bad(self.invalid(key, "must be more than 0; write e.g. \"5ms\"".into())),
             d => Ok(d),
         }
     }
@@ -1198,7 +1248,7 @@ mod tests {
         assert!(err("sqlite.enable = true\nauth { users = [{ username = a, password_hash = plain }] }")
             .starts_with("auth.users[0].password_hash: is not a password hash"));
         assert!(err("sqlite.enable = true\nauth { users = [{ username = a, pasword_hash = x }] }")
-            .starts_with("auth.users[0].pasword_hash: unknown key (did you mean `password_hash`?)"));
+            .contains("\n  - auth.users[0].pasword_hash: unknown key (did you mean `password_hash`?)"));
         let hash = crate::auth::hash_password("pw");
         let bad_rule = format!(
             "sqlite.enable = true\nauth {{ users = [{{ username = a, password_hash = \"{hash}\" }}], acl = [{{ topic = \"a/#/b\", permission = allow }}] }}"
@@ -1225,6 +1275,33 @@ mod tests {
         assert!(
             err("sqlite { enable = true, max_messages_per_topic = -1 }").starts_with("sqlite.max_messages_per_topic")
         );
+    }
+
+    #[test]
+    fn every_mistake_is_reported_in_one_run() {
+        let text = "brokr { bind = x }\nbroker { max_packet_size = 1, bind = \"nowhere\" }\n\
+                    metrics { bind = 9090 }\n\
+                    sqlite { enable = true, batch_sise = 5, delivery_mode = broadcast, batch_time = -1, topics = [1] }\n\
+                    mysql { pool_size = 0 }";
+        let e = err(text);
+        let expected = [
+            "brokr: unknown key",
+            "broker.bind: \"nowhere\" is not IP:PORT",
+            "broker.max_packet_size: 1 is out of range",
+            "metrics.bind: \"9090\" is not IP:PORT",
+            "mysql.pool_size: 0 is out of range",
+            "sqlite.batch_sise: unknown key (did you mean `batch_size`?)",
+            "sqlite.topics[0]: expected a string",
+            "sqlite.batch_time: is negative",
+            "sqlite.delivery_mode: \"broadcast\" is neither",
+        ];
+        assert!(e.starts_with(&format!("{} problems; fix them all", expected.len())), "{e}");
+        let lines: Vec<&str> = e.lines().skip(1).collect();
+        assert_eq!(lines.len(), expected.len(), "{e}");
+        for (line, want) in lines.iter().zip(expected) {
+            assert!(line.starts_with(&format!("  - {want}")), "{line:?} should start with {want:?}\n{e}");
+        }
+        assert!(Config::load(Path::new("/nonexistent.hocon")).is_err());
     }
 
     #[test]
