@@ -132,6 +132,27 @@ async fn check_config_reports_a_refused_login_without_the_password() {
     assert!(!all.contains("s3cret-pw"), "the password never prints: {all}");
 }
 
+/// Nothing listens on the port: both tools say what the socket said, with the address and the key
+/// (not the pool's "timed out while waiting for an open connection").
+#[tokio::test]
+async fn check_config_and_migrate_say_connection_refused() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let server = format!("127.0.0.1:{}", free_port());
+    let config = env.write_config(&format!(
+        "mysql {{ enable = true, server = \"{server}\", database = x, spool_dir = \"{}\" }}",
+        env.dir.path().join("spool").display()
+    ));
+    for tool_args in [&["check-config"][..], &["migrate"]] {
+        let out = tool(tool_args, &config);
+        assert!(!out.status.success());
+        let all = format!("{}{}", stdout(&out), String::from_utf8_lossy(&out.stderr));
+        let expected = format!(
+            "cannot connect to mysql at {server} (mysql.server): error communicating with database: Connection refused"
+        );
+        assert!(all.contains(&expected), "{tool_args:?}: {all}");
+    }
+}
+
 on_both_backends!(history_streams_stored_messages_as_a_table_or_json_lines);
 async fn history_streams_stored_messages_as_a_table_or_json_lines(backend: Backend) {
     let env = TestEnv::new(backend).await;

@@ -211,7 +211,7 @@ impl SqlStore {
         let (name, storage) = (self.backend.name(), self.backend.storage());
         let pool = &self.writes;
         if let (Pool::MySql(p), Backend::MySql(cfg)) = (pool, &self.backend) {
-            p.acquire().await.map_err(|cause| mysql_connect_error(cfg, cause))?;
+            acquire_mysql(p, cfg).await?;
         }
         if storage.init_default_schema {
             with_pool!(pool, p => migrate::apply(p, migrate::for_backend(name), &|_, _, _| {}).await)?;
@@ -523,8 +523,25 @@ where
 
 async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, StoreError> {
     let pool = lazy_mysql(cfg, connections)?;
-    pool.acquire().await.map_err(|cause| mysql_connect_error(cfg, cause))?;
+    acquire_mysql(&pool, cfg).await?;
     Ok(pool)
+}
+
+/// One connection from `pool`, or the reason there is none. The pool retries a failed connect
+/// until its timeout and then says only that it timed out: one direct attempt then gives the
+/// socket's or the server's own words ("Connection refused").
+async fn acquire_mysql(pool: &sqlx::MySqlPool, cfg: &MySqlConfig) -> Result<(), StoreError> {
+    let cause = match pool.acquire().await {
+        Ok(_) => return Ok(()),
+        Err(sqlx::Error::PoolTimedOut) => {
+            match tokio::time::timeout(ACQUIRE_TIMEOUT, sqlx::ConnectOptions::connect(&*pool.connect_options())).await {
+                Ok(Err(cause)) => cause,
+                _ => sqlx::Error::PoolTimedOut,
+            }
+        }
+        Err(cause) => cause,
+    };
+    Err(mysql_connect_error(cfg, cause))
 }
 
 /// A MySQL pool that connects when first used: the broker can start while the server is down.
