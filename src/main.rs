@@ -5,11 +5,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::bail;
 use clap::{Parser, Subcommand};
-use mqtt_offline_messages::config::Config;
+use mqtt_offline_messages::config::{Config, LogConfig};
 use mqtt_offline_messages::engine::Engine;
 use mqtt_offline_messages::{host, http};
 
+mod logging;
 mod tools;
+
+/// What `run` logs unless `log.level` or `RUST_LOG` says otherwise.
+const RUN_LOG_LEVEL: &str = "info,rmqtt=warn,rmqtt_retainer=warn";
 
 #[derive(Parser)]
 #[command(
@@ -88,24 +92,27 @@ struct RunArgs {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     // The broker logs what it does; the tools print their results and log only trouble.
-    let default_filter = match cli.command {
-        None | Some(Command::Run(_)) => "info,rmqtt=warn,rmqtt_retainer=warn",
-        Some(_) => "warn",
+    let (config_path, is_run) = match &cli.command {
+        Some(Command::HashPassword) => return hash_password(),
+        None => (&cli.run.config, true),
+        Some(Command::Run(args)) => (&args.config, true),
+        Some(Command::Migrate(args) | Command::CheckConfig(args)) => (&args.config, false),
+        Some(Command::History(args)) => (&args.config.config, false),
     };
-    if matches!(cli.command, Some(Command::HashPassword)) {
-        return hash_password();
-    }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default_filter.into()),
-        )
-        .init();
+    // Read here only for the logs' shape; the command reads (and reports on) the config itself.
+    let log = Config::load(config_path).ok().map(|c| if is_run { c.log } else { LogConfig { level: None, ..c.log } });
+    let logging = match logging::init(log.as_ref(), if is_run { RUN_LOG_LEVEL } else { "warn" }) {
+        Ok(logging) => logging,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
-            None => run(cli.run).await,
-            Some(Command::Run(args)) => run(args).await,
+            None => run(cli.run, logging).await,
+            Some(Command::Run(args)) => run(args, logging).await,
             Some(Command::Migrate(args)) => tools::migrate(&load_config(&args.config)?).await,
             Some(Command::CheckConfig(args)) => {
                 if tools::check_config(&args.config).await {
@@ -168,8 +175,8 @@ fn load_config(path: &Path) -> anyhow::Result<Config> {
     Ok(config)
 }
 
-async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let config = load_config(&args.config)?;
+async fn run(args: RunArgs, logging: logging::Logging) -> anyhow::Result<()> {
+    let mut config = load_config(&args.config)?;
     let addr = args.bind.unwrap_or(config.broker.bind);
 
     // Bind first: a taken port is the most common start-up failure and needs no database.
@@ -189,17 +196,71 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         tokio::spawn(http::serve(listener, engine.clone()));
     }
     tracing::info!(%addr, "MQTT broker listening");
-    let stop = async { tracing::info!(signal = shutdown_signal().await, "shutting down") };
+    let shutdown_timeout = config.broker.shutdown_timeout;
+    let stop = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
+        let mut hup = signal(SignalKind::hangup()).expect("a SIGHUP handler");
+        let signal = loop {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => break "SIGINT",
+                _ = term.recv() => break "SIGTERM",
+                _ = hup.recv() => reload(&args.config, &mut config, &engine, &logging),
+            }
+        };
+        tracing::info!(signal, "shutting down");
+    };
     let served = broker.serve(engine.clone(), stop).await;
-    engine.shutdown(config.broker.shutdown_timeout).await;
+    engine.shutdown(shutdown_timeout).await;
     Ok(served?)
 }
 
-async fn shutdown_signal() -> &'static str {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("a SIGTERM handler");
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => "SIGINT",
-        _ = term.recv() => "SIGTERM",
+/// SIGHUP: applies what can change without dropping clients (`topics`, users and ACL rules,
+/// `log.level`) and logs what changed; a file that does not load changes nothing.
+fn reload(path: &Path, running: &mut Config, engine: &Engine, logging: &logging::Logging) {
+    const KEPT: &str = "SIGHUP: the config is not reloaded; the running one stays";
+    let new = match Config::load(path) {
+        Ok(new) => new,
+        Err(e) => return tracing::error!(error = %e, "{KEPT}"),
+    };
+    let level = match logging.prepare(&new.log, RUN_LOG_LEVEL) {
+        Ok(level) => level,
+        Err(e) => return tracing::error!(error = %e, "{KEPT}"),
+    };
+    let mut changes = match engine.reload(&new) {
+        Ok(changes) => changes,
+        Err(e) => return tracing::error!(error = %e, "{KEPT}"),
+    };
+    if let Some(level) = level {
+        let to = level.0.clone();
+        changes.push(format!("log.level: {to:?} (was {:?})", logging.apply(level)));
     }
+    let restart = restart_only_changes(running, &new);
+    if !restart.is_empty() {
+        tracing::warn!(keys = ?restart, "SIGHUP: these changes apply at the next start, not now");
+    }
+    if logging.from_env() && new.log.level != running.log.level {
+        tracing::warn!("SIGHUP: log.level is not applied: RUST_LOG is set and takes its place");
+    }
+    if changes.is_empty() {
+        tracing::info!("SIGHUP: config reloaded; nothing that can change while running has changed");
+    } else {
+        tracing::info!(changes = ?changes, "SIGHUP: config reloaded");
+    }
+    running.backend.storage_mut().topics = new.backend.storage().topics.clone();
+    running.auth = new.auth;
+    running.log.level = new.log.level;
+}
+
+/// The blocks of `new` that differ from `running` in what only a restart applies.
+fn restart_only_changes(running: &Config, new: &Config) -> Vec<&'static str> {
+    // Debug text compares the blocks whole (a password prints as ***: a new one is not seen).
+    let text = |c: &Config| {
+        let mut backend = c.backend.clone();
+        backend.storage_mut().topics.clear();
+        [format!("{:?}", c.broker), format!("{:?}", backend), format!("{:?}", c.metrics), format!("{:?}", c.log.format)]
+    };
+    let names = ["broker", running.backend.name(), "metrics", "log.format"];
+    let (old, new) = (text(running), text(new));
+    names.into_iter().zip(old.iter().zip(&new)).filter(|(_, (a, b))| a != b).map(|(name, _)| name).collect()
 }

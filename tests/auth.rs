@@ -92,3 +92,50 @@ async fn a_stored_subscription_the_acl_refuses_is_not_restored() {
     assert_eq!(env.count("mqtt_msg").await, 1, "and nothing deleted");
     assert!(broker.log_text().contains("a stored subscription the ACL refuses is not restored"));
 }
+
+/// SIGHUP applies a new file's users, ACL rules, `topics` and `log.level` to a running broker and
+/// says what changed; a file that does not load changes nothing, says why, and the broker serves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_users_topics_and_level_and_a_broken_file_changes_nothing() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let hash = |pw: &str| mqtt_offline_messages::auth::hash_password(pw);
+    let (alice, bob) = (hash("alice-pw"), hash("bob-pw"));
+    let config = |users: &str, topics: &str, extra: &str| {
+        format!(
+            "log {{ level = \"{}\" }}\nauth {{\n users = [{users}]\n acl = [{{ action = all, topic = \"#\", permission = allow }}]\n}}\n{}",
+            if topics.contains('b') { "debug" } else { "info" },
+            env.backend_block(&format!("topics = {topics}\n{extra}"))
+        )
+    };
+    let user = |name: &str, hash: &str| format!("{{ username = {name}, password_hash = \"{hash}\" }}");
+    let path = env.write_config(&config(&user("alice", &alice), r#"["a/#"]"#, ""));
+    // No RUST_LOG: log.level decides, and a reload may change it.
+    let broker = Broker::start_logging(&path, env.port, env.dir.path().join("broker.log"), "").await;
+    let publish_as_bob = |topic: &str| {
+        mosquitto("mosquitto_pub", env.port, "bob-1", topic, &["-u", "bob", "-P", "bob-pw", "-m", "hi"])
+            .status
+            .success()
+    };
+    assert!(!publish_as_bob("b/1"), "bob is not a user yet");
+
+    let both = format!("{}, {}", user("alice", &alice), user("bob", &bob));
+    std::fs::write(&path, config(&both, r#"["a/#", "b/#"]"#, "")).unwrap();
+    broker.signal("HUP");
+    broker.wait_for_log("SIGHUP: config reloaded").await;
+    let log = broker.log_text();
+    assert!(log.contains(r#"auth.users: added [\"bob\"]"#), "{log}");
+    assert!(log.contains(r#"sqlite.topics: [\"a/#\", \"b/#\"] (was [\"a/#\"])"#), "{log}");
+    assert!(log.contains(r#"log.level: \"debug\" (was \"info\")"#), "{log}");
+    assert!(!log.contains("bob-pw") && !log.contains(&bob), "no password or hash in the log");
+    assert!(publish_as_bob("b/1"), "a user added by reload connects");
+    env.wait_count("mqtt_msg", 1, LONG).await;
+
+    // Bob removed, but a typo in the same file: nothing of it applies.
+    std::fs::write(&path, config(&user("alice", &alice), r#"["a/#"]"#, "batch_sise = 3")).unwrap();
+    broker.signal("HUP");
+    broker.wait_for_log("SIGHUP: the config is not reloaded; the running one stays").await;
+    assert!(broker.log_text().contains("sqlite.batch_sise: unknown key"), "the error says why");
+    assert!(publish_as_bob("b/2"), "still a user, b/# still stored");
+    env.wait_count("mqtt_msg", 2, LONG).await;
+    assert_eq!(broker.log_text().matches("SIGHUP: config reloaded").count(), 1);
+}

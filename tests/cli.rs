@@ -1,10 +1,12 @@
-//! The binary's start-up errors: one line, naming the key or flag, and what to do.
+//! The binary's start-up errors (one line, naming the key or flag, and what to do), its logs, and
+//! what it says on the way out.
 
 mod common;
 
 use std::process::{Command, Output};
 
-use common::{Backend, TestEnv, BIN};
+use common::{free_port, Backend, Broker, Client, TestEnv, BIN};
+use rumqttc::QoS;
 
 fn run_with(config: &std::path::Path, bind: &str) -> Output {
     Command::new(BIN)
@@ -71,4 +73,48 @@ async fn config_errors_name_the_key() {
     assert!(error_line(&run_with(&both, "127.0.0.1:1")).contains("`mysql.enable` and `sqlite.enable`"));
     let typo = env.write_config(&env.backend_block("bach_size = 10"));
     assert!(error_line(&run_with(&typo, "127.0.0.1:1")).contains("sqlite.bach_size: unknown key"));
+}
+
+/// stderr to a file: no colour codes; `log.format = json`: one JSON object per line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_to_a_file_carry_no_colour_and_json_gives_one_object_per_line() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let mut text = env.start("").await;
+    text.stop();
+    let log = text.log_text();
+    assert!(log.contains("MQTT broker listening") && !log.contains('\x1b'), "{log:?}");
+
+    let config = env.write_config(&format!("log {{ format = json }}\n{}", env.backend_block("")));
+    let mut json = Broker::start(&config, env.port, env.dir.path().join("json.log")).await;
+    json.stop();
+    let log = json.log_text();
+    let lines: Vec<serde_json::Value> =
+        log.lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
+    let ready = lines.iter().find(|l| l["fields"]["message"] == "MQTT broker listening").expect("the ready line");
+    assert_eq!(ready["level"], "INFO");
+    assert_eq!(ready["fields"]["addr"], format!("127.0.0.1:{}", env.port));
+}
+
+/// SIGTERM while the database is away: the broker says that it waits, for what, and until when,
+/// then exits 0 once `broker.shutdown_timeout` has run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_the_database_away_says_what_it_waits_for_and_until_when() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let config = env.write_config(&format!(
+        "broker {{ shutdown_timeout = 3s }}\nmysql {{ enable = true, server = \"127.0.0.1:{}\", topics = [\"#\"], spool_dir = \"{}\", dead_letter_file = \"{}\" }}",
+        free_port(),
+        env.dir.path().join("spool").display(),
+        env.dead_letter_path().display()
+    ));
+    let mut broker = Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut publisher = Client::connect(env.port, "away-pub", true).await;
+    publisher.publish("t", QoS::AtLeastOnce, false, "kept in the spool").await;
+    assert_eq!(broker.stop(), Some(0));
+    let log = broker.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("waiting for the database to take the spool before exiting"))
+        .unwrap_or_else(|| panic!("no waiting line:\n{log}"));
+    assert!(line.contains("until broker.shutdown_timeout runs out") && line.contains("until=20"), "{line}");
+    assert!(line.contains("spool_bytes="), "{line}");
 }

@@ -44,6 +44,30 @@ impl AuthConfig {
         !self.users.is_empty()
     }
 
+    /// What `new` changes, for a log line: user names and rule counts, never a hash.
+    pub fn changes_to(&self, new: &AuthConfig) -> Vec<String> {
+        let names = |a: &AuthConfig| a.users.iter().map(|u| u.username.clone()).collect::<Vec<_>>();
+        let (old_names, new_names) = (names(self), names(new));
+        let added: Vec<_> = new_names.iter().filter(|n| !old_names.contains(n)).collect();
+        let removed: Vec<_> = old_names.iter().filter(|n| !new_names.contains(n)).collect();
+        let rehashed: Vec<_> = new
+            .users
+            .iter()
+            .filter(|u| self.users.iter().any(|o| o.username == u.username && o != *u))
+            .map(|u| &u.username)
+            .collect();
+        let mut changes = Vec::new();
+        for (what, list) in [("added", added), ("removed", removed), ("new password for", rehashed)] {
+            if !list.is_empty() {
+                changes.push(format!("auth.users: {what} {list:?}"));
+            }
+        }
+        if self.acl != new.acl {
+            changes.push(format!("auth.acl: {} rules (was {})", new.acl.len(), self.acl.len()));
+        }
+        changes
+    }
+
     /// True when `password` is the user's. Unknown users and malformed hashes are refused.
     pub fn verify(&self, username: &str, password: &[u8]) -> bool {
         let Some(user) = self.users.iter().find(|u| u.username == username) else { return false };

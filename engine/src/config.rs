@@ -86,9 +86,27 @@ impl std::fmt::Display for Secret {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub broker: BrokerConfig,
+    pub log: LogConfig,
     pub backend: Backend,
     pub metrics: MetricsConfig,
     pub auth: AuthConfig,
+}
+
+/// How the binary logs (`log`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LogConfig {
+    /// A tracing filter such as `"info"` or `"info,mqtt_offline_messages=debug"` (`log.level`);
+    /// `None`: the binary's default. `RUST_LOG`, when set, takes its place.
+    pub level: Option<String>,
+    pub format: LogFormat,
+}
+
+/// `log.format`: `text` for people, `json` (one object per line) for log shippers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 /// The HTTP endpoint with `/metrics` and `/health` (`metrics.bind`); off when unset.
@@ -135,6 +153,13 @@ impl Backend {
         match self {
             Backend::MySql(c) => &c.storage,
             Backend::Sqlite(c) => &c.storage,
+        }
+    }
+
+    pub fn storage_mut(&mut self) -> &mut StorageConfig {
+        match self {
+            Backend::MySql(c) => &mut c.storage,
+            Backend::Sqlite(c) => &mut c.storage,
         }
     }
 
@@ -317,7 +342,8 @@ const MAX_BATCH_SIZE: i64 = 1_000_000;
 const MAX_POOL_SIZE: i64 = 1024;
 const MAX_REPLAY_PAGE_SIZE: i64 = 1_000_000;
 
-const TOP_KEYS: &[&str] = &["broker", "metrics", "auth", "mysql", "sqlite", "redis"];
+const TOP_KEYS: &[&str] = &["broker", "log", "metrics", "auth", "mysql", "sqlite", "redis"];
+const LOG_KEYS: &[&str] = &["level", "format"];
 const AUTH_KEYS: &[&str] = &["users", "acl"];
 const USER_KEYS: &[&str] = &["username", "password_hash"];
 const ACL_KEYS: &[&str] = &["username", "action", "topic", "permission"];
@@ -403,6 +429,10 @@ impl Config {
     fn from_tree(root: Table<'_>) -> Option<Config> {
         let root = root.checked(TOP_KEYS);
         let broker = root.kept(root.table("broker", BROKER_KEYS).and_then(|t| broker(&t)));
+        let log = root.kept(root.table("log", LOG_KEYS).and_then(|t| {
+            let format = t.choice("format", &[("text", LogFormat::Text), ("json", LogFormat::Json)])?;
+            Ok(LogConfig { level: t.non_empty_string("level")?, format })
+        }));
         let metrics = root.kept(root.table("metrics", METRICS_KEYS).and_then(|t| metrics(&t)));
         let mysql = root.kept(root.table("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat()).and_then(|t| {
             let enable = t.enable()?;
@@ -423,7 +453,7 @@ impl Config {
             (true, _, _) => Ok(Backend::MySql(mysql)),
             (_, true, _) => Ok(Backend::Sqlite(sqlite)),
         })?;
-        Some(Config { broker: broker?, backend, metrics: metrics?, auth: auth? })
+        Some(Config { broker: broker?, log: log?, backend, metrics: metrics?, auth: auth? })
     }
 
     /// Start-up warnings a valid config still deserves (the caller logs them).
@@ -454,6 +484,7 @@ pub fn known_keys() -> Vec<String> {
     let mut keys = TOP_KEYS.iter().map(|k| k.to_string()).collect::<Vec<_>>();
     keys.extend(block("broker", BROKER_KEYS));
     keys.extend(block("broker.tls", TLS_LISTENER_KEYS));
+    keys.extend(block("log", LOG_KEYS));
     keys.extend(block("metrics", METRICS_KEYS));
     keys.extend(block("auth", AUTH_KEYS));
     keys.extend(block("auth.users[]", USER_KEYS));

@@ -7,7 +7,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
@@ -45,6 +45,8 @@ pub enum EngineError {
     Store(#[from] StoreError),
     #[error("{key}: {filter:?} is not a valid MQTT topic filter ({reason}); fix it in the config")]
     TopicFilter { key: String, filter: String, reason: String },
+    #[error("auth.users: {0}; restart the broker to turn authentication on or off")]
+    AuthToggle(&'static str),
     #[error(
         "{key}: cannot use the spool directory {path}: {cause}; give a writable directory (one per broker process)"
     )]
@@ -169,7 +171,8 @@ pub struct Engine {
     subscriptions: SubscriptionWriter,
     metrics: Arc<Metrics>,
     ids: MessageIdGenerator,
-    topics: Vec<TopicFilter>,
+    /// `topics` and `auth`: replaced whole by [`Engine::reload`].
+    topics: RwLock<Arc<Vec<TopicFilter>>>,
     acks: Mutex<AckIndex>,
     ack_keys: RandomState,
     /// `delete_message_sql` binds `${from}` or `${topic}`.
@@ -182,7 +185,7 @@ pub struct Engine {
     /// Topics written since the last trim, when `max_messages_per_topic` is set.
     written_topics: Option<Mutex<HashSet<String>>>,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
-    auth: AuthConfig,
+    auth: RwLock<Arc<AuthConfig>>,
 }
 
 impl Engine {
@@ -190,17 +193,7 @@ impl Engine {
     pub async fn start(config: &Config) -> Result<Arc<Engine>, EngineError> {
         let backend = &config.backend;
         let storage = backend.storage();
-        let topics = storage
-            .topics
-            .iter()
-            .map(|f| {
-                TopicFilter::parse(f).map_err(|e| EngineError::TopicFilter {
-                    key: format!("{}.topics", backend.name()),
-                    filter: f.clone(),
-                    reason: e.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let topics = topic_filters(config)?;
         let store = store::connect(backend).await?;
         let limits = BatchLimits {
             batch_size: storage.batch_size,
@@ -237,7 +230,7 @@ impl Engine {
             subscriptions,
             metrics,
             ids: MessageIdGenerator::new(node_id),
-            topics,
+            topics: RwLock::new(Arc::new(topics)),
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
             ack_keys: RandomState::new(),
             ack_needs_names,
@@ -248,7 +241,7 @@ impl Engine {
             page_size: storage.replay_page_size,
             written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
             maintenance: Mutex::default(),
-            auth: config.auth.clone(),
+            auth: RwLock::new(Arc::new(config.auth.clone())),
         });
         let task = tokio::spawn(maintain(Arc::downgrade(&engine), storage.max_messages_per_topic));
         *engine.maintenance.lock().expect("maintenance lock") = Some(task);
@@ -256,8 +249,32 @@ impl Engine {
     }
 
     /// Users and ACL rules; hosts enforce them (`auth.enabled()` says whether to).
-    pub fn auth(&self) -> &AuthConfig {
-        &self.auth
+    pub fn auth(&self) -> Arc<AuthConfig> {
+        self.auth.read().expect("auth lock").clone()
+    }
+
+    /// Applies a new config's `topics` and `auth` (users, ACL rules) to what comes next, all or
+    /// nothing; returns what changed, one line per key. Authentication cannot be turned on or off
+    /// this way (the listener decided at start whether anonymous clients may connect).
+    pub fn reload(&self, config: &Config) -> Result<Vec<String>, EngineError> {
+        let topics = topic_filters(config)?;
+        let auth = self.auth();
+        if auth.enabled() != config.auth.enabled() {
+            return Err(EngineError::AuthToggle(if auth.enabled() { "no users any more" } else { "users added" }));
+        }
+        let mut changes = auth.changes_to(&config.auth);
+        let old_topics =
+            self.topics.read().expect("topics lock").iter().map(|f| f.as_str().to_owned()).collect::<Vec<_>>();
+        if old_topics != config.backend.storage().topics {
+            changes.push(format!(
+                "{}.topics: {:?} (was {old_topics:?})",
+                config.backend.name(),
+                config.backend.storage().topics
+            ));
+        }
+        *self.topics.write().expect("topics lock") = Arc::new(topics);
+        *self.auth.write().expect("auth lock") = Arc::new(config.auth.clone());
+        Ok(changes)
     }
 
     pub fn restore_subscriptions(&self) -> RestoreSubscriptions {
@@ -267,7 +284,7 @@ impl Engine {
     /// True when a publish with this topic and QoS is persisted: QoS 1 or 2, not a `$SYS` topic,
     /// and matching one of the configured `topics`.
     fn persists(&self, topic: &str, qos: u8) -> bool {
-        qos > 0 && !is_sys_topic(topic) && self.topics.iter().any(|f| f.matches(topic))
+        qos > 0 && !is_sys_topic(topic) && self.topics.read().expect("topics lock").iter().any(|f| f.matches(topic))
     }
 
     /// A client published: queue the message for the writer (if it is one we persist) and remember
@@ -497,6 +514,14 @@ impl Engine {
             );
         } else {
             let left = deadline.saturating_sub(started.elapsed());
+            let spool_bytes = self.metrics.spool_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            if spool_bytes > 0 {
+                tracing::warn!(
+                    spool_bytes,
+                    until = %crate::encode::iso_time(now_ms().saturating_add(left.as_millis() as i64)),
+                    "waiting for the database to take the spool before exiting, until broker.shutdown_timeout runs out; what the spool still holds then is written at the next start"
+                );
+            }
             match tokio::time::timeout(left, self.writer.flush()).await {
                 Ok(()) => tracing::info!(queued, "writer flushed"),
                 Err(_) => tracing::warn!(
@@ -511,6 +536,23 @@ impl Engine {
         }
         self.store.close().await;
     }
+}
+
+/// The backend block's `topics`, parsed.
+fn topic_filters(config: &Config) -> Result<Vec<TopicFilter>, EngineError> {
+    let backend = &config.backend;
+    backend
+        .storage()
+        .topics
+        .iter()
+        .map(|f| {
+            TopicFilter::parse(f).map_err(|e| EngineError::TopicFilter {
+                key: format!("{}.topics", backend.name()),
+                filter: f.clone(),
+                reason: e.to_string(),
+            })
+        })
+        .collect()
 }
 
 /// Runs the store's checks while they have not passed (a start with the database away), then

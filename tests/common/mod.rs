@@ -352,6 +352,12 @@ impl Broker {
         s
     }
 
+    /// Sends a signal (`HUP`, `TERM`) and returns at once.
+    pub fn signal(&self, name: &str) {
+        let sent = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(sent.success(), "kill -{name}");
+    }
+
     /// SIGKILL: the process gets no chance to flush anything.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
