@@ -95,17 +95,64 @@ async fn logs_to_a_file_carry_no_colour_and_json_gives_one_object_per_line() {
     assert_eq!(ready["fields"]["addr"], format!("127.0.0.1:{}", env.port));
 }
 
+/// A config whose MySQL server is a port where nothing listens, with `extra` blocks.
+fn database_away(env: &TestEnv, extra: &str) -> String {
+    format!(
+        "{extra}\nmysql {{ enable = true, server = \"127.0.0.1:{}\", topics = [\"#\"], spool_dir = \"{}\", dead_letter_file = \"{}\" }}",
+        free_port(),
+        env.dir.path().join("spool").display(),
+        env.dead_letter_path().display()
+    )
+}
+
+/// A database that cannot be reached is one fact, logged once (one warning saying what follows
+/// from it), however many parts meet it: start-up, the writer, the subscription writer, a replay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_database_is_one_warning() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let metrics_port = free_port();
+    let config = env.write_config(&database_away(
+        &env,
+        &format!("metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\nbroker {{ shutdown_timeout = 1s }}"),
+    ));
+    let log = env.dir.path().join("broker.log");
+    let broker = Broker::start_logging(&config, env.port, log, "info,rmqtt=warn,rmqtt_retainer=warn").await;
+    let mut publisher = Client::connect(env.port, "away-pub", true).await;
+    publisher.publish("t", QoS::AtLeastOnce, false, "spooled").await;
+    let mut subscriber = Client::connect(env.port, "away-sub", true).await;
+    subscriber.subscribe("t", QoS::AtLeastOnce).await;
+    // Each part has met the outage: a batch spooled, a replay failed (the subscription is kept).
+    let url = format!("http://127.0.0.1:{metrics_port}/metrics");
+    let start = std::time::Instant::now();
+    loop {
+        let text = common::curl(&url).1;
+        let value =
+            |name: &str| text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse::<u64>().ok());
+        if value("offline_messages_spooled_total") >= Some(1)
+            && value("offline_messages_replay_failures_total") >= Some(1)
+        {
+            break;
+        }
+        assert!(start.elapsed() < common::LONG, "no spooled batch and failed replay yet:\n{text}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let text = broker.log_text();
+    let loud: Vec<&str> = text.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).collect();
+    assert_eq!(loud.len(), 1, "one warning for the outage:\n{text}");
+    assert!(
+        loud[0].contains("the database cannot be reached; until it answers, writes go to the on-disk spool"),
+        "{}",
+        loud[0]
+    );
+    assert!(loud[0].contains("Connection refused"), "{}", loud[0]);
+}
+
 /// SIGTERM while the database is away: the broker says that it waits, for what, and until when,
 /// then exits 0 once `broker.shutdown_timeout` has run out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_with_the_database_away_says_what_it_waits_for_and_until_when() {
     let env = TestEnv::new(Backend::Sqlite).await;
-    let config = env.write_config(&format!(
-        "broker {{ shutdown_timeout = 3s }}\nmysql {{ enable = true, server = \"127.0.0.1:{}\", topics = [\"#\"], spool_dir = \"{}\", dead_letter_file = \"{}\" }}",
-        free_port(),
-        env.dir.path().join("spool").display(),
-        env.dead_letter_path().display()
-    ));
+    let config = env.write_config(&database_away(&env, "broker { shutdown_timeout = 3s }"));
     let mut broker = Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
     let mut publisher = Client::connect(env.port, "away-pub", true).await;
     publisher.publish("t", QoS::AtLeastOnce, false, "kept in the spool").await;

@@ -17,6 +17,7 @@ use crate::config::{Config, DeliveryMode, RestoreSubscriptions, WriteMode};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
 use crate::metrics::{Gauges, Metrics};
+use crate::outage::OutageLog;
 use crate::spool::Spool;
 use crate::store::{self, AckedMessage, Store, StoreError};
 use crate::subscriptions::SubscriptionWriter;
@@ -170,6 +171,7 @@ pub struct Engine {
     writer: BatchWriter,
     subscriptions: SubscriptionWriter,
     metrics: Arc<Metrics>,
+    outage: Arc<OutageLog>,
     ids: MessageIdGenerator,
     /// `topics` and `auth`: replaced whole by [`Engine::reload`].
     topics: RwLock<Arc<Vec<TopicFilter>>>,
@@ -210,8 +212,12 @@ impl Engine {
                 cause,
             }
         })?;
-        let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters, spool);
-        let subscriptions = SubscriptionWriter::spawn(store.clone());
+        let outage = Arc::new(OutageLog::default());
+        if let (false, Some(reason)) = (store.is_checked(), store.check_error()) {
+            outage.began(&reason);
+        }
+        let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters, spool, outage.clone());
+        let subscriptions = SubscriptionWriter::spawn(store.clone(), outage.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
         tracing::info!(
             backend = backend.name(),
@@ -229,6 +235,7 @@ impl Engine {
             writer,
             subscriptions,
             metrics,
+            outage,
             ids: MessageIdGenerator::new(node_id),
             topics: RwLock::new(Arc::new(topics)),
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
@@ -390,8 +397,11 @@ impl Engine {
         };
         Metrics::add(&self.metrics.replays, 1);
         let result = self.replay_pages(sub, &filter, text, sink).await;
-        if let Err(ReplayError::Store(_)) = result {
+        if let Err(ReplayError::Store(e)) = &result {
             Metrics::add(&self.metrics.replay_failures, 1);
+            if e.is_unreachable() {
+                self.outage.began(e);
+            }
         }
         result
     }
@@ -569,7 +579,8 @@ async fn maintain(engine: std::sync::Weak<Engine>, max_per_topic: Option<u64>) {
             // Started while the database was away: check schema and templates once it answers.
             match engine.store.check().await {
                 Ok(()) => {
-                    tracing::info!("the database answers: schema and templates checked; the spool is written now")
+                    engine.outage.ended();
+                    tracing::info!("schema and templates checked; the spool is written now")
                 }
                 Err(e) if e.is_unreachable() => {}
                 Err(e) => {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::message::Subscription;
+use crate::outage::OutageLog;
 use crate::store::{Store, StoreError};
 use crate::writer::jitter;
 
@@ -44,9 +45,9 @@ pub struct SubscriptionWriter {
 }
 
 impl SubscriptionWriter {
-    pub fn spawn(store: Arc<dyn Store>) -> SubscriptionWriter {
+    pub fn spawn(store: Arc<dyn Store>, outage: Arc<OutageLog>) -> SubscriptionWriter {
         let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, rx));
+        tokio::spawn(run(store, outage, rx));
         SubscriptionWriter { tx }
     }
 
@@ -86,7 +87,7 @@ impl SubscriptionWriter {
     }
 }
 
-async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn run(store: Arc<dyn Store>, outage: Arc<OutageLog>, mut rx: mpsc::UnboundedReceiver<Op>) {
     // Changes that met an unreachable database, oldest first; new ones queue behind them.
     let mut kept: VecDeque<Change> = VecDeque::new();
     let mut backoff = RETRY_FIRST;
@@ -99,7 +100,8 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
                 _ = tokio::time::sleep(backoff + jitter(backoff)) => {
                     if write_kept(&*store, &mut kept).await {
                         backoff = RETRY_FIRST;
-                        tracing::info!("the database answers again; the kept subscription changes are stored");
+                        outage.ended();
+                        tracing::info!("the subscription changes kept during the outage are stored");
                     } else {
                         backoff = (backoff * 2).min(RETRY_MAX);
                     }
@@ -112,7 +114,8 @@ async fn run(store: Arc<dyn Store>, mut rx: mpsc::UnboundedReceiver<Op>) {
             Op::Change(change, done) if kept.is_empty() => {
                 let result = match apply(&*store, &change).await {
                     Err(e) if e.is_unreachable() => {
-                        tracing::warn!(error = %e, "the database is unavailable; subscription changes are kept in memory and stored when it answers");
+                        outage.began(&e);
+                        tracing::debug!(error = %e, "subscription changes are kept in memory until the database answers");
                         kept.push_back(change);
                         Ok(())
                     }

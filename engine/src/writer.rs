@@ -23,6 +23,7 @@ use tokio::time::{sleep, timeout_at, Instant};
 use crate::encode::{base64, iso_time};
 use crate::message::{DeliveryRecord, Message};
 use crate::metrics::Metrics;
+use crate::outage::OutageLog;
 use crate::spool::{Spool, SpoolOp, SpoolPos};
 use crate::store::{AckedMessage, Batch, Store, StoreError};
 
@@ -74,6 +75,7 @@ impl BatchWriter {
         metrics: Arc<Metrics>,
         dead_letters: DeadLetters,
         spool: Spool,
+        outage_log: Arc<OutageLog>,
     ) -> BatchWriter {
         let (tx, rx) = mpsc::channel(limits.queue_capacity.max(1));
         if !spool.is_empty() {
@@ -91,6 +93,7 @@ impl BatchWriter {
             spool,
             waiting: Vec::new(),
             outage: None,
+            outage_log,
             probe: None,
             probe_backoff: PROBE_FIRST,
         };
@@ -152,6 +155,7 @@ struct WriterTask {
     waiting: Vec<(SpoolPos, oneshot::Sender<()>)>,
     /// Since when the database has been failing, while it is.
     outage: Option<Instant>,
+    outage_log: Arc<OutageLog>,
     /// During an outage: a background check of whether the database answers again.
     probe: Option<tokio::task::JoinHandle<bool>>,
     /// The wait before the next probe.
@@ -269,10 +273,8 @@ impl WriterTask {
             }
             Metrics::set(&self.metrics.spool_bytes, self.spool.unread_bytes());
             if let Some(since) = self.outage.take() {
-                tracing::info!(
-                    down_ms = since.elapsed().as_millis() as u64,
-                    "the database answers again; writing the spool"
-                );
+                self.outage_log.ended();
+                tracing::info!(down_ms = since.elapsed().as_millis() as u64, "writing the spool to the database");
             }
             let read = pos;
             let (ready, still): (Vec<_>, Vec<_>) =
@@ -307,7 +309,8 @@ impl WriterTask {
     fn note_outage(&mut self, e: &StoreError) {
         if self.outage.is_none() {
             self.outage = Some(Instant::now());
-            tracing::warn!(error = %e, "the database is unavailable; operations go to the spool until it answers");
+            self.outage_log.began(e);
+            tracing::debug!(error = %e, "the writer spools until the database answers");
         }
     }
 

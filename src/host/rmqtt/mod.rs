@@ -616,6 +616,10 @@ fn log_replay(sub: &Subscription, result: &Result<u64, ReplayError>) {
         Err(e @ (ReplayError::SubscriberGone | ReplayError::SubscriberStalled(_))) => {
             tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
         }
+        // The engine has said the database is away (once for the outage).
+        Err(ReplayError::Store(e)) if e.is_unreachable() => {
+            tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; retrying while the client keeps the subscription")
+        }
         Err(e) => {
             tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; retrying while the client keeps the subscription")
         }

@@ -199,10 +199,8 @@ impl SqlStore {
         };
         match store.check().await {
             Ok(()) => Ok(store),
-            Err(e) if e.is_unreachable() => {
-                tracing::warn!(error = %e, "the database cannot be reached: the broker starts, writes go to the spool, and the schema and templates are checked when the database answers");
-                Ok(store)
-            }
+            // The engine says so (once for the whole outage); the checks run when it answers.
+            Err(e) if e.is_unreachable() => Ok(store),
             Err(e) => Err(e),
         }
     }
