@@ -397,7 +397,7 @@ async fn a_missing_table_is_an_outage_not_a_bad_row(backend: Backend) {
     for m in &sent {
         p.publish("outage/t", QoS::AtLeastOnce, false, m.as_bytes().to_vec()).await;
     }
-    broker.wait_for_log("operations go to the spool").await;
+    broker.wait_for_log("operations go to the spool until it takes them").await;
     env.rename_table("mqtt_msg_away", "mqtt_msg").await;
     env.wait_count("mqtt_msg", 20, LONG).await;
     let stored: Vec<Vec<u8>> = env.messages().await.into_iter().map(|r| r.payload).collect();

@@ -309,8 +309,12 @@ impl WriterTask {
     fn note_outage(&mut self, e: &StoreError) {
         if self.outage.is_none() {
             self.outage = Some(Instant::now());
-            self.outage_log.began(e);
-            tracing::debug!(error = %e, "the writer spools until the database answers");
+            if e.is_unreachable() {
+                self.outage_log.began(e);
+                tracing::debug!(error = %e, "the writer spools until the database answers");
+            } else {
+                tracing::warn!(error = %e, "the database fails the writes; operations go to the spool until it takes them");
+            }
         }
     }
 
