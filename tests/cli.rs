@@ -165,3 +165,63 @@ async fn sigterm_with_the_database_away_says_what_it_waits_for_and_until_when() 
     assert!(line.contains("until broker.shutdown_timeout runs out") && line.contains("until=20"), "{line}");
     assert!(line.contains("spool_bytes="), "{line}");
 }
+
+/// A publish beyond `broker.max_packet_size`: the broker closes the connection, logs a warning
+/// with the client id, the size and the key to raise, and counts it; on MQTT 3.1.1 (mosquitto_pub)
+/// and on MQTT 5, from a client that ignores the Maximum Packet Size the CONNACK gives it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_beyond_max_packet_size_is_logged_with_client_size_and_key_and_counted() {
+    use std::io::{Read, Write};
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let metrics_port = free_port();
+    let config = env.write_config(&format!(
+        "broker {{ max_packet_size = 1000 }}\nmetrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("")
+    ));
+    let broker = Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let big = env.dir.path().join("big.bin");
+    std::fs::write(&big, vec![b'x'; 2000]).unwrap();
+    let big = big.display().to_string();
+
+    let v3 = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &env.port.to_string(), "-V", "311", "-q", "1", "-i", "big-311", "-t", "big"])
+        .args(["-f", &big])
+        .output()
+        .expect("mosquitto_pub (Debian package mosquitto-clients)");
+    assert!(!v3.status.success(), "the connection is closed on the client");
+    broker.wait_for_log("client_id=\"big-311\" packet_bytes=").await;
+
+    // MQTT 5: the CONNACK says the limit (Maximum Packet Size, property 0x27); this client sends more.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", env.port)).unwrap();
+    s.set_read_timeout(Some(common::LONG)).unwrap();
+    let connect = [&[0x10, 17, 0, 4][..], b"MQTT", &[5, 2, 0, 60, 0, 0, 4], b"big5"].concat();
+    s.write_all(&connect).unwrap();
+    let mut connack = [0u8; 64];
+    let n = s.read(&mut connack).unwrap();
+    let limit = [&[0x27][..], &1000u32.to_be_bytes()].concat();
+    assert!(
+        connack[..n].windows(5).any(|w| w == limit),
+        "CONNACK without Maximum Packet Size 1000: {:?}",
+        &connack[..n]
+    );
+    // PUBLISH QoS 1 to "big", remaining length 2 + 3 + 2 + 1 + 2000 = 2008 (varint 0xd8 0x0f).
+    let publish = [&[0x32, 0xd8, 0x0f, 0, 3][..], b"big", &[0, 1, 0], &[b'x'; 2000]].concat();
+    let _ = s.write_all(&publish);
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest); // the broker closes the connection
+    broker.wait_for_log("client_id=\"big5\" packet_bytes=").await;
+
+    let log = broker.log_text();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("larger than broker.max_packet_size")).collect();
+    assert_eq!(warnings.len(), 2, "{log}");
+    // The size is the packet's remaining length: MQTT 5's has one more byte (its properties' length).
+    for (line, (client, size)) in warnings.iter().zip([("big-311", 2007), ("big5", 2008)]) {
+        assert!(line.contains(" WARN "), "{line}");
+        assert!(line.contains(&format!("client_id=\"{client}\"")), "{line}");
+        assert!(line.contains(&format!("packet_bytes={size}")) && line.contains("limit_bytes=1000"), "{line}");
+        assert!(line.contains("raise broker.max_packet_size"), "{line}");
+    }
+    let metrics = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics")).1;
+    assert!(metrics.contains("\noffline_messages_packets_too_large_total 2\n"), "{metrics}");
+    assert_eq!(env.count("mqtt_msg").await, 0);
+}

@@ -284,6 +284,18 @@ impl Engine {
         Ok(changes)
     }
 
+    /// The broker refused a packet beyond its limit and closed the connection: nothing of it is
+    /// stored, so the operator hears of it (logged and counted).
+    pub fn on_packet_too_large(&self, client_id: &str, packet_bytes: u64, limit_bytes: u64) {
+        Metrics::add(&self.metrics.packets_too_large, 1);
+        tracing::warn!(
+            client_id,
+            packet_bytes,
+            limit_bytes,
+            "a packet larger than broker.max_packet_size was refused and the client disconnected; nothing of it is stored (raise broker.max_packet_size to accept such publishes)"
+        );
+    }
+
     pub fn restore_subscriptions(&self) -> RestoreSubscriptions {
         self.restore
     }

@@ -42,6 +42,8 @@ pub struct Metrics {
     /// Replays that ended on a database error.
     pub replay_failures: AtomicU64,
     pub purged_expired: AtomicU64,
+    /// Packets the broker refused for being larger than its limit (the client is disconnected).
+    pub packets_too_large: AtomicU64,
     pub trimmed: AtomicU64,
     /// Rows (inserts, deletes and records) per committed transaction.
     pub batch_size: Histogram,
@@ -218,6 +220,12 @@ impl Metrics {
             &self.replay_failures,
         );
         counter(&mut out, "offline_messages_purged_total", "Expired rows purged.", &self.purged_expired);
+        counter(
+            &mut out,
+            "offline_messages_packets_too_large_total",
+            "Packets refused for being larger than the broker's maximum packet size; the client was disconnected.",
+            &self.packets_too_large,
+        );
         counter(
             &mut out,
             "offline_messages_trimmed_total",

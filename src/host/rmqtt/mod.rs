@@ -159,6 +159,7 @@ impl Plugin for OfflineMessagesPlugin {
             Type::SessionUnsubscribed,
             Type::ClientConnected,
             Type::SessionTerminated,
+            Type::ClientDisconnected,
         ] {
             self.register.add(typ, Box::new(HookHandler(self.hooks.clone()))).await;
         }
@@ -310,6 +311,11 @@ impl Handler for HookHandler {
             }
             Parameter::ClientConnected(session) => hooks.connected(session).await,
             Parameter::SessionTerminated(session, _) => hooks.terminated(session).await,
+            Parameter::ClientDisconnected(session, reason) => {
+                if let Some((packet_bytes, limit_bytes)) = packet_too_large(&reason.to_string()) {
+                    hooks.engine.on_packet_too_large(&session.id.client_id, packet_bytes, limit_bytes);
+                }
+            }
             _ => {}
         }
         (true, acc)
@@ -624,6 +630,16 @@ fn log_replay(sub: &Subscription, result: &Result<u64, ReplayError>) {
             tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; retrying while the client keeps the subscription")
         }
     }
+}
+
+/// rmqtt closes a connection that sends a packet beyond the listener's `max_packet_size` with this
+/// reason (rmqtt-codec's `DecodeError::MaxSizeExceeded`, which reaches the hook only as text):
+/// `(remaining length, limit)`.
+fn packet_too_large(reason: &str) -> Option<(u64, u64)> {
+    let rest = reason.split_once("Max size exceeded: size=")?.1;
+    let (size, rest) = rest.split_once(", max=")?;
+    let max = rest.split(|c: char| !c.is_ascii_digit()).next()?;
+    Some((size.parse().ok()?, max.parse().ok()?))
 }
 
 /// What an ack or a delivery report identifies a persisted message by.
