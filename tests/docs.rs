@@ -275,3 +275,31 @@ async fn the_readme_try_it_stores_and_replays_a_message() {
     }
     assert!(std::fs::read_to_string(dir.path().join("broker.log")).unwrap().contains("MQTT broker listening"));
 }
+
+/// The Debian package's conffile is the shipped config.hocon with its data under
+/// /var/lib/mqtt-offline-messages, and nothing else changed.
+#[test]
+fn the_packaged_config_is_the_shipped_one_with_its_data_under_var_lib() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("config.hocon")).unwrap();
+    let packaged = std::fs::read_to_string(root.join("packaging/config.hocon")).unwrap();
+    let expected: Vec<String> = shipped
+        .lines()
+        .map(|l| {
+            if l.trim_start().starts_with('#') {
+                l.to_owned()
+            } else {
+                l.replace("= \"data/", "= \"/var/lib/mqtt-offline-messages/")
+            }
+        })
+        .collect();
+    assert_eq!(packaged.lines().collect::<Vec<_>>(), expected, "regenerate packaging/config.hocon from config.hocon");
+    let config = mqtt_offline_messages::config::Config::load(&root.join("packaging/config.hocon")).unwrap();
+    let storage = config.backend.storage();
+    let mqtt_offline_messages::config::Backend::Sqlite(sqlite) = &config.backend else {
+        panic!("SQLite ships enabled")
+    };
+    for path in [&sqlite.path, &storage.spool_dir, &storage.dead_letter_file] {
+        assert!(path.starts_with("/var/lib/mqtt-offline-messages/"), "{}", path.display());
+    }
+}
