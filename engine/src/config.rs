@@ -1232,7 +1232,7 @@ mod tests {
         assert!(err("mysql { enable = true, ssl { verfy = verify_none } }").starts_with("mysql.ssl.verfy: unknown key"));
         let e = err("sqlite { enable = true }\nmqtt { port = 1 }");
         assert!(
-            e.starts_with("mqtt: unknown key; known keys at the top level are: broker, metrics, auth, mysql"),
+            e.starts_with("mqtt: unknown key; known keys at the top level are: broker, log, metrics, auth, mysql"),
             "{e}"
         );
         assert!(err("sqlite { enable = true, ssl { enable = true } }").starts_with("sqlite.ssl: unknown key"));
