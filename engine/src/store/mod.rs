@@ -106,6 +106,8 @@ pub enum StoreError {
     Template(#[from] TemplateError),
     #[error("{key}: the database cannot prepare this template: {cause}; fix the template, or create its tables (set `init_default_schema = true` for the default ones)")]
     Prepare { key: &'static str, cause: sqlx::Error },
+    #[error("{key}: the database sees {database} parameters in this template, which has {placeholders} placeholders: a placeholder is where the database does not read it (a comment it skips), or the text has a parameter of its own (`?`, `:name`, `$name`); fix the template in config.hocon")]
+    Parameters { key: &'static str, placeholders: usize, database: usize },
     #[error("schema migration {file} failed: {cause}")]
     Migrate { file: &'static str, cause: sqlx::Error },
     #[error("{key}: {cause}")]
@@ -174,4 +176,3 @@ impl Bindings for AckedMessage {
         }
     }
 }
-
