@@ -185,7 +185,7 @@ pub async fn check_config(path: &Path) -> bool {
 
 /// Creates `dir` if needed and a file in it, then removes the file.
 fn writable(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    mqtt_offline_messages::private_files::create_dir_all(dir)?;
     let probe = dir.join(format!(".check-config-{}", std::process::id()));
     std::fs::File::create(&probe)?;
     std::fs::remove_file(probe)

@@ -497,3 +497,47 @@ async fn sync_mode_acknowledges_from_the_spool_during_an_outage() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+// The spool and the dead-letter file hold payloads: created 0600, in directories created 0700,
+// whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_and_dead_letter_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let env = TestEnv::new(Backend::MySql).await;
+    let private = env.dir.path().join("private");
+    let (spool, dead) = (private.join("spool"), private.join("dead/letters.jsonl"));
+    let files = format!("spool_dir = \"{}\"\ndead_letter_file = \"{}\"", spool.display(), dead.display());
+
+    // A database that does not answer: the publish goes to the spool.
+    let nobody = common::free_port();
+    let mut broker = env.start(&format!("{files}\nserver = \"127.0.0.1:{nobody}\"")).await;
+    let mut p = Client::connect(env.port, "private-pub", true).await;
+    p.publish("private/t", QoS::AtLeastOnce, false, "spooled").await;
+    let start = std::time::Instant::now();
+    let segment = loop {
+        let seg =
+            std::fs::read_dir(&spool).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "seg"));
+        if let Some(seg) = seg.filter(|s| s.metadata().unwrap().len() > 0) {
+            break seg.path();
+        }
+        assert!(start.elapsed() < LONG, "nothing spooled");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((mode(&private), mode(&spool), mode(&segment), mode(&spool.join("lock"))), (0o700, 0o700, 0o600, 0o600));
+    p.disconnect().await;
+    broker.kill();
+
+    // A row the database refuses (NULL in a NOT NULL column) goes to the dead-letter file.
+    std::fs::remove_dir_all(&spool).unwrap();
+    let refused = "insert_message_sql = \"insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived) values(${id}, ${from}, null, ${qos}, ${flags.retain}, ${payload}, now())\"";
+    let _broker = env.start(&format!("{files}\n{refused}")).await;
+    let mut p = Client::connect(env.port, "private-pub", true).await;
+    p.publish("private/t", QoS::AtLeastOnce, false, "refused").await;
+    let start = std::time::Instant::now();
+    while !dead.exists() {
+        assert!(start.elapsed() < LONG, "nothing dead-lettered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!((mode(dead.parent().unwrap()), mode(&dead)), (0o700, 0o600));
+}

@@ -467,14 +467,18 @@ impl Engine {
         crate::metrics::samples_json(&self.render_metrics())
     }
 
-    /// `Err(reason)` when the database does not answer a trivial query within `timeout`.
+    /// `Err(reason)` when the database does not answer a trivial query within `timeout`. The
+    /// reason is in words, without the database's text; the error itself is logged.
     pub async fn health(&self, timeout: Duration) -> Result<(), String> {
         if let Some(reason) = self.store.check_error() {
             return Err(reason);
         }
         match tokio::time::timeout(timeout, self.store.ping()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "/health: the database does not answer");
+                Err(e.reason())
+            }
             Err(_) => Err(format!("the database did not answer within {timeout:?}")),
         }
     }

@@ -12,6 +12,7 @@ pub mod http;
 pub mod message;
 pub mod message_id;
 pub mod metrics;
+pub mod private_files;
 pub mod spool;
 pub mod store;
 pub mod subscriptions;

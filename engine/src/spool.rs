@@ -6,13 +6,14 @@
 //! unique, deletes and delivery records are idempotent). A record whose checksum fails ends what
 //! is read of its segment (a torn write at the tail), and is reported.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
 use crate::message::{DeliveryRecord, Message};
+use crate::private_files;
 use crate::store::AckedMessage;
 
 /// A segment is closed and a new one started beyond this size, or a quarter of the spool's limit
@@ -63,8 +64,8 @@ pub struct Spool {
 impl Spool {
     /// Opens (or creates) the spool in `dir`, with what an earlier run left in it.
     pub fn open(dir: &Path, max_bytes: u64, full: SpoolFull) -> io::Result<Spool> {
-        fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        private_files::create_dir_all(dir)?;
+        let lock = private_files::options().create(true).truncate(false).write(true).open(dir.join("lock"))?;
         if let Err(e) = lock.try_lock() {
             return Err(io::Error::other(format!("it is in use by another process ({e})")));
         }
@@ -161,7 +162,7 @@ impl Spool {
 
     fn start_segment(&mut self) -> io::Result<()> {
         let next = self.segments.last().map_or(self.read.segment.max(1), |s| s + 1);
-        let file = OpenOptions::new().create(true).append(true).open(self.path(next))?;
+        let file = private_files::options().create(true).append(true).open(self.path(next))?;
         // The new segment's name must survive a power cut as its records do (a `sync` PUBACK
         // waits for them).
         sync_dir(&self.dir)?;
@@ -255,7 +256,7 @@ impl Spool {
     /// Replaces `read.pos` atomically and durably: a power cut leaves the old or the new one.
     fn save_read(&self) -> io::Result<()> {
         let tmp = self.dir.join("read.pos.tmp");
-        let mut file = File::create(&tmp)?;
+        let mut file = private_files::options().write(true).create(true).truncate(true).open(&tmp)?;
         file.write_all(format!("{} {}\n", self.read.segment, self.read.offset).as_bytes())?;
         file.sync_data()?;
         fs::rename(tmp, self.dir.join("read.pos"))?;

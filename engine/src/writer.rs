@@ -547,7 +547,7 @@ impl DeadLetters {
     fn append(&self, m: &Message, reason: &str) -> std::io::Result<()> {
         use std::io::Write;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            crate::private_files::create_dir_all(dir)?;
         }
         let line = serde_json::json!({
             "refused_at": iso_time(crate::engine::now_ms()),
@@ -562,7 +562,7 @@ impl DeadLetters {
             "properties": m.properties.as_deref().map(serde_json::from_str::<serde_json::Value>).and_then(Result::ok),
             "payload_base64": base64(&m.payload),
         });
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut file = crate::private_files::options().create(true).append(true).open(&self.path)?;
         writeln!(file, "{line}")?;
         file.sync_data()
     }

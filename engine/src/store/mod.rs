@@ -30,7 +30,7 @@ pub trait Store: Send + Sync {
     /// The checks have passed against the backend.
     fn is_checked(&self) -> bool;
 
-    /// Why the checks have not passed, while they have not.
+    /// Why the checks have not passed, while they have not, in words ([`StoreError::reason`]).
     fn check_error(&self) -> Option<String>;
 
     /// `Err(limit)` when a payload is too large for any write of this backend: such a message
@@ -120,11 +120,32 @@ pub enum StoreError {
     NoId { key: &'static str },
     #[error("the database is unavailable, or not checked yet: what the writer holds waits in the spool")]
     Unavailable,
-    #[error("cannot create the directory for sqlite.path {path}: {cause}")]
+    #[error("cannot create sqlite.path {path} or its directory: {cause}; give a path the broker may write")]
     SqliteDir { path: String, cause: std::io::Error },
 }
 
 impl StoreError {
+    /// What went wrong, in words, without the database's own text (which may name the host, the
+    /// user, the schema): for `/health`, which anybody who reaches it reads. The log has the rest.
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::Connect { backend, key, .. } => format!("cannot connect to {backend} ({key})"),
+            StoreError::TlsFile { key, .. } => format!("{key}: cannot read the file"),
+            StoreError::Tls { .. } => "cannot set up TLS to the database (mysql.ssl)".into(),
+            StoreError::Prepare { key, .. } => format!("{key}: the database cannot prepare this template"),
+            StoreError::Migrate { file, .. } => format!("schema migration {file} failed"),
+            StoreError::Query { key, .. } if self.is_unreachable() => format!("{key}: the database cannot be reached"),
+            StoreError::Query { key, .. } => format!("{key}: the database refused the statement"),
+            StoreError::Column { key, column, .. } => format!("{key}: the result has no usable column `{column}`"),
+            StoreError::SqliteDir { .. } => "cannot create sqlite.path or its directory".into(),
+            StoreError::Template(_)
+            | StoreError::Parameters { .. }
+            | StoreError::Timeout { .. }
+            | StoreError::NoId { .. }
+            | StoreError::Unavailable => self.to_string(),
+        }
+    }
+
     /// The database could not be reached (down, restarting, out of connections), as opposed to
     /// refusing what was asked of it.
     pub fn is_unreachable(&self) -> bool {

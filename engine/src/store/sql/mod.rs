@@ -23,6 +23,7 @@ use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Statement
 use super::{in_time, Batch, Store, StoreError, ACK_VARS};
 use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates, WriteMode};
 use crate::message::{Maintenance, Message, Properties, ReplayQuery, StoredMessage, Subscription};
+use crate::private_files;
 use crate::template::{
     Bindings, Dialect, SqlTemplate, TemplateError, Value, Var, DELIVERY_VARS, MESSAGE_VARS, PURGE_VARS,
     SELECT_MESSAGE_VARS, SUBSCRIPTION_VARS, TRIM_VARS,
@@ -292,7 +293,7 @@ impl Store for SqlStore {
                 Ok(())
             }
             Err(e) => {
-                *self.last_check_error.lock().expect("check error lock") = Some(e.to_string());
+                *self.last_check_error.lock().expect("check error lock") = Some(e.reason());
                 Err(e)
             }
         }
@@ -303,7 +304,7 @@ impl Store for SqlStore {
         self.checked.get().is_some()
     }
 
-    /// Why the checks have not passed, while they have not.
+    /// Why the checks have not passed, while they have not, in words.
     fn check_error(&self) -> Option<String> {
         self.last_check_error.lock().expect("check error lock").clone()
     }
@@ -608,8 +609,14 @@ fn is_tls_failure(e: &sqlx::Error) -> bool {
 async fn connect_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::SqlitePool, StoreError> {
     let path = cfg.path.display().to_string();
     if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
+        private_files::create_dir_all(dir).map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
     }
+    // SQLite gives its WAL and shared-memory files the database file's permissions.
+    private_files::options()
+        .create(true)
+        .append(true)
+        .open(&cfg.path)
+        .map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
     let opts = SqliteConnectOptions::from_str("sqlite:")
         .expect("a constant URL")
         .filename(&cfg.path)
