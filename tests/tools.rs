@@ -48,7 +48,8 @@ async fn migrate_applies_each_migration_once(backend: Backend) {
     let dir = if backend == Backend::MySql { "mysql" } else { "sqlite" };
     let mut files = vec!["0001_default_schema.sql", "0002_msgid_index.sql", "0003_fidelity_expiry_deliveries.sql"];
     if backend == Backend::MySql {
-        files.push("0004_binary_collation.sql"); // SQLite compares text byte for byte already
+        // SQLite compares text byte for byte already, and its TEXT has no length.
+        files.extend(["0004_binary_collation.sql", "0005_mqtt_lengths.sql"]);
     }
     assert_eq!(
         stdout(&out).lines().collect::<Vec<_>>(),
@@ -102,9 +103,9 @@ async fn check_config_passes_a_good_config_and_names_what_is_wrong(backend: Back
     assert!(!out.status.success());
     assert!(stdout(&out).contains(&format!("FAIL {name}.spool_dir")), "{}", stdout(&out));
 
-    // mqtt_sub without its primary key: the upsert would store a subscription twice.
+    // mqtt_sub without its unique key: the upsert would store a subscription twice.
     match backend {
-        Backend::MySql => env.execute("alter table mqtt_sub drop primary key").await,
+        Backend::MySql => env.execute("alter table mqtt_sub drop index sub_unique").await,
         Backend::Sqlite => {
             env.execute("create table sub_copy as select * from mqtt_sub; drop table mqtt_sub; alter table sub_copy rename to mqtt_sub")
                 .await
@@ -114,8 +115,8 @@ async fn check_config_passes_a_good_config_and_names_what_is_wrong(backend: Back
     let out = tool(&["check-config"], &config);
     assert!(!out.status.success());
     let text = stdout(&out);
-    assert!(text.contains("FAIL primary key mqtt_sub") && text.contains("insert_subscription_sql"), "{text}");
-    assert!(text.contains("ok   primary key mqtt_delivered"), "{text}");
+    assert!(text.contains("FAIL unique key mqtt_sub") && text.contains("insert_subscription_sql"), "{text}");
+    assert!(text.contains("ok   unique key mqtt_delivered"), "{text}");
 }
 
 #[tokio::test]
