@@ -107,6 +107,10 @@ impl Spool {
         fs::metadata(self.path(segment)).map_or(0, |m| m.len())
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// True when nothing is waiting to be read.
     pub fn is_empty(&self) -> bool {
         self.unread_bytes == 0
@@ -133,9 +137,45 @@ impl Spool {
     }
 
     /// Appends operations; returns how many were dropped because the spool is full (the new ones
-    /// with `DropNewest`, `dropped_oldest` counts what `DropOldest` removed, in bytes).
+    /// with `DropNewest`, `dropped_oldest` counts what `DropOldest` removed, in bytes). All or
+    /// nothing: when a write fails (a full disk, an I/O error), what this call wrote is taken back,
+    /// so that no fragment sits in front of later records.
     pub fn append(&mut self, ops: &[SpoolOp]) -> io::Result<AppendOutcome> {
+        let last = self.segments.last().copied();
+        let tail_len = self.tail.as_ref().map(|_| self.tail_len);
+        let unread = self.unread_bytes;
         let mut outcome = AppendOutcome::default();
+        match self.append_all(ops, &mut outcome) {
+            Ok(()) => Ok(outcome),
+            Err(e) => {
+                if let Err(undo) = self.take_back(last, tail_len) {
+                    // The next records go to a new segment; the reader stops at the fragment
+                    // (a record cut short) and goes on with that segment.
+                    tracing::error!(error = %undo, spool_dir = %self.dir.display(), "removing a failed spool append failed");
+                }
+                self.unread_bytes = unread.saturating_sub(outcome.dropped_oldest_bytes);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what was appended after segment `last` had `tail_len` bytes (`None`: no open tail,
+    /// the append started a new segment). The next append starts a new segment.
+    fn take_back(&mut self, last: Option<u64>, tail_len: Option<u64>) -> io::Result<()> {
+        self.tail = None;
+        while let Some(&newer) = self.segments.last().filter(|s| Some(**s) > last) {
+            self.segments.pop();
+            fs::remove_file(self.path(newer))?;
+        }
+        match (last, tail_len) {
+            (Some(segment), Some(len)) if self.segments.contains(&segment) => {
+                fs::OpenOptions::new().write(true).open(self.path(segment))?.set_len(len)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn append_all(&mut self, ops: &[SpoolOp], outcome: &mut AppendOutcome) -> io::Result<()> {
         for op in ops {
             let record = encode_record(op);
             let size = record.len() as u64;
@@ -157,7 +197,7 @@ impl Spool {
             self.tail_len += size;
             self.unread_bytes += size;
         }
-        Ok(outcome)
+        Ok(())
     }
 
     fn start_segment(&mut self) -> io::Result<()> {

@@ -526,6 +526,35 @@ impl Client {
     }
 }
 
+/// A tmpfs of a given size mounted on a temporary directory (the tests run as root), for a disk
+/// that fills up; unmounted when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t tmpfs (needs root): {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
+    }
+}
+
 /// A MariaDB server of the test's own, in a temporary data directory on a free port (for TLS and
 /// fault injection, never the shared one). Killed when dropped.
 pub struct PrivateMariaDb {
