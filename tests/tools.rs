@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{free_port, Backend, Client, TestEnv, BIN, LONG, MYSQL_SERVER};
+use common::{curl, free_port, metric, Backend, Client, TestEnv, BIN, LONG, MYSQL_SERVER};
 use rumqttc::QoS;
 
 fn tool(args: &[&str], config: &std::path::Path) -> Output {
@@ -179,22 +179,6 @@ async fn history_streams_stored_messages_as_a_table_or_json_lines(backend: Backe
     let table = stdout(&out);
     assert_eq!(table.lines().count(), 4, "a header and three rows: {table}");
     assert!(table.contains("base64:/wAB") && table.contains("21.5"), "{table}");
-}
-
-fn curl(url: &str) -> (u16, String) {
-    let out =
-        Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().expect("curl (Debian package curl)");
-    let text = stdout(&out);
-    let (body, code) = text.rsplit_once('\n').unwrap();
-    (code.trim().parse().unwrap_or(0), body.to_owned())
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .parse()
-        .unwrap()
 }
 
 on_both_backends!(the_metrics_endpoint_counts_real_traffic_and_reports_health);

@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
-use crate::auth::AuthConfig;
+use crate::auth::{AuthConfig, PasswordChecker};
 use crate::config::{Config, DeliveryMode, RestoreSubscriptions, WriteMode};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
@@ -183,6 +183,7 @@ pub struct Engine {
     written_topics: Option<Mutex<HashSet<String>>>,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
     auth: AuthConfig,
+    passwords: PasswordChecker,
 }
 
 impl Engine {
@@ -235,7 +236,7 @@ impl Engine {
             store,
             writer,
             subscriptions,
-            metrics,
+            metrics: metrics.clone(),
             ids: MessageIdGenerator::new(node_id),
             topics,
             acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
@@ -249,10 +250,17 @@ impl Engine {
             written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
             maintenance: Mutex::default(),
             auth: config.auth.clone(),
+            passwords: PasswordChecker::new(config.auth.clone(), metrics.clone()),
         });
         let task = tokio::spawn(maintain(Arc::downgrade(&engine), storage.max_messages_per_topic));
         *engine.maintenance.lock().expect("maintenance lock") = Some(task);
         Ok(engine)
+    }
+
+    /// True when `password` is `username`'s (see [`PasswordChecker`]: off the runtime's workers,
+    /// and as slow for an unknown user as for a wrong password).
+    pub async fn check_password(&self, username: &str, password: &[u8]) -> bool {
+        self.passwords.verify(username, password).await
     }
 
     /// Users and ACL rules; hosts enforce them (`auth.enabled()` says whether to).

@@ -43,6 +43,8 @@ pub struct Metrics {
     pub replay_failures: AtomicU64,
     pub purged_expired: AtomicU64,
     pub trimmed: AtomicU64,
+    /// Argon2 password verifications (CONNECTs with a username and password, unknown users included).
+    pub password_checks: AtomicU64,
     /// Rows (inserts, deletes and records) per committed transaction.
     pub batch_size: Histogram,
     /// Seconds per committed transaction, retries included.
@@ -223,6 +225,12 @@ impl Metrics {
             "offline_messages_trimmed_total",
             "Rows dropped beyond max_messages_per_topic.",
             &self.trimmed,
+        );
+        counter(
+            &mut out,
+            "offline_messages_password_checks_total",
+            "Password hashes verified for CONNECTs (unknown usernames included: they cost the same).",
+            &self.password_checks,
         );
         self.batch_size.render(&mut out, "offline_messages_batch_rows", "Rows per committed transaction.");
         self.flush_seconds.render(

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 pub const MYSQL_SERVER: &str = "127.0.0.1:3306";
 
 pub const LONG: Duration = Duration::from_secs(60);
+/// How long a client waits for its CONNACK.
+pub const CONNACK_WAIT: Duration = LONG;
 
 /// Runs one scenario against MariaDB and against SQLite, as two tests.
 #[macro_export]
@@ -49,6 +51,24 @@ pub fn mosquitto(program: &str, port: u16, client_id: &str, topic: &str, extra: 
         .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("{program} (Debian package mosquitto-clients): {e}"))
+}
+
+/// `GET url` with Debian's curl: the status and the body.
+pub fn curl(url: &str) -> (u16, String) {
+    let out =
+        Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().expect("curl (Debian package curl)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.trim().parse().unwrap_or(0), body.to_owned())
+}
+
+/// The value of the sample `name` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -421,6 +441,8 @@ impl Client {
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(max_packet, max_packet);
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        // rumqttc gives up on a CONNACK after 5 s by default; the wait below decides.
+        eventloop.network_options.set_connection_timeout(CONNACK_WAIT.as_secs());
         let (ptx, publishes) = mpsc::unbounded_channel();
         let (atx, mut acks) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -445,7 +467,7 @@ impl Client {
             }
         });
         let mut c = Client { client, publishes, acks: mpsc::unbounded_channel().1, task };
-        match tokio::time::timeout(Duration::from_secs(20), acks.recv()).await {
+        match tokio::time::timeout(CONNACK_WAIT, acks.recv()).await {
             Ok(Some(Packet::ConnAck(_))) => {}
             other => panic!("no CONNACK for {id}: {other:?}"),
         }
