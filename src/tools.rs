@@ -152,14 +152,14 @@ pub async fn check_config(path: &Path) -> bool {
         if !sql.contains(table) {
             continue;
         }
-        match admin.has_primary_key(table).await {
-            Ok(true) => line(Some(true), &format!("primary key {table}"), "exists"),
+        match admin.has_unique_key(table).await {
+            Ok(true) => line(Some(true), &format!("unique key {table}"), "exists"),
             Ok(false) => line(
                 Some(false),
-                &format!("primary key {table}"),
-                &format!("missing: {key} would store duplicates; run `migrate`, or add the key"),
+                &format!("unique key {table}"),
+                &format!("missing: {key} would store duplicates; run `migrate`, or add a primary or unique key"),
             ),
-            Err(e) => line(Some(false), &format!("primary key {table}"), &e.to_string()),
+            Err(e) => line(Some(false), &format!("unique key {table}"), &e.to_string()),
         }
     }
     for (key, dir) in [
@@ -185,7 +185,7 @@ pub async fn check_config(path: &Path) -> bool {
 
 /// Creates `dir` if needed and a file in it, then removes the file.
 fn writable(dir: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    mqtt_offline_messages::private_files::create_dir_all(dir)?;
     let probe = dir.join(format!(".check-config-{}", std::process::id()));
     std::fs::File::create(&probe)?;
     std::fs::remove_file(probe)

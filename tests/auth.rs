@@ -139,3 +139,92 @@ async fn sighup_reloads_users_topics_and_level_and_a_broken_file_changes_nothing
     env.wait_count("mqtt_msg", 2, LONG).await;
     assert_eq!(broker.log_text().matches("SIGHUP: config reloaded").count(), 1);
 }
+
+/// One CONNECT with these credentials; true when the broker does not let it in (a refusing CONNACK,
+/// or the connection closed).
+async fn refused(port: u16, client_id: &str, username: &str, password: &str) -> bool {
+    let mut opts = rumqttc::MqttOptions::new(client_id, "127.0.0.1", port);
+    opts.set_credentials(username, password);
+    let (_client, mut eventloop) = rumqttc::AsyncClient::new(opts, 10);
+    eventloop.network_options.set_connection_timeout(LONG.as_secs());
+    loop {
+        match eventloop.poll().await {
+            Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(ack))) => {
+                return ack.code != rumqttc::ConnectReturnCode::Success
+            }
+            Ok(_) => {}
+            Err(rumqttc::ConnectionError::NetworkTimeout) => panic!("no answer to the CONNECT in {LONG:?}"),
+            Err(_) => return true,
+        }
+    }
+}
+
+// Password hashes are computed off the runtime's workers, a bounded number at a time: while CONNECTs
+// with a wrong password keep coming (each an Argon2 computation), a connected client's publishes are
+// still stored and the right password gets in (after the checks queued before it). (rmqtt 0.24 runs
+// a listener's handshakes in one task, so inline hashes held one worker and queued every handshake
+// of the port; auth.rs's unit test shows that a check now leaves its thread to other tasks.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_wrong_passwords_does_not_starve_the_broker() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    const ATTACKERS: usize = 8;
+    const MESSAGES: i64 = 100;
+    let env = TestEnv::new(Backend::MySql).await;
+    let _broker = start(&env, "").await;
+    let mut s1 = Client::connect_as(env.port, "s1", "sensor", "sensor-pw").await;
+    let (stop, refusals) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)));
+    let attackers: Vec<_> = (0..ATTACKERS)
+        .map(|k| {
+            let (stop, refusals, port) = (stop.clone(), refusals.clone(), env.port);
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    assert!(refused(port, &format!("guess-{k}"), "sensor", "guess").await, "a wrong password got in");
+                    refusals.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    while refusals.load(Ordering::Relaxed) == 0 {
+        assert!(start.elapsed() < LONG, "the wrong passwords are not even refused");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    for i in 0..MESSAGES {
+        s1.publish("sensors/s1/temp", QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    env.wait_count("mqtt_msg", MESSAGES, LONG).await;
+    let mut s2 = Client::connect_as(env.port, "s2", "sensor", "sensor-pw").await;
+    s2.publish("sensors/s2/temp", QoS::AtLeastOnce, false, "in").await;
+    env.wait_count("mqtt_msg", MESSAGES + 1, LONG).await;
+    let during = refusals.load(Ordering::Relaxed);
+    stop.store(true, Ordering::Relaxed);
+    for a in attackers {
+        a.await.unwrap();
+    }
+    assert!(refusals.load(Ordering::Relaxed) > during, "the flood went on the whole time");
+}
+
+// An unknown username costs a password check like a wrong password does: its refusal cannot tell
+// which usernames exist.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unknown_username_costs_a_password_check() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}{}",
+        auth_block(),
+        env.backend_block("")
+    ));
+    let _broker = Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let checks = || {
+        let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+        common::metric(&text, "offline_messages_password_checks_total")
+    };
+    assert_eq!(checks(), 0.0);
+    assert!(refused(env.port, "u1", "nobody", "sensor-pw").await);
+    assert_eq!(checks(), 1.0, "the unknown user's password was checked");
+    assert!(refused(env.port, "u2", "sensor", "wrong").await);
+    assert_eq!(checks(), 2.0);
+}

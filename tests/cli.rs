@@ -225,3 +225,31 @@ async fn a_publish_beyond_max_packet_size_is_logged_with_client_size_and_key_and
     assert!(metrics.contains("\noffline_messages_packets_too_large_total 2\n"), "{metrics}");
     assert_eq!(env.count("mqtt_msg").await, 0);
 }
+
+#[tokio::test]
+async fn a_placeholder_the_database_would_not_see_stops_start_up() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let bind = format!("127.0.0.1:{}", env.port);
+    // MySQL's `#` comment runs to the end of the line: the `?` there would never be bound.
+    let hidden = r#"select_subscriptions_sql = "select topic, qos from mqtt_sub where clientid = ${clientid} # or clientid = ${clientid}""#;
+    let line = error_line(&run_with(&env.write_config(&env.backend_block(hidden)), &bind));
+    assert!(line.contains("mysql.select_subscriptions_sql") && line.contains("inside a comment (`#`"), "{line}");
+    // MariaDB skips a `/*M!` comment for a version it is not: only the prepare can tell.
+    let skipped = r#"select_subscriptions_sql = "select topic, qos from mqtt_sub where clientid = ${clientid} /*M!999999 or clientid = ${clientid} */""#;
+    let line = error_line(&run_with(&env.write_config(&env.backend_block(skipped)), &bind));
+    assert!(
+        line.contains("mysql.select_subscriptions_sql: the database sees 1 parameters in this template, which has 2"),
+        "{line}"
+    );
+}
+
+#[tokio::test]
+async fn a_parameter_of_the_templates_own_stops_start_up() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let own = r#"select_subscriptions_sql = "select topic, qos from mqtt_sub where clientid = ${clientid} or clientid = :other""#;
+    let line = error_line(&run_with(&env.write_config(&env.backend_block(own)), &format!("127.0.0.1:{}", env.port)));
+    assert!(
+        line.contains("sqlite.select_subscriptions_sql: the database sees 2 parameters in this template, which has 1"),
+        "{line}"
+    );
+}

@@ -496,3 +496,84 @@ async fn sync_mode_acknowledges_from_the_spool_during_an_outage() {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
+
+// The spool and the dead-letter file hold payloads: created 0600, in directories created 0700,
+// whatever the umask.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spool_and_dead_letter_files_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let env = TestEnv::new(Backend::MySql).await;
+    let private = env.dir.path().join("private");
+    let (spool, dead) = (private.join("spool"), private.join("dead/letters.jsonl"));
+    let files = format!("spool_dir = \"{}\"\ndead_letter_file = \"{}\"", spool.display(), dead.display());
+
+    // A database that does not answer: the publish goes to the spool.
+    let nobody = common::free_port();
+    let mut broker = env.start(&format!("{files}\nserver = \"127.0.0.1:{nobody}\"")).await;
+    let mut p = Client::connect(env.port, "private-pub", true).await;
+    p.publish("private/t", QoS::AtLeastOnce, false, "spooled").await;
+    let start = std::time::Instant::now();
+    let segment = loop {
+        let seg =
+            std::fs::read_dir(&spool).unwrap().flatten().find(|e| e.path().extension().is_some_and(|x| x == "seg"));
+        if let Some(seg) = seg.filter(|s| s.metadata().unwrap().len() > 0) {
+            break seg.path();
+        }
+        assert!(start.elapsed() < LONG, "nothing spooled");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!((mode(&private), mode(&spool), mode(&segment), mode(&spool.join("lock"))), (0o700, 0o700, 0o600, 0o600));
+    p.disconnect().await;
+    broker.kill();
+
+    // A row the database refuses (NULL in a NOT NULL column) goes to the dead-letter file.
+    std::fs::remove_dir_all(&spool).unwrap();
+    let refused = "insert_message_sql = \"insert into mqtt_msg(msgid, sender, topic, qos, retain, payload, arrived) values(${id}, ${from}, null, ${qos}, ${flags.retain}, ${payload}, now())\"";
+    let _broker = env.start(&format!("{files}\n{refused}")).await;
+    let mut p = Client::connect(env.port, "private-pub", true).await;
+    p.publish("private/t", QoS::AtLeastOnce, false, "refused").await;
+    let start = std::time::Instant::now();
+    while !dead.exists() {
+        assert!(start.elapsed() < LONG, "nothing dead-lettered");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!((mode(dead.parent().unwrap()), mode(&dead)), (0o700, 0o600));
+}
+
+// The spool's disk fills up during an outage: the append that fails is taken back (no fragment in
+// front of later records), the batch waits in memory behind the spool, and once the database is
+// back everything is written, once each, in publish order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_spool_on_a_full_disk_loses_nothing_and_keeps_the_order() {
+    const TOTAL: usize = 40;
+    let mut db = common::PrivateMariaDb::start(&[], &[]).await;
+    db.sql_ok("CREATE DATABASE t");
+    let env = TestEnv::new(Backend::Sqlite).await; // for its directory and port
+    let disk = common::Tmpfs::mount("2m");
+    let config = env.write_config(&private_block(
+        &db,
+        &format!("spool_dir = \"{}\"\nbatch_size = 4\nmax_buffered = 8", disk.path().join("spool").display()),
+    ));
+    let broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let p = Client::connect(env.port, "full-pub", true).await;
+    db.kill();
+    // 100 KiB each: twice what the disk holds. rumqttc queues them; PUBACKs come as the writer takes them.
+    for i in 0..TOTAL {
+        let mut payload = format!("{i:04}").into_bytes();
+        payload.resize(100 << 10, b'.');
+        p.client.publish("full/t", QoS::AtLeastOnce, false, payload).await.unwrap();
+    }
+    broker.wait_for_log("writing the spool failed").await;
+    db.restart().await;
+    let stored = || db.sql_ok("select count(*) from t.mqtt_msg").parse::<usize>().unwrap();
+    let start = std::time::Instant::now();
+    while stored() < TOTAL {
+        assert!(start.elapsed() < 2 * LONG, "{} of {TOTAL} stored", stored());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let order = db.sql_ok("select cast(left(payload, 4) as char) from t.mqtt_msg order by id");
+    let expected: Vec<String> = (0..TOTAL).map(|i| format!("{i:04}")).collect();
+    assert_eq!(order.lines().collect::<Vec<_>>(), expected, "each once, in publish order");
+    drop(broker);
+}

@@ -1,7 +1,7 @@
 //! Property tests for the two parsers every message and template goes through: the topic matcher
 //! (and the LIKE prefilter in front of it) and the SQL template parser.
 
-use mqtt_offline_messages::template::{SqlTemplate, Var, MESSAGE_VARS};
+use mqtt_offline_messages::template::{Dialect, SqlTemplate, Var, MESSAGE_VARS};
 use mqtt_offline_messages::topic::TopicFilter;
 use proptest::prelude::*;
 
@@ -89,7 +89,8 @@ proptest! {
 
     #[test]
     fn parsing_any_text_never_panics(text in ".{0,80}") {
-        let _ = SqlTemplate::parse("k", &text, MESSAGE_VARS);
+        let _ = SqlTemplate::parse(Dialect::MySql, "k", &text, MESSAGE_VARS);
+        let _ = SqlTemplate::parse(Dialect::Sqlite, "k", &text, MESSAGE_VARS);
         let _ = TopicFilter::parse(&text);
     }
 
@@ -105,7 +106,7 @@ proptest! {
             text.push_str(&format!(" ${{{}}} ", var.name()));
             expected.push(var);
         }
-        let t = SqlTemplate::parse("k", &text, MESSAGE_VARS).unwrap();
+        let t = SqlTemplate::parse(Dialect::MySql, "k", &text, MESSAGE_VARS).unwrap();
         prop_assert_eq!(t.vars(), expected.as_slice());
         prop_assert_eq!(t.sql().matches('?').count(), expected.len());
         prop_assert!(!t.sql().contains("${"), "{}", t.sql());
@@ -114,12 +115,12 @@ proptest! {
     #[test]
     fn a_placeholder_inside_quotes_is_refused(before in "[a-z ]{0,6}", after in "[a-z ]{0,6}", quote in prop_oneof![Just('\''), Just('"')]) {
         let text = format!("select {quote}{before}${{topic}}{after}{quote}");
-        prop_assert!(SqlTemplate::parse("k", &text, MESSAGE_VARS).is_err(), "{}", text);
+        prop_assert!(SqlTemplate::parse(Dialect::MySql, "k", &text, MESSAGE_VARS).is_err(), "{}", text);
     }
 
     #[test]
     fn a_multi_row_insert_repeats_its_tuple(n in 1usize..50) {
-        let t = SqlTemplate::parse("k", "insert into t(a, b) values(${id}, FROM_UNIXTIME(${timestamp}/1000)) on duplicate key update a = a", MESSAGE_VARS).unwrap();
+        let t = SqlTemplate::parse(Dialect::MySql, "k", "insert into t(a, b) values(${id}, FROM_UNIXTIME(${timestamp}/1000)) on duplicate key update a = a", MESSAGE_VARS).unwrap();
         prop_assert!(t.is_batchable());
         let sql = t.sql_for_rows(n);
         prop_assert_eq!(sql.matches('?').count(), 2 * n);

@@ -452,14 +452,15 @@ async fn two_brokers_in_fanout_mode_share_what_each_subscriber_has_had(backend: 
 /// The plan the database picks for the default `select_message_sql` with `values` bound.
 async fn plan(env: &TestEnv, values: (&str, i64, i64, &str, i64)) -> String {
     use mqtt_offline_messages::config::Templates;
-    use mqtt_offline_messages::template::{SqlTemplate, SELECT_MESSAGE_VARS};
+    use mqtt_offline_messages::template::{Dialect, SqlTemplate, SELECT_MESSAGE_VARS};
     use sqlx::Row;
     let (like, after, now, client, limit) = values;
-    let (templates, explain) = match env.backend {
-        Backend::MySql => (Templates::mysql_default(), "EXPLAIN "),
-        Backend::Sqlite => (Templates::sqlite_default(), "EXPLAIN QUERY PLAN "),
+    let (templates, explain, dialect) = match env.backend {
+        Backend::MySql => (Templates::mysql_default(), "EXPLAIN ", Dialect::MySql),
+        Backend::Sqlite => (Templates::sqlite_default(), "EXPLAIN QUERY PLAN ", Dialect::Sqlite),
     };
-    let t = SqlTemplate::parse("select_message_sql", &templates.select_message_sql, SELECT_MESSAGE_VARS).unwrap();
+    let t =
+        SqlTemplate::parse(dialect, "select_message_sql", &templates.select_message_sql, SELECT_MESSAGE_VARS).unwrap();
     let sql = sqlx::AssertSqlSafe(format!("{explain}{}", t.sql()));
     // The default's placeholders, in order: topic_like, after_id, now, clientid, limit.
     macro_rules! rows {

@@ -6,7 +6,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{curl, free_port, Backend, Client, TestEnv, BIN, LONG, MYSQL_SERVER};
+use common::{curl, free_port, metric, Backend, Client, TestEnv, BIN, LONG, MYSQL_SERVER};
 use rumqttc::QoS;
 
 fn tool(args: &[&str], config: &std::path::Path) -> Output {
@@ -48,7 +48,8 @@ async fn migrate_applies_each_migration_once(backend: Backend) {
     let dir = if backend == Backend::MySql { "mysql" } else { "sqlite" };
     let mut files = vec!["0001_default_schema.sql", "0002_msgid_index.sql", "0003_fidelity_expiry_deliveries.sql"];
     if backend == Backend::MySql {
-        files.push("0004_binary_collation.sql"); // SQLite compares text byte for byte already
+        // SQLite compares text byte for byte already, and its TEXT has no length.
+        files.extend(["0004_binary_collation.sql", "0005_mqtt_lengths.sql"]);
     }
     assert_eq!(
         stdout(&out).lines().collect::<Vec<_>>(),
@@ -102,9 +103,9 @@ async fn check_config_passes_a_good_config_and_names_what_is_wrong(backend: Back
     assert!(!out.status.success());
     assert!(stdout(&out).contains(&format!("FAIL {name}.spool_dir")), "{}", stdout(&out));
 
-    // mqtt_sub without its primary key: the upsert would store a subscription twice.
+    // mqtt_sub without its unique key: the upsert would store a subscription twice.
     match backend {
-        Backend::MySql => env.execute("alter table mqtt_sub drop primary key").await,
+        Backend::MySql => env.execute("alter table mqtt_sub drop index sub_unique").await,
         Backend::Sqlite => {
             env.execute("create table sub_copy as select * from mqtt_sub; drop table mqtt_sub; alter table sub_copy rename to mqtt_sub")
                 .await
@@ -114,8 +115,8 @@ async fn check_config_passes_a_good_config_and_names_what_is_wrong(backend: Back
     let out = tool(&["check-config"], &config);
     assert!(!out.status.success());
     let text = stdout(&out);
-    assert!(text.contains("FAIL primary key mqtt_sub") && text.contains("insert_subscription_sql"), "{text}");
-    assert!(text.contains("ok   primary key mqtt_delivered"), "{text}");
+    assert!(text.contains("FAIL unique key mqtt_sub") && text.contains("insert_subscription_sql"), "{text}");
+    assert!(text.contains("ok   unique key mqtt_delivered"), "{text}");
 }
 
 #[tokio::test]
@@ -201,14 +202,6 @@ async fn history_streams_stored_messages_as_a_table_or_json_lines(backend: Backe
     assert!(table.contains("base64:/wAB") && table.contains("21.5"), "{table}");
 }
 
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
-        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
-        .parse()
-        .unwrap()
-}
-
 on_both_backends!(the_metrics_endpoint_counts_real_traffic_and_reports_health);
 async fn the_metrics_endpoint_counts_real_traffic_and_reports_health(backend: Backend) {
     let env = TestEnv::new(backend).await;
@@ -255,7 +248,7 @@ async fn health_is_503_when_the_database_refuses() {
     let metrics_port = free_port();
     let block = env.backend_block(&format!("username = \"{user}\"\n password = pw"));
     let config = format!("metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{block}");
-    let _broker = common::Broker::start(&env.write_config(&config), env.port, env.dir.path().join("broker.log")).await;
+    let broker = common::Broker::start(&env.write_config(&config), env.port, env.dir.path().join("broker.log")).await;
     let health = format!("http://127.0.0.1:{metrics_port}/health");
     assert_eq!(curl(&health).0, 200);
 
@@ -284,6 +277,10 @@ async fn health_is_503_when_the_database_refuses() {
     };
     assert_eq!(code, 503, "{body}");
     assert!(body.starts_with("database: "), "{body}");
+    // The reason in words; the database's own text (which names the user and the host) is in the
+    // log only.
+    assert!(!body.contains(&user) && !body.contains("127.0.0.1") && !body.contains("localhost"), "{body}");
+    broker.wait_for_log(&user).await;
 }
 
 /// Neither the database password nor an MQTT user's appears in any log line, error or tool

@@ -4,7 +4,10 @@
 
 use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use std::sync::Arc;
+use tokio::sync::Semaphore;
 
+use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
 
 /// What an ACL rule is about.
@@ -68,11 +71,13 @@ impl AuthConfig {
         changes
     }
 
-    /// True when `password` is the user's. Unknown users and malformed hashes are refused.
-    pub fn verify(&self, username: &str, password: &[u8]) -> bool {
-        let Some(user) = self.users.iter().find(|u| u.username == username) else { return false };
-        let Ok(hash) = PasswordHash::new(&user.password_hash) else { return false };
-        Argon2::default().verify_password(password, &hash).is_ok()
+    /// The user's password hash; for an unknown user, another user's, which the caller must not
+    /// accept: the unknown user then costs what a wrong password costs.
+    fn hash_to_check(&self, username: &str) -> Option<(bool, &str)> {
+        match self.users.iter().find(|u| u.username == username) {
+            Some(u) => Some((true, &u.password_hash)),
+            None => self.users.first().map(|u| (false, u.password_hash.as_str())),
+        }
     }
 
     /// May `username` (connected as `client_id`) publish to `topic`?
@@ -172,6 +177,45 @@ fn overlaps(a: &TopicFilter, b: &TopicFilter) -> bool {
     }
 }
 
+/// True when `password` matches the PHC string `hash`: one Argon2 computation, tens of
+/// milliseconds of CPU by design.
+fn verify_hash(hash: &str, password: &[u8]) -> bool {
+    PasswordHash::new(hash).is_ok_and(|h| Argon2::default().verify_password(password, &h).is_ok())
+}
+
+/// Checks passwords without holding up the runtime: each Argon2 computation runs on a blocking
+/// thread, at most half the cores' worth at a time (at least one); checks beyond that wait their
+/// turn without a thread, so a flood of wrong passwords never takes a runtime worker (the batch
+/// writer's, a session's) and never more than that share of the CPU. An unknown username is checked
+/// against another user's hash and refused, so that it costs what a wrong password costs and the
+/// answer's timing does not tell which usernames exist.
+pub struct PasswordChecker {
+    turns: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+}
+
+impl PasswordChecker {
+    pub fn new(metrics: Arc<Metrics>) -> PasswordChecker {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        PasswordChecker { turns: Arc::new(Semaphore::new((cores / 2).max(1))), metrics }
+    }
+
+    /// True when `password` is the user's in `auth` (the users of now: a reload may change them).
+    /// Unknown users are refused after the same work.
+    pub async fn verify(&self, auth: Arc<AuthConfig>, username: &str, password: &[u8]) -> bool {
+        let Some((known, _)) = auth.hash_to_check(username) else { return false };
+        let Ok(_turn) = self.turns.acquire().await else { return false };
+        let (username, password) = (username.to_owned(), password.to_vec());
+        let matches = tokio::task::spawn_blocking(move || {
+            auth.hash_to_check(&username).is_some_and(|(_, hash)| verify_hash(hash, &password))
+        })
+        .await
+        .unwrap_or(false);
+        Metrics::add(&self.metrics.password_checks, 1);
+        known && matches
+    }
+}
+
 /// A PHC string for `password` (Argon2id, a random salt): what `users[].password_hash` holds.
 pub fn hash_password(password: &str) -> String {
     let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
@@ -199,13 +243,36 @@ mod tests {
         }
     }
 
-    #[test]
-    fn passwords_verify_against_their_hash_only() {
-        let c = config();
+    #[tokio::test]
+    async fn passwords_verify_against_their_hash_only_and_unknown_users_cost_a_check() {
+        let c = Arc::new(config());
         assert!(c.enabled());
-        assert!(c.verify("ann", b"pw"));
-        assert!(!c.verify("ann", b"PW"));
-        assert!(!c.verify("bob", b"pw"));
+        let metrics = Arc::new(Metrics::new());
+        let checker = PasswordChecker::new(metrics.clone());
+        assert!(checker.verify(c.clone(), "ann", b"pw").await);
+        assert!(!checker.verify(c.clone(), "ann", b"PW").await);
+        // Ann's password, under a name nobody has: refused, after a check like any other.
+        assert!(!checker.verify(c, "bob", b"pw").await);
+        assert_eq!(metrics.password_checks.load(std::sync::atomic::Ordering::Relaxed), 3);
+    }
+
+    // On a runtime of one thread, another task runs while a check computes: the hash is not on
+    // the runtime's thread (inline, the check would finish first).
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_check_leaves_the_runtime_thread_to_other_tasks() {
+        let checker = PasswordChecker::new(Arc::new(Metrics::new()));
+        let order = std::sync::Mutex::new(Vec::new());
+        tokio::join!(
+            async {
+                assert!(!checker.verify(Arc::new(config()), "ann", b"wrong").await);
+                order.lock().unwrap().push("check");
+            },
+            async {
+                tokio::task::yield_now().await;
+                order.lock().unwrap().push("other task");
+            }
+        );
+        assert_eq!(*order.lock().unwrap(), ["other task", "check"]);
     }
 
     #[test]

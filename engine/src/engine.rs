@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 
-use crate::auth::AuthConfig;
+use crate::auth::{AuthConfig, PasswordChecker};
 use crate::config::{Config, DeliveryMode, RestoreSubscriptions, WriteMode};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::{random_node_id, MessageIdGenerator};
@@ -188,6 +188,7 @@ pub struct Engine {
     written_topics: Option<Mutex<HashSet<String>>>,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
     auth: RwLock<Arc<AuthConfig>>,
+    passwords: PasswordChecker,
 }
 
 impl Engine {
@@ -213,8 +214,8 @@ impl Engine {
             }
         })?;
         let outage = Arc::new(OutageLog::default());
-        if let (false, Some(reason)) = (store.is_checked(), store.check_error()) {
-            outage.began(&reason);
+        if let (false, Some(e)) = (store.is_checked(), store.check_error()) {
+            outage.began(&e.detail);
         }
         let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters, spool, outage.clone());
         let subscriptions = SubscriptionWriter::spawn(store.clone(), outage.clone());
@@ -234,7 +235,7 @@ impl Engine {
             store,
             writer,
             subscriptions,
-            metrics,
+            metrics: metrics.clone(),
             outage,
             ids: MessageIdGenerator::new(node_id),
             topics: RwLock::new(Arc::new(topics)),
@@ -249,10 +250,17 @@ impl Engine {
             written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
             maintenance: Mutex::default(),
             auth: RwLock::new(Arc::new(config.auth.clone())),
+            passwords: PasswordChecker::new(metrics),
         });
         let task = tokio::spawn(maintain(Arc::downgrade(&engine), storage.max_messages_per_topic));
         *engine.maintenance.lock().expect("maintenance lock") = Some(task);
         Ok(engine)
+    }
+
+    /// True when `password` is `username`'s (see [`PasswordChecker`]: off the runtime's workers,
+    /// and as slow for an unknown user as for a wrong password).
+    pub async fn check_password(&self, username: &str, password: &[u8]) -> bool {
+        self.passwords.verify(self.auth(), username, password).await
     }
 
     /// Users and ACL rules; hosts enforce them (`auth.enabled()` says whether to).
@@ -506,14 +514,18 @@ impl Engine {
         crate::metrics::samples_json(&self.render_metrics())
     }
 
-    /// `Err(reason)` when the database does not answer a trivial query within `timeout`.
+    /// `Err(reason)` when the database does not answer a trivial query within `timeout`. The
+    /// reason is in words, without the database's text; the error itself is logged.
     pub async fn health(&self, timeout: Duration) -> Result<(), String> {
-        if let Some(reason) = self.store.check_error() {
-            return Err(reason);
+        if let Some(e) = self.store.check_error() {
+            return Err(e.reason);
         }
         match tokio::time::timeout(timeout, self.store.ping()).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(e.to_string()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "/health: the database does not answer");
+                Err(e.reason())
+            }
             Err(_) => Err(format!("the database did not answer within {timeout:?}")),
         }
     }

@@ -13,6 +13,7 @@ pub mod message;
 pub mod message_id;
 pub mod metrics;
 pub mod outage;
+pub mod private_files;
 pub mod spool;
 pub mod store;
 pub mod subscriptions;

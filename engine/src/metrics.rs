@@ -45,6 +45,8 @@ pub struct Metrics {
     /// Packets the broker refused for being larger than its limit (the client is disconnected).
     pub packets_too_large: AtomicU64,
     pub trimmed: AtomicU64,
+    /// Argon2 password verifications (CONNECTs with a username and password, unknown users included).
+    pub password_checks: AtomicU64,
     /// Rows (inserts, deletes and records) per committed transaction.
     pub batch_size: Histogram,
     /// Seconds per committed transaction, retries included.
@@ -231,6 +233,12 @@ impl Metrics {
             "offline_messages_trimmed_total",
             "Rows dropped beyond max_messages_per_topic.",
             &self.trimmed,
+        );
+        counter(
+            &mut out,
+            "offline_messages_password_checks_total",
+            "Password hashes verified for CONNECTs (unknown usernames included: they cost the same).",
+            &self.password_checks,
         );
         self.batch_size.render(&mut out, "offline_messages_batch_rows", "Rows per committed transaction.");
         self.flush_seconds.render(

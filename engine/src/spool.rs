@@ -6,13 +6,14 @@
 //! unique, deletes and delivery records are idempotent). A record whose checksum fails ends what
 //! is read of its segment (a torn write at the tail), and is reported.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, BufReader, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 
 use crate::message::{DeliveryRecord, Message};
+use crate::private_files;
 use crate::store::AckedMessage;
 
 /// A segment is closed and a new one started beyond this size, or a quarter of the spool's limit
@@ -63,8 +64,8 @@ pub struct Spool {
 impl Spool {
     /// Opens (or creates) the spool in `dir`, with what an earlier run left in it.
     pub fn open(dir: &Path, max_bytes: u64, full: SpoolFull) -> io::Result<Spool> {
-        fs::create_dir_all(dir)?;
-        let lock = OpenOptions::new().create(true).truncate(false).write(true).open(dir.join("lock"))?;
+        private_files::create_dir_all(dir)?;
+        let lock = private_files::options().create(true).truncate(false).write(true).open(dir.join("lock"))?;
         if let Err(e) = lock.try_lock() {
             return Err(io::Error::other(format!("it is in use by another process ({e})")));
         }
@@ -106,6 +107,10 @@ impl Spool {
         fs::metadata(self.path(segment)).map_or(0, |m| m.len())
     }
 
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// True when nothing is waiting to be read.
     pub fn is_empty(&self) -> bool {
         self.unread_bytes == 0
@@ -132,9 +137,45 @@ impl Spool {
     }
 
     /// Appends operations; returns how many were dropped because the spool is full (the new ones
-    /// with `DropNewest`, `dropped_oldest` counts what `DropOldest` removed, in bytes).
+    /// with `DropNewest`, `dropped_oldest` counts what `DropOldest` removed, in bytes). All or
+    /// nothing: when a write fails (a full disk, an I/O error), what this call wrote is taken back,
+    /// so that no fragment sits in front of later records.
     pub fn append(&mut self, ops: &[SpoolOp]) -> io::Result<AppendOutcome> {
+        let last = self.segments.last().copied();
+        let tail_len = self.tail.as_ref().map(|_| self.tail_len);
+        let unread = self.unread_bytes;
         let mut outcome = AppendOutcome::default();
+        match self.append_all(ops, &mut outcome) {
+            Ok(()) => Ok(outcome),
+            Err(e) => {
+                if let Err(undo) = self.take_back(last, tail_len) {
+                    // The next records go to a new segment; the reader stops at the fragment
+                    // (a record cut short) and goes on with that segment.
+                    tracing::error!(error = %undo, spool_dir = %self.dir.display(), "removing a failed spool append failed");
+                }
+                self.unread_bytes = unread.saturating_sub(outcome.dropped_oldest_bytes);
+                Err(e)
+            }
+        }
+    }
+
+    /// Removes what was appended after segment `last` had `tail_len` bytes (`None`: no open tail,
+    /// the append started a new segment). The next append starts a new segment.
+    fn take_back(&mut self, last: Option<u64>, tail_len: Option<u64>) -> io::Result<()> {
+        self.tail = None;
+        while let Some(&newer) = self.segments.last().filter(|s| Some(**s) > last) {
+            self.segments.pop();
+            fs::remove_file(self.path(newer))?;
+        }
+        match (last, tail_len) {
+            (Some(segment), Some(len)) if self.segments.contains(&segment) => {
+                fs::OpenOptions::new().write(true).open(self.path(segment))?.set_len(len)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn append_all(&mut self, ops: &[SpoolOp], outcome: &mut AppendOutcome) -> io::Result<()> {
         for op in ops {
             let record = encode_record(op);
             let size = record.len() as u64;
@@ -156,12 +197,12 @@ impl Spool {
             self.tail_len += size;
             self.unread_bytes += size;
         }
-        Ok(outcome)
+        Ok(())
     }
 
     fn start_segment(&mut self) -> io::Result<()> {
         let next = self.segments.last().map_or(self.read.segment.max(1), |s| s + 1);
-        let file = OpenOptions::new().create(true).append(true).open(self.path(next))?;
+        let file = private_files::options().create(true).append(true).open(self.path(next))?;
         // The new segment's name must survive a power cut as its records do (a `sync` PUBACK
         // waits for them).
         sync_dir(&self.dir)?;
@@ -255,7 +296,7 @@ impl Spool {
     /// Replaces `read.pos` atomically and durably: a power cut leaves the old or the new one.
     fn save_read(&self) -> io::Result<()> {
         let tmp = self.dir.join("read.pos.tmp");
-        let mut file = File::create(&tmp)?;
+        let mut file = private_files::options().write(true).create(true).truncate(true).open(&tmp)?;
         file.write_all(format!("{} {}\n", self.read.segment, self.read.offset).as_bytes())?;
         file.sync_data()?;
         fs::rename(tmp, self.dir.join("read.pos"))?;

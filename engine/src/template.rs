@@ -1,10 +1,22 @@
 //! SQL templates: `${name}` placeholders become positional `?` parameters, bound from a message or
 //! a subscription. Values are always bound, never spliced into the SQL text.
 //!
-//! Quoting follows MySQL: `'...'` and `"..."` are strings in which `\` escapes the next character
-//! and a doubled quote stands for itself; `` `...` `` is an identifier; `-- ` and `/* */` are
-//! comments. (SQLite takes `\` literally: a string ending in a backslash, `'C:\'`, would read as
-//! unclosed here; write it as `'C:' || char(92)`.)
+//! Quotes and comments are read as the template's database reads them ([`Dialect`]), so that a
+//! placeholder the database would not see (in a comment) is an error rather than a parameter that
+//! is silently never bound. At start-up the store also compares each prepared statement's
+//! parameter count with the template's placeholders.
+
+/// The SQL a template is written in: where comments and quoted text begin and end.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Dialect {
+    /// MySQL and MariaDB: `#`, `-- ` (a space or control character after the dashes) and `/* */`
+    /// comments, `/*! */` and `/*M! */` comments whose text the server runs; `\` escapes in
+    /// `'...'` and `"..."`.
+    MySql,
+    /// SQLite: `--` and `/* */` comments; `'...'`, `"..."`, `` `...` `` and `[...]` without `\`
+    /// escapes.
+    Sqlite,
+}
 
 /// Every variable a template may use.
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Hash)]
@@ -130,8 +142,8 @@ pub enum TemplateError {
     InvalidName { key: &'static str, text: String },
     #[error("{key}: placeholders are bound as parameters; remove the quotes around ${{{var}}}")]
     Quoted { key: &'static str, var: String },
-    #[error("{key}: ${{{var}}} is inside a comment; move it out, or remove it")]
-    InComment { key: &'static str, var: String },
+    #[error("{key}: ${{{var}}} is inside a comment (`{opener}` at byte {position}), where the database would not see it; move it out, or remove it")]
+    InComment { key: &'static str, var: String, opener: &'static str, position: usize },
     #[error("{key}: the quote at byte {position} is never closed; fix the template in config.hocon")]
     UnclosedQuote { key: &'static str, position: usize },
     #[error("{key}: a literal `?` is a positional parameter with no value; use a ${{name}} placeholder instead")]
@@ -159,11 +171,16 @@ struct BatchShape {
 impl SqlTemplate {
     /// Parses `text`; `key` is the full config key named in every error, `allowed` the variables
     /// this statement may use.
-    pub fn parse(key: &'static str, text: &str, allowed: &[Var]) -> Result<SqlTemplate, TemplateError> {
+    pub fn parse(
+        dialect: Dialect,
+        key: &'static str,
+        text: &str,
+        allowed: &[Var],
+    ) -> Result<SqlTemplate, TemplateError> {
         if text.trim().is_empty() {
             return Err(TemplateError::Empty { key });
         }
-        let lexed = Lexed::new(text);
+        let lexed = Lexed::new(dialect, text);
         if let Some(position) = lexed.unclosed_quote {
             return Err(TemplateError::UnclosedQuote { key, position });
         }
@@ -189,10 +206,10 @@ impl SqlTemplate {
                 Context::Quoted if closed && !name.is_empty() => {
                     return Err(TemplateError::Quoted { key, var: name.to_owned() })
                 }
-                Context::Comment if closed && !name.is_empty() => {
-                    return Err(TemplateError::InComment { key, var: name.to_owned() })
+                Context::Comment { opener, start } if closed && !name.is_empty() => {
+                    return Err(TemplateError::InComment { key, var: name.to_owned(), opener, position: start })
                 }
-                Context::Quoted | Context::Comment => {
+                Context::Quoted | Context::Comment { .. } => {
                     i += 1;
                     continue;
                 }
@@ -216,7 +233,7 @@ impl SqlTemplate {
             copied = i;
         }
         sql.push_str(&text[copied..]);
-        let batch = batch_shape(&sql).or_else(|| id_list_shape(&sql, &vars));
+        let batch = batch_shape(dialect, &sql).or_else(|| id_list_shape(&sql, &vars));
         Ok(SqlTemplate { key, sql, vars, batch })
     }
 
@@ -297,7 +314,11 @@ enum Context {
     Code,
     /// A string or a quoted identifier, quotes included.
     Quoted,
-    Comment,
+    /// A comment, from its `opener` at byte `start`.
+    Comment {
+        opener: &'static str,
+        start: usize,
+    },
 }
 
 /// What each byte of a statement is.
@@ -308,28 +329,51 @@ struct Lexed {
 }
 
 impl Lexed {
-    fn new(sql: &str) -> Lexed {
+    fn new(dialect: Dialect, sql: &str) -> Lexed {
         let b = sql.as_bytes();
         let mut context = vec![Context::Code; b.len()];
         let mut unclosed_quote = None;
+        let line_end = |from: usize| b[from..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| from + p);
         let mut i = 0;
         while i < b.len() {
-            let (end, what) = match b[i] {
-                q @ (b'\'' | b'"' | b'`') => {
-                    let end = quote_end(b, i, q);
+            let comment = |opener| Context::Comment { opener, start: i };
+            let (end, what) = match (dialect, b[i]) {
+                (_, q @ (b'\'' | b'"' | b'`')) | (Dialect::Sqlite, q @ b'[') => {
+                    let end = quote_end(dialect, b, i, q);
                     if end.is_none() {
                         unclosed_quote = Some(i);
                     }
                     (end.unwrap_or(b.len()), Context::Quoted)
                 }
-                // MySQL wants whitespace after `--`; `a--1` is arithmetic there.
-                b'-' if b[i + 1..].starts_with(b"-") && b.get(i + 2).is_none_or(u8::is_ascii_whitespace) => {
-                    (b[i..].iter().position(|&c| c == b'\n').map_or(b.len(), |p| i + p), Context::Comment)
+                (Dialect::MySql, b'#') => (line_end(i), comment("#")),
+                // MySQL wants a space or control character after `--` (`a--1` is arithmetic there);
+                // SQLite does not.
+                (Dialect::MySql, b'-')
+                    if b[i + 1..].starts_with(b"-")
+                        && b.get(i + 2).is_none_or(|c| c.is_ascii_whitespace() || c.is_ascii_control()) =>
+                {
+                    (line_end(i), comment("--"))
                 }
-                b'/' if b[i + 1..].starts_with(b"*") => {
+                (Dialect::Sqlite, b'-') if b[i + 1..].starts_with(b"-") => (line_end(i), comment("--")),
+                // MySQL and MariaDB run the text of `/*!` (`/*!50700` from that version on) and of
+                // MariaDB's `/*M!`: it is code, only its markers are comment.
+                (Dialect::MySql, b'/') if b[i + 1..].starts_with(b"*!") || b[i + 1..].starts_with(b"*M!") => {
+                    let marker = if b[i + 2] == b'!' { 3 } else { 4 };
+                    let version = b[i + marker..].iter().take_while(|c| c.is_ascii_digit()).count();
+                    let body = i + marker + version;
+                    let close = (body..b.len()).find(|&p| b[p..].starts_with(b"*/"));
+                    context[i..body].fill(comment("/*!"));
+                    if let Some(close) = close {
+                        context[close..close + 2].fill(comment("/*!"));
+                    }
+                    // The body is lexed as code: quotes and comments inside it count.
+                    i = body;
+                    continue;
+                }
+                (_, b'/') if b[i + 1..].starts_with(b"*") => {
                     let body = &b[i + 2..];
                     let close = (0..body.len()).find(|&p| body[p..].starts_with(b"*/"));
-                    (close.map_or(b.len(), |p| i + 2 + p + 2), Context::Comment)
+                    (close.map_or(b.len(), |p| i + 2 + p + 2), comment("/*"))
                 }
                 _ => {
                     i += 1;
@@ -353,12 +397,14 @@ impl Lexed {
 
 /// The index just past the quote that closes the one opening at `start`. A doubled quote needs no
 /// care: it closes and at once reopens.
-fn quote_end(b: &[u8], start: usize, quote: u8) -> Option<usize> {
+fn quote_end(dialect: Dialect, b: &[u8], start: usize, quote: u8) -> Option<usize> {
+    let close = if quote == b'[' { b']' } else { quote };
+    let escapes = dialect == Dialect::MySql && quote != b'`';
     let mut i = start + 1;
     while i < b.len() {
         match b[i] {
-            b'\\' if quote != b'`' => i += 2,
-            c if c == quote => return Some(i + 1),
+            b'\\' if escapes => i += 2,
+            c if c == close => return Some(i + 1),
             _ => i += 1,
         }
     }
@@ -386,8 +432,8 @@ fn id_list_shape(sql: &str, vars: &[Var]) -> Option<BatchShape> {
 /// Finds the `VALUES (...)` tuple of an `insert`/`replace`: the first `values` outside parentheses,
 /// quotes and comments (a later one, as in `on duplicate key update qos = values(qos)`, is the
 /// function). Batchable only with one tuple holding every `?`.
-fn batch_shape(sql: &str) -> Option<BatchShape> {
-    let lexed = Lexed::new(sql);
+fn batch_shape(dialect: Dialect, sql: &str) -> Option<BatchShape> {
+    let lexed = Lexed::new(dialect, sql);
     let b = sql.as_bytes();
     let mut depth = 0usize;
     let mut first_word = true;
@@ -450,7 +496,8 @@ mod tests {
 
     #[test]
     fn a_delete_by_id_becomes_an_in_list() {
-        let t = SqlTemplate::parse("k", "delete from mqtt_msg where msgid = ${id}", &[Var::Id]).unwrap();
+        let t =
+            SqlTemplate::parse(Dialect::MySql, "k", "delete from mqtt_msg where msgid = ${id}", &[Var::Id]).unwrap();
         assert!(t.is_batchable());
         assert_eq!(t.sql_for_rows(1), "delete from mqtt_msg where msgid in (?)");
         assert_eq!(t.sql_for_rows(3), "delete from mqtt_msg where msgid in (?, ?, ?)");
@@ -460,7 +507,7 @@ mod tests {
             "delete from mqtt_msg where topic = ${topic} and msgid = ${id}",
             "update mqtt_msg set gone = 1 where msgid = ${id}",
         ] {
-            let t = SqlTemplate::parse("k", not_a_list, &[Var::Id, Var::Topic]).unwrap();
+            let t = SqlTemplate::parse(Dialect::MySql, "k", not_a_list, &[Var::Id, Var::Topic]).unwrap();
             assert!(!t.is_batchable(), "{not_a_list}");
         }
     }
@@ -474,11 +521,11 @@ mod tests {
     const DELETE_SUB: &str = "delete from mqtt_sub where clientid = ${clientid} and topic = ${topic}";
 
     fn msg(text: &str) -> SqlTemplate {
-        SqlTemplate::parse("mysql.insert_message_sql", text, MESSAGE_VARS).unwrap()
+        SqlTemplate::parse(Dialect::MySql, "mysql.insert_message_sql", text, MESSAGE_VARS).unwrap()
     }
 
     fn sub(text: &str) -> Result<SqlTemplate, TemplateError> {
-        SqlTemplate::parse("mysql.select_message_sql", text, SUBSCRIPTION_VARS)
+        SqlTemplate::parse(Dialect::MySql, "mysql.select_message_sql", text, SUBSCRIPTION_VARS)
     }
 
     fn err(text: &str) -> TemplateError {
@@ -507,10 +554,10 @@ mod tests {
             (DELETE_SUB, SUBSCRIPTION_VARS, &[ClientId, Topic], "delete from mqtt_sub where clientid = ? and topic = ?"),
         ];
         for (text, allowed, vars, sql) in cases {
-            let t = SqlTemplate::parse("k", text, allowed).unwrap();
+            let t = SqlTemplate::parse(Dialect::MySql, "k", text, allowed).unwrap();
             assert_eq!((t.vars(), t.sql()), (vars, sql));
         }
-        assert!(SqlTemplate::parse("k", "select ${topic_like}", SELECT_MESSAGE_VARS).is_ok());
+        assert!(SqlTemplate::parse(Dialect::MySql, "k", "select ${topic_like}", SELECT_MESSAGE_VARS).is_ok());
     }
 
     #[test]
@@ -604,7 +651,7 @@ mod tests {
             matches!(sub("select ${Topic}"), Err(TemplateError::UnknownVariable { .. })),
             "names are case-sensitive"
         );
-        let e = SqlTemplate::parse("k", "select ${flags.qos}", MESSAGE_VARS).unwrap_err();
+        let e = SqlTemplate::parse(Dialect::MySql, "k", "select ${flags.qos}", MESSAGE_VARS).unwrap_err();
         assert!(e.to_string().contains("${flags.retain}"), "{e}");
     }
 
@@ -687,6 +734,78 @@ mod tests {
             assert!(matches!(sub(text), Err(TemplateError::InComment { var, .. }) if var == "topic"), "{text}");
         }
         assert_eq!(sub("select 1 -- a ${ or ?\n, ${topic}").unwrap().sql(), "select 1 -- a ${ or ?\n, ?");
+    }
+
+    fn comment_opener(dialect: Dialect, text: &str) -> Option<&'static str> {
+        match SqlTemplate::parse(dialect, "k", text, SUBSCRIPTION_VARS) {
+            Err(TemplateError::InComment { opener, .. }) => Some(opener),
+            Ok(_) => None,
+            Err(e) => panic!("{text}: {e}"),
+        }
+    }
+
+    #[test]
+    fn comments_are_read_as_each_database_reads_them() {
+        use Dialect::*;
+        for (dialect, text, opener) in [
+            (MySql, "select 1 # ${topic}", Some("#")),
+            (MySql, "select 1 #${topic}", Some("#")),
+            (MySql, "select 1 # x\n, ${topic}", None),
+            (MySql, "select '#', \"#\", `#` = ${topic}", None),
+            (MySql, "select 1 --\t${topic}", Some("--")),
+            (MySql, "select 1 --\x01${topic}", Some("--")),
+            (MySql, "select 1--${qos}", None),
+            (MySql, "select 1 /*+ hint ${qos} */", Some("/*")),
+            (Sqlite, "select 1--${qos}", Some("--")),
+            (Sqlite, "select 1 -- ${qos}", Some("--")),
+            (Sqlite, "select 1 /* ${qos}", Some("/*")),
+            (Sqlite, "select 1 # ${topic}", None),
+        ] {
+            assert_eq!(comment_opener(dialect, text), opener, "{dialect:?}: {text}");
+        }
+        let e = SqlTemplate::parse(
+            MySql,
+            "mysql.insert_message_sql",
+            "insert into t values (${id}) # ${topic}",
+            MESSAGE_VARS,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "mysql.insert_message_sql: ${topic} is inside a comment (`#` at byte 29), where the database would not see \
+             it; move it out, or remove it"
+        );
+    }
+
+    #[test]
+    fn the_text_of_executable_comments_is_code() {
+        for (text, sql) in [
+            ("select 1 /*! + ${qos} */", "select 1 /*! + ? */"),
+            ("select 1 /*!50700 + ${qos} */", "select 1 /*!50700 + ? */"),
+            ("select 1 /*M!100100 + ${qos} */", "select 1 /*M!100100 + ? */"),
+            ("select 1 /*! + '*/' */ = ${qos}", "select 1 /*! + '*/' */ = ?"),
+        ] {
+            let t = SqlTemplate::parse(Dialect::MySql, "k", text, SUBSCRIPTION_VARS).unwrap();
+            assert_eq!((t.sql(), t.vars()), (sql, &[Var::Qos][..]));
+        }
+        assert_eq!(comment_opener(Dialect::MySql, "select 1 /*! # ${qos}\n */"), Some("#"));
+        assert!(matches!(
+            SqlTemplate::parse(Dialect::MySql, "k", "select 1 /*! ? */", SUBSCRIPTION_VARS),
+            Err(TemplateError::LiteralParameter { .. })
+        ));
+    }
+
+    #[test]
+    fn sqlite_quotes_have_no_backslash_escapes() {
+        let sqlite = |text| SqlTemplate::parse(Dialect::Sqlite, "k", text, SUBSCRIPTION_VARS);
+        assert_eq!(sqlite("select 'C:\\' = ${topic}").unwrap().sql(), "select 'C:\\' = ?");
+        assert!(matches!(
+            SqlTemplate::parse(Dialect::MySql, "k", "select 'C:\\' = ${topic}", SUBSCRIPTION_VARS),
+            Err(TemplateError::UnclosedQuote { .. })
+        ));
+        assert!(matches!(sqlite("select [a ${topic}] from t"), Err(TemplateError::Quoted { .. })));
+        assert_eq!(sqlite("select [a\\] = ${topic}").unwrap().sql(), "select [a\\] = ?");
+        assert_eq!(sqlite("select \"a\\\" = ${topic}").unwrap().sql(), "select \"a\\\" = ?");
     }
 
     #[test]

@@ -248,12 +248,18 @@ impl WriterTask {
                 }
             }
         }
+        self.write_spooled().await;
+        true
+    }
+
+    /// Writes the oldest spooled batch to the database; true when it was written.
+    async fn write_spooled(&mut self) -> bool {
         let (spooled, pos) = match self.spool.read(self.limits.batch_size) {
             Ok(read) => read,
             Err(e) => {
                 tracing::error!(error = %e, "reading the spool failed; retrying");
                 sleep(Duration::from_secs(1)).await;
-                return true;
+                return false;
             }
         };
         let mut batch = batch_of(spooled);
@@ -287,7 +293,7 @@ impl WriterTask {
                 tracing::info!("the spool is written; back to direct batches");
             }
         }
-        true
+        written
     }
 
     /// A payload no statement can carry would fail every batch it is in: it is refused on its own
@@ -362,44 +368,60 @@ impl WriterTask {
 
     /// Appends a batch to the spool and syncs it (a `sync` PUBACK may be waiting on it).
     async fn spool_batch(&mut self, batch: Batch) {
-        let ops: Vec<SpoolOp> = batch
-            .inserts
-            .into_iter()
-            .map(SpoolOp::Insert)
-            .chain(batch.deletes.into_iter().map(SpoolOp::Delete))
-            .chain(batch.deliveries.into_iter().map(SpoolOp::Delivered))
-            .collect();
+        let ops = spool_ops(batch);
         let count = ops.len() as u64;
-        let result = self.spool.append(&ops).and_then(|outcome| self.spool.sync().map(|()| outcome));
-        // A failed append may have left part of the batch in the spool: written twice at worst,
-        // which the unique message id absorbs.
-        match result {
-            Ok(outcome) => {
-                Metrics::add(&self.metrics.spooled, count - outcome.dropped_newest);
-                if outcome.dropped_newest > 0 || outcome.dropped_oldest_bytes > 0 {
-                    Metrics::add(&self.metrics.spool_dropped, outcome.dropped_newest);
-                    Metrics::add(&self.metrics.spool_dropped_bytes, outcome.dropped_oldest_bytes);
-                    tracing::error!(
-                        dropped_new = outcome.dropped_newest,
-                        dropped_old_bytes = outcome.dropped_oldest_bytes,
-                        "the spool is full (spool_max_bytes): operations were dropped (spool_full says which)"
-                    );
-                }
-            }
+        match self.append_to_spool(&ops) {
+            Ok(()) => {}
             Err(e) => {
-                // Nothing is dropped for a failing spool: this batch waits in memory for the
-                // database instead (publishers wait with it).
-                tracing::error!(error = %e, operations = count, "writing the spool failed; this batch waits in memory for the database");
+                // Nothing is dropped for a failing spool: this batch waits in memory (publishers
+                // wait with it, the queue being full) behind what the spool holds, which is older
+                // and goes to the database first. Appending it is tried again meanwhile: the disk
+                // may have room again.
+                tracing::error!(error = %e, operations = count, spool_dir = %self.spool.dir().display(), "writing the spool failed; this batch waits in memory behind the spool");
                 let mut batch = batch_of(ops);
                 let mut backoff = Duration::from_millis(100);
-                while let Err((_, unwritten)) = self.write_or_fail(batch).await {
-                    batch = unwritten;
+                loop {
+                    if self.spool.is_empty() {
+                        match self.write_or_fail(batch).await {
+                            Ok(()) => break,
+                            Err((e, unwritten)) => {
+                                self.note_outage(&e);
+                                batch = unwritten;
+                            }
+                        }
+                    } else if self.write_spooled().await {
+                        backoff = Duration::from_millis(100);
+                        continue;
+                    } else {
+                        let ops = spool_ops(batch.clone());
+                        if self.append_to_spool(&ops).is_ok() {
+                            tracing::info!(operations = ops.len(), "the spool takes writes again");
+                            break;
+                        }
+                    }
                     sleep(backoff + jitter(backoff)).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
         Metrics::set(&self.metrics.spool_bytes, self.spool.unread_bytes());
+    }
+
+    /// Appends and syncs `ops` (all or none of them), counting what a full spool drops.
+    fn append_to_spool(&mut self, ops: &[SpoolOp]) -> std::io::Result<()> {
+        let outcome = self.spool.append(ops)?;
+        self.spool.sync()?;
+        Metrics::add(&self.metrics.spooled, ops.len() as u64 - outcome.dropped_newest);
+        if outcome.dropped_newest > 0 || outcome.dropped_oldest_bytes > 0 {
+            Metrics::add(&self.metrics.spool_dropped, outcome.dropped_newest);
+            Metrics::add(&self.metrics.spool_dropped_bytes, outcome.dropped_oldest_bytes);
+            tracing::error!(
+                dropped_new = outcome.dropped_newest,
+                dropped_old_bytes = outcome.dropped_oldest_bytes,
+                "the spool is full (spool_max_bytes): operations were dropped (spool_full says which)"
+            );
+        }
+        Ok(())
     }
 
     /// Writes a batch; a row the database refuses is isolated and dead-lettered; a deadlock or a
@@ -529,6 +551,17 @@ impl WriterTask {
     }
 }
 
+/// A batch as spooled operations, in the order it is written.
+fn spool_ops(batch: Batch) -> Vec<SpoolOp> {
+    let Batch { inserts, deletes, deliveries } = batch;
+    inserts
+        .into_iter()
+        .map(SpoolOp::Insert)
+        .chain(deletes.into_iter().map(SpoolOp::Delete))
+        .chain(deliveries.into_iter().map(SpoolOp::Delivered))
+        .collect()
+}
+
 /// Spooled operations as one batch: inserts, then deletes, then delivery records, as a batch is
 /// written.
 fn batch_of(ops: Vec<SpoolOp>) -> Batch {
@@ -554,7 +587,7 @@ impl DeadLetters {
     fn append(&self, m: &Message, reason: &str) -> std::io::Result<()> {
         use std::io::Write;
         if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+            crate::private_files::create_dir_all(dir)?;
         }
         let line = serde_json::json!({
             "refused_at": iso_time(crate::engine::now_ms()),
@@ -569,7 +602,7 @@ impl DeadLetters {
             "properties": m.properties.as_deref().map(serde_json::from_str::<serde_json::Value>).and_then(Result::ok),
             "payload_base64": base64(&m.payload),
         });
-        let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&self.path)?;
+        let mut file = crate::private_files::options().create(true).append(true).open(&self.path)?;
         writeln!(file, "{line}")?;
         file.sync_data()
     }

@@ -15,6 +15,8 @@ use tokio::sync::mpsc;
 pub const MYSQL_SERVER: &str = "127.0.0.1:3306";
 
 pub const LONG: Duration = Duration::from_secs(60);
+/// How long a client waits for its CONNACK.
+pub const CONNACK_WAIT: Duration = LONG;
 
 /// Runs one scenario against MariaDB and against SQLite, as two tests.
 #[macro_export]
@@ -58,6 +60,15 @@ pub fn mosquitto(program: &str, port: u16, client_id: &str, topic: &str, extra: 
         .args(extra)
         .output()
         .unwrap_or_else(|e| panic!("{program} (Debian package mosquitto-clients): {e}"))
+}
+
+/// The value of the sample `name` in Prometheus text.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+        .parse()
+        .unwrap()
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -436,6 +447,8 @@ impl Client {
             .set_keep_alive(Duration::from_secs(30))
             .set_max_packet_size(max_packet, max_packet);
         let (client, mut eventloop) = AsyncClient::new(opts, 10_000);
+        // rumqttc gives up on a CONNACK after 5 s by default; the wait below decides.
+        eventloop.network_options.set_connection_timeout(CONNACK_WAIT.as_secs());
         let (ptx, publishes) = mpsc::unbounded_channel();
         let (atx, mut acks) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
@@ -460,7 +473,7 @@ impl Client {
             }
         });
         let mut c = Client { client, publishes, acks: mpsc::unbounded_channel().1, task };
-        match tokio::time::timeout(Duration::from_secs(20), acks.recv()).await {
+        match tokio::time::timeout(CONNACK_WAIT, acks.recv()).await {
             Ok(Some(Packet::ConnAck(_))) => {}
             other => panic!("no CONNACK for {id}: {other:?}"),
         }
@@ -538,6 +551,35 @@ impl Client {
     pub async fn disconnect(self) {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// A tmpfs of a given size mounted on a temporary directory (the tests run as root), for a disk
+/// that fills up; unmounted when dropped.
+pub struct Tmpfs {
+    dir: tempfile::TempDir,
+}
+
+impl Tmpfs {
+    pub fn mount(size: &str) -> Tmpfs {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size},mode=0700"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "mount -t tmpfs (needs root): {}", String::from_utf8_lossy(&out.stderr));
+        Tmpfs { dir }
+    }
+
+    pub fn path(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).status();
     }
 }
 

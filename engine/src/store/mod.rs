@@ -31,7 +31,7 @@ pub trait Store: Send + Sync {
     fn is_checked(&self) -> bool;
 
     /// Why the checks have not passed, while they have not.
-    fn check_error(&self) -> Option<String>;
+    fn check_error(&self) -> Option<CheckError>;
 
     /// `Err(limit)` when a payload is too large for any write of this backend: such a message
     /// would fail its whole batch, so the writer dead-letters it alone.
@@ -83,6 +83,20 @@ pub async fn connect(backend: &Backend) -> Result<Arc<dyn Store>, StoreError> {
     Ok(Arc::new(sql::SqlStore::connect(backend).await?))
 }
 
+/// Why a store's checks have not passed: `reason` in words for `/health` (see
+/// [`StoreError::reason`]), `detail` with the database's own text for the log.
+#[derive(Clone, Debug)]
+pub struct CheckError {
+    pub reason: String,
+    pub detail: String,
+}
+
+impl CheckError {
+    pub fn of(e: &StoreError) -> CheckError {
+        CheckError { reason: e.reason(), detail: e.to_string() }
+    }
+}
+
 /// `work`, or [`StoreError::Timeout`] once it has taken `after`. A statement cut off this way may
 /// still have committed: the writer's retry of it is absorbed by the unique message id.
 pub(crate) async fn in_time<T>(
@@ -106,6 +120,8 @@ pub enum StoreError {
     Template(#[from] TemplateError),
     #[error("{key}: the database cannot prepare this template: {cause}; fix the template, or create its tables (set `init_default_schema = true` for the default ones)")]
     Prepare { key: &'static str, cause: sqlx::Error },
+    #[error("{key}: the database sees {database} parameters in this template, which has {placeholders} placeholders: a placeholder is where the database does not read it (a comment it skips), or the text has a parameter of its own (`?`, `:name`, `$name`); fix the template in config.hocon")]
+    Parameters { key: &'static str, placeholders: usize, database: usize },
     #[error("schema migration {file} failed: {cause}")]
     Migrate { file: &'static str, cause: sqlx::Error },
     #[error("{key}: {cause}")]
@@ -118,11 +134,32 @@ pub enum StoreError {
     NoId { key: &'static str },
     #[error("the database is unavailable, or not checked yet: what the writer holds waits in the spool")]
     Unavailable,
-    #[error("cannot create the directory for sqlite.path {path}: {cause}")]
+    #[error("cannot create sqlite.path {path} or its directory: {cause}; give a path the broker may write")]
     SqliteDir { path: String, cause: std::io::Error },
 }
 
 impl StoreError {
+    /// What went wrong, in words, without the database's own text (which may name the host, the
+    /// user, the schema): for `/health`, which anybody who reaches it reads. The log has the rest.
+    pub fn reason(&self) -> String {
+        match self {
+            StoreError::Connect { backend, key, .. } => format!("cannot connect to {backend} ({key})"),
+            StoreError::TlsFile { key, .. } => format!("{key}: cannot read the file"),
+            StoreError::Tls { .. } => "cannot set up TLS to the database (mysql.ssl)".into(),
+            StoreError::Prepare { key, .. } => format!("{key}: the database cannot prepare this template"),
+            StoreError::Migrate { file, .. } => format!("schema migration {file} failed"),
+            StoreError::Query { key, .. } if self.is_unreachable() => format!("{key}: the database cannot be reached"),
+            StoreError::Query { key, .. } => format!("{key}: the database refused the statement"),
+            StoreError::Column { key, column, .. } => format!("{key}: the result has no usable column `{column}`"),
+            StoreError::SqliteDir { .. } => "cannot create sqlite.path or its directory".into(),
+            StoreError::Template(_)
+            | StoreError::Parameters { .. }
+            | StoreError::Timeout { .. }
+            | StoreError::NoId { .. }
+            | StoreError::Unavailable => self.to_string(),
+        }
+    }
+
     /// The database could not be reached (down, restarting, out of connections), as opposed to
     /// refusing what was asked of it.
     pub fn is_unreachable(&self) -> bool {

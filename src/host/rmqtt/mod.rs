@@ -236,7 +236,7 @@ impl Handler for HookHandler {
         match param {
             Parameter::ClientAuthenticate(info) if hooks.engine.auth().enabled() => {
                 let allowed = match (info.username(), info.password()) {
-                    (Some(user), Some(password)) => hooks.engine.auth().verify(user, password),
+                    (Some(user), Some(password)) => hooks.engine.check_password(user, password).await,
                     _ => false,
                 };
                 let result = if allowed { AuthResult::Allow(false, None) } else { AuthResult::BadUsernameOrPassword };

@@ -100,19 +100,20 @@ impl Admin {
         }
     }
 
-    /// True when `table` has a primary key (the default upserts and insert-ignores rely on it).
-    pub async fn has_primary_key(&self, table: &str) -> Result<bool, StoreError> {
+    /// True when `table` has a primary or unique key (the default upserts and insert-ignores rely
+    /// on one).
+    pub async fn has_unique_key(&self, table: &str) -> Result<bool, StoreError> {
         let err = |cause| StoreError::Query { key: "indexes", cause };
         let n: i64 = match &self.pool {
             Pool::MySql(p) => sqlx::query_scalar(
                 "select count(*) from information_schema.table_constraints \
-                 where table_schema = database() and table_name = ? and constraint_type = 'PRIMARY KEY'",
+                 where table_schema = database() and table_name = ? and constraint_type in ('PRIMARY KEY', 'UNIQUE')",
             )
             .bind(table)
             .fetch_one(p)
             .await
             .map_err(err)?,
-            Pool::Sqlite(p) => sqlx::query_scalar("select count(*) from pragma_index_list(?) where origin = 'pk'")
+            Pool::Sqlite(p) => sqlx::query_scalar("select count(*) from pragma_index_list(?) where \"unique\" = 1")
                 .bind(table)
                 .fetch_one(p)
                 .await

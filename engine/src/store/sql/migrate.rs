@@ -27,6 +27,7 @@ const MYSQL: &[Migration] = &[
     migration!(2, "mysql", "0002_msgid_index.sql"),
     migration!(3, "mysql", "0003_fidelity_expiry_deliveries.sql"),
     migration!(4, "mysql", "0004_binary_collation.sql"),
+    migration!(5, "mysql", "0005_mqtt_lengths.sql"),
 ];
 const SQLITE: &[Migration] = &[
     migration!(1, "sqlite", "0001_default_schema.sql"),

@@ -18,14 +18,15 @@ use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Type};
+use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Statement, Type};
 
-use super::{in_time, Batch, Store, StoreError, ACK_VARS};
+use super::{in_time, Batch, CheckError, Store, StoreError, ACK_VARS};
 use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates, WriteMode};
 use crate::message::{Maintenance, Message, Properties, ReplayQuery, StoredMessage, Subscription};
+use crate::private_files;
 use crate::template::{
-    Bindings, SqlTemplate, TemplateError, Value, Var, DELIVERY_VARS, MESSAGE_VARS, PURGE_VARS, SELECT_MESSAGE_VARS,
-    SUBSCRIPTION_VARS, TRIM_VARS,
+    Bindings, Dialect, SqlTemplate, TemplateError, Value, Var, DELIVERY_VARS, MESSAGE_VARS, PURGE_VARS,
+    SELECT_MESSAGE_VARS, SUBSCRIPTION_VARS, TRIM_VARS,
 };
 
 /// Connections for the writer and the subscription statements.
@@ -94,31 +95,21 @@ pub struct Statements {
 impl Statements {
     /// Parses every template of `backend`'s block (`"mysql"` or `"sqlite"`); errors name the full key.
     pub fn parse(backend: &'static str, t: &Templates) -> Result<Statements, TemplateError> {
-        let keys = if backend == "mysql" { TEMPLATE_KEYS.0 } else { TEMPLATE_KEYS.1 };
+        let (keys, dialect) =
+            if backend == "mysql" { (TEMPLATE_KEYS.0, Dialect::MySql) } else { (TEMPLATE_KEYS.1, Dialect::Sqlite) };
+        let parse = |key, text: &str, vars| SqlTemplate::parse(dialect, key, text, vars);
         let [insert_message, delete_message, select_message, insert_subscription, select_subscriptions, delete_subscription, insert_delivery, purge_expired, trim_topic] =
             keys;
         Ok(Statements {
-            insert_message: SqlTemplate::parse(insert_message, &t.insert_message_sql, MESSAGE_VARS)?,
-            delete_message: SqlTemplate::parse(delete_message, &t.delete_message_sql, ACK_VARS)?,
-            select_message: SqlTemplate::parse(select_message, &t.select_message_sql, SELECT_MESSAGE_VARS)?,
-            insert_subscription: SqlTemplate::parse(
-                insert_subscription,
-                &t.insert_subscription_sql,
-                SUBSCRIPTION_VARS,
-            )?,
-            select_subscriptions: SqlTemplate::parse(
-                select_subscriptions,
-                &t.select_subscriptions_sql,
-                &[Var::ClientId],
-            )?,
-            delete_subscription: SqlTemplate::parse(
-                delete_subscription,
-                &t.delete_subscription_sql,
-                SUBSCRIPTION_VARS,
-            )?,
-            insert_delivery: SqlTemplate::parse(insert_delivery, &t.insert_delivery_sql, DELIVERY_VARS)?,
-            purge_expired: SqlTemplate::parse(purge_expired, &t.purge_expired_sql, PURGE_VARS)?,
-            trim_topic: SqlTemplate::parse(trim_topic, &t.trim_topic_sql, TRIM_VARS)?,
+            insert_message: parse(insert_message, &t.insert_message_sql, MESSAGE_VARS)?,
+            delete_message: parse(delete_message, &t.delete_message_sql, ACK_VARS)?,
+            select_message: parse(select_message, &t.select_message_sql, SELECT_MESSAGE_VARS)?,
+            insert_subscription: parse(insert_subscription, &t.insert_subscription_sql, SUBSCRIPTION_VARS)?,
+            select_subscriptions: parse(select_subscriptions, &t.select_subscriptions_sql, &[Var::ClientId])?,
+            delete_subscription: parse(delete_subscription, &t.delete_subscription_sql, SUBSCRIPTION_VARS)?,
+            insert_delivery: parse(insert_delivery, &t.insert_delivery_sql, DELIVERY_VARS)?,
+            purge_expired: parse(purge_expired, &t.purge_expired_sql, PURGE_VARS)?,
+            trim_topic: parse(trim_topic, &t.trim_topic_sql, TRIM_VARS)?,
         })
     }
 
@@ -155,7 +146,7 @@ pub struct SqlStore {
     /// is refused with [`StoreError::Unavailable`] (the writer spools).
     checked: OnceLock<Checked>,
     /// Why the checks have not passed yet, for `/health`.
-    last_check_error: Mutex<Option<String>>,
+    last_check_error: Mutex<Option<CheckError>>,
     /// One check at a time: two would race to apply the same migration.
     check_lock: tokio::sync::Mutex<()>,
 }
@@ -194,7 +185,7 @@ impl SqlStore {
             query_timeout: storage.query_timeout,
             backend: backend.clone(),
             checked: OnceLock::new(),
-            last_check_error: Mutex::new(Some("not checked yet".into())),
+            last_check_error: Mutex::new(Some(CheckError::of(&StoreError::Unavailable))),
             check_lock: tokio::sync::Mutex::new(()),
         };
         match store.check().await {
@@ -215,8 +206,18 @@ impl SqlStore {
             with_pool!(pool, p => migrate::apply(p, migrate::for_backend(name), &|_, _, _| {}).await)?;
         }
         for t in self.statements.all() {
-            with_pool!(pool, p => p.prepare(AssertSqlSafe(t.sql()).into_sql_str()).await.map(drop))
-                .map_err(|cause| StoreError::Prepare { key: t.key(), cause })?;
+            let parameters = with_pool!(pool, p => p.prepare(AssertSqlSafe(t.sql()).into_sql_str()).await.map(|s| {
+                s.parameters().map(|p| p.map_left(<[_]>::len).into_inner())
+            }))
+            .map_err(|cause| StoreError::Prepare { key: t.key(), cause })?;
+            // What the lexer cannot know (a versioned `/*!` comment the server skips, SQLite's
+            // `:name` parameters) shows here: every `?` must be one of the template's placeholders.
+            match parameters {
+                Some(database) if database != t.vars().len() => {
+                    return Err(StoreError::Parameters { key: t.key(), placeholders: t.vars().len(), database })
+                }
+                _ => {}
+            }
         }
         let max_packet = match pool {
             Pool::MySql(p) => Some(
@@ -290,7 +291,7 @@ impl Store for SqlStore {
                 Ok(())
             }
             Err(e) => {
-                *self.last_check_error.lock().expect("check error lock") = Some(e.to_string());
+                *self.last_check_error.lock().expect("check error lock") = Some(CheckError::of(&e));
                 Err(e)
             }
         }
@@ -301,8 +302,8 @@ impl Store for SqlStore {
         self.checked.get().is_some()
     }
 
-    /// Why the checks have not passed, while they have not.
-    fn check_error(&self) -> Option<String> {
+    /// Why the checks have not passed, while they have not, in words.
+    fn check_error(&self) -> Option<CheckError> {
         self.last_check_error.lock().expect("check error lock").clone()
     }
 
@@ -623,8 +624,14 @@ fn is_tls_failure(e: &sqlx::Error) -> bool {
 async fn connect_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::SqlitePool, StoreError> {
     let path = cfg.path.display().to_string();
     if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
+        private_files::create_dir_all(dir).map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
     }
+    // SQLite gives its WAL and shared-memory files the database file's permissions.
+    private_files::options()
+        .create(true)
+        .append(true)
+        .open(&cfg.path)
+        .map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
     let opts = SqliteConnectOptions::from_str("sqlite:")
         .expect("a constant URL")
         .filename(&cfg.path)
