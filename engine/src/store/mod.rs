@@ -174,4 +174,3 @@ impl Bindings for AckedMessage {
         }
     }
 }
-

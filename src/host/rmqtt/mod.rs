@@ -31,7 +31,9 @@ use crate::message_id::MessageId;
 use crate::writer::jitter;
 
 mod broker;
+mod retain;
 pub use broker::{Broker, BrokerError};
+pub use retain::keep_retained_without_expiry;
 
 /// A live message held back while a replay runs.
 type Live = (From, Publish);

@@ -6,9 +6,9 @@ use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::{AssertSqlSafe, Row};
 
 use super::{connect_mysql, connect_sqlite, migrate, Pool};
-use crate::store::StoreError;
 use crate::config::Backend;
 use crate::message::Properties;
+use crate::store::StoreError;
 use crate::template::SqlTemplate;
 
 pub struct Admin {

@@ -44,7 +44,6 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room a single-row insert needs beside its payload (the statement, the other columns).
 const ROW_OVERHEAD: usize = 64 << 10;
 
-
 enum Pool {
     MySql(sqlx::MySqlPool),
     Sqlite(sqlx::SqlitePool),
