@@ -111,3 +111,44 @@ async fn retained_messages_without_message_ttl_mqtt311() {
 async fn retained_messages_without_message_ttl_mqtt5() {
     retained_messages_without_message_ttl(Backend::Sqlite, true).await
 }
+
+/// `$queue/x` is, to rmqtt 0.24 as to MQTT 5, the literal filter `$queue/x`, not a share of `x`:
+/// a client that the ACL allows `$queue/#` and nothing else neither reads nor consumes the stored
+/// rows of `secret/x`, and gets the rows of the topic `$queue/secret/x` its filter names.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_prefix_is_a_literal_filter_and_does_not_open_other_topics() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let hash = mqtt_offline_messages::auth::hash_password;
+    let auth = format!(
+        r##"auth {{
+  users = [
+    {{ username = "writer", password_hash = "{}" }}
+    {{ username = "reader", password_hash = "{}" }}
+  ]
+  acl = [
+    {{ username = "writer", action = publish, topic = "#", permission = allow }}
+    {{ username = "writer", action = publish, topic = "$queue/#", permission = allow }}
+    {{ username = "reader", action = subscribe, topic = "secret/#", permission = deny }}
+    {{ username = "reader", action = subscribe, topic = "$queue/#", permission = allow }}
+  ]
+}}
+"##,
+        hash("writer-pw"),
+        hash("reader-pw")
+    );
+    let config = env.write_config(&format!("{auth}{}", env.backend_block(r##"topics = ["#", "$queue/#"]"##)));
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut w = Client::connect_as(env.port, "w", "writer", "writer-pw").await;
+    w.publish("secret/x", QoS::AtLeastOnce, false, "secret").await;
+    w.publish("$queue/secret/x", QoS::AtLeastOnce, false, "literal").await;
+    env.wait_count("mqtt_msg", 2, LONG).await;
+
+    let mut r = Client::connect_as(env.port, "r", "reader", "reader-pw").await;
+    r.subscribe("$queue/secret/x", QoS::AtLeastOnce).await;
+    let got = r.recv(1, LONG).await;
+    assert_eq!((got[0].topic.as_str(), &got[0].payload[..]), ("$queue/secret/x", &b"literal"[..]));
+    assert!(r.drain(Duration::from_secs(1)).await.is_empty(), "nothing of secret/x");
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    let left: Vec<String> = env.messages().await.into_iter().map(|m| m.topic).collect();
+    assert_eq!(left, ["secret/x"], "the secret row is not consumed");
+}

@@ -7,6 +7,7 @@
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -177,6 +178,7 @@ pub struct Engine {
     mode: DeliveryMode,
     write_mode: WriteMode,
     restore: RestoreSubscriptions,
+    shared_subscriptions: AtomicBool,
     message_ttl: Option<Duration>,
     page_size: u32,
     /// Topics written since the last trim, when `max_messages_per_topic` is set.
@@ -244,6 +246,7 @@ impl Engine {
             mode: storage.delivery_mode,
             write_mode: storage.write_mode,
             restore: storage.restore_subscriptions,
+            shared_subscriptions: AtomicBool::new(true),
             message_ttl: storage.message_ttl,
             page_size: storage.replay_page_size,
             written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
@@ -262,6 +265,22 @@ impl Engine {
 
     pub fn restore_subscriptions(&self) -> RestoreSubscriptions {
         self.restore
+    }
+
+    /// Whether the host's broker reads `$share/{group}/{filter}` as a shared subscription (the
+    /// default) or, with shared subscriptions off, as a literal filter. The plugin must read a
+    /// filter as the broker does, or it would replay rows the broker never routes to that filter.
+    pub fn set_shared_subscriptions(&self, on: bool) {
+        self.shared_subscriptions.store(on, Ordering::Relaxed);
+    }
+
+    /// The filter the broker matches topics against for a subscription written `subscribed`: a
+    /// shared subscription `$share/group/filter` gets what was published to `filter`.
+    pub fn topic_filter_of<'a>(&self, subscribed: &'a str) -> &'a str {
+        match parse_shared(subscribed) {
+            Some(s) if self.shared_subscriptions.load(Ordering::Relaxed) => s.filter,
+            _ => subscribed,
+        }
     }
 
     /// True when a publish with this topic and QoS is persisted: QoS 1 or 2, not a `$SYS` topic,
@@ -365,8 +384,7 @@ impl Engine {
     /// prefix (`${topic_like}`); the MQTT match itself, wildcards and `$` topics included, is done
     /// here, so a case-insensitive collation cannot widen it. Expired rows are never delivered.
     pub async fn replay<S: ReplaySink>(&self, sub: &Subscription, sink: &mut S) -> Result<u64, ReplayError> {
-        // A shared subscription `$share/group/filter` replays what was published to `filter`.
-        let text = parse_shared(&sub.filter).map_or(sub.filter.as_str(), |s| s.filter);
+        let text = self.topic_filter_of(&sub.filter);
         let Ok(filter) = TopicFilter::parse(text) else {
             tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "not a valid topic filter; nothing replayed");
             return Ok(0);

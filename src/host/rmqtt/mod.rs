@@ -101,8 +101,10 @@ pub async fn enable_shared_subscriptions(scx: &ServerContext) {
 }
 
 /// Registers the plugin with rmqtt's plugin manager and starts it: use this to embed the plugin in
-/// your own rmqtt-based broker.
+/// your own rmqtt-based broker, after installing its shared-subscription strategy, if any (the
+/// plugin reads `$share/...` as the broker does then).
 pub async fn register(scx: &ServerContext, engine: Arc<Engine>) -> rmqtt::Result<()> {
+    engine.set_shared_subscriptions(scx.extends.shared_subscription().await.is_supported());
     let scx1 = scx.clone();
     scx.plugins
         .register(PLUGIN_NAME, true, false, move || -> rmqtt::plugin::DynPluginResult {
@@ -354,7 +356,7 @@ impl Hooks {
         if held || self.group_has_members(session, sub).await {
             self.no_replay.lock().expect("no-replay lock").insert((session.id.client_id.to_string(), filter));
         } else {
-            self.gates.open(&session.id.client_id, &filter);
+            self.gates.open(&session.id.client_id, &filter, &sub.topic_filter);
         }
     }
 
@@ -505,9 +507,11 @@ impl Hooks {
     /// Subscribes the session to its stored subscriptions that the ACL allows, each replayed.
     async fn restore(self: &Arc<Self>, session: &Session, stored: Vec<Subscription>) {
         let client_id = session.id.client_id.to_string();
+        // Read as the broker reads a SUBSCRIBE: `$share/...` is a share only where shares are on.
+        let shared = self.scx.extends.shared_subscription().await.is_supported();
         for sub in stored {
             let qos = QoS::try_from(sub.qos).unwrap_or(QoS::AtLeastOnce);
-            let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, true, false) {
+            let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, shared, false) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(client_id, topic = %sub.filter, error = %e, "a stored subscription is not a valid filter; skipped");
@@ -519,7 +523,7 @@ impl Hooks {
                 continue;
             }
             let replay = !self.group_has_members(session, &subscribe).await;
-            let gate = replay.then(|| self.gates.open(&client_id, &sub.filter));
+            let gate = replay.then(|| self.gates.open(&client_id, &sub.filter, &subscribe.topic_filter));
             let entry = self.scx.extends.shared().await.entry(session.id.clone());
             match entry.subscribe(&subscribe).await {
                 Ok(_) => {
