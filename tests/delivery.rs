@@ -152,3 +152,90 @@ async fn a_queue_prefix_is_a_literal_filter_and_does_not_open_other_topics() {
     let left: Vec<String> = env.messages().await.into_iter().map(|m| m.topic).collect();
     assert_eq!(left, ["secret/x"], "the secret row is not consumed");
 }
+
+/// An ack names its row by the message id carried with the delivery, however many messages were
+/// persisted in between (an index of recent messages forgot it after 200,000).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_after_300000_newer_messages_still_deletes_its_row() {
+    const NEWER: usize = 300_000;
+    const PUBLISHERS: usize = 6;
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let _broker = env.start("batch_size = 20000\nbatch_time = 50ms").await;
+    let mut p = Client::connect(env.port, "old-pub", true).await;
+    p.publish("keep/t", QoS::AtLeastOnce, false, "old").await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    let mut s = Client::connect_with(env.port, "late-acker", true, true).await;
+    s.subscribe("keep/t", QoS::AtLeastOnce).await;
+    let held = s.recv(1, LONG).await.remove(0);
+    assert_eq!(&held.payload[..], b"old");
+
+    let mut tasks = Vec::new();
+    for n in 0..PUBLISHERS {
+        let port = env.port;
+        tasks.push(tokio::spawn(async move {
+            let c = Client::connect(port, &format!("flood-{n}"), true).await;
+            for i in 0..NEWER / PUBLISHERS {
+                c.client.publish("flood/t", QoS::AtLeastOnce, false, format!("{n}-{i}")).await.unwrap();
+            }
+            c
+        }));
+    }
+    let mut flooders = Vec::new();
+    for t in tasks {
+        flooders.push(t.await.unwrap());
+    }
+    env.wait_count("mqtt_msg", 1 + NEWER as i64, Duration::from_secs(600)).await;
+
+    s.client.ack(&held).await.unwrap();
+    env.wait_count("mqtt_msg", NEWER as i64, LONG).await;
+    assert_eq!(env.exec("select count(*) from mqtt_msg where topic = 'keep/t'").await, Some(0));
+    for c in flooders {
+        c.disconnect().await;
+    }
+}
+
+/// The id that rides with a stored message to its ack never reaches a client: live, replayed and
+/// retained deliveries carry exactly the user properties their publisher set. A publisher cannot
+/// set one either: a property under the plugin's key that names another row deletes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_carried_id_never_reaches_a_client_and_cannot_be_forged() {
+    use rumqttc::v5::mqttbytes::v5::PublishProperties;
+    let env = TestEnv::new(Backend::MySql).await;
+    let _broker = env.start("").await;
+    let mut p = Client5::connect(env.port, "id-pub", true, None).await;
+    p.publish("victim/t", 1, false, "victim").await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    let victim = env.messages().await.remove(0).msgid;
+
+    let mut live = Client5::connect(env.port, "id-live", true, None).await;
+    live.subscribe("ids/#", 1).await;
+    let props = |extra: Vec<(String, String)>| PublishProperties {
+        user_properties: [vec![("k".to_owned(), "v".to_owned())], extra].concat(),
+        ..PublishProperties::default()
+    };
+    let forged = vec![("mqtt-offline-messages/id".to_owned(), victim.clone())];
+    p.publish_with("ids/live", 1, false, "live", props(forged)).await;
+    p.publish_with("ids/stored", 1, false, "stored", props(vec![])).await;
+    p.publish_with("ids/retained", 1, true, "retained", props(vec![])).await;
+    let got = live.recv(3, LONG).await;
+    let user_props = |got: &[rumqttc::v5::mqttbytes::v5::Publish]| -> Vec<Vec<(String, String)>> {
+        got.iter().map(|m| m.properties.clone().unwrap_or_default().user_properties).collect()
+    };
+    assert_eq!(user_props(&got), vec![vec![("k".to_owned(), "v".to_owned())]; 3], "live: the publisher's only");
+    // The live subscriber acked all three, by their own ids: only the victim is left.
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    assert_eq!(env.messages().await[0].msgid, victim, "a forged id deletes nothing");
+
+    live.disconnect().await;
+    p.publish_with("ids/stored", 1, false, "stored", props(vec![])).await;
+    p.publish_with("ids/retained", 1, true, "retained 2", props(vec![])).await;
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    let mut later = Client5::connect(env.port, "id-later", true, None).await;
+    later.subscribe("ids/#", 1).await;
+    let got = later.recv(2, LONG).await;
+    let mut kinds: Vec<(Vec<u8>, bool)> = got.iter().map(|m| (m.payload.to_vec(), m.retain)).collect();
+    kinds.sort();
+    assert_eq!(kinds, [(b"retained 2".to_vec(), true), (b"stored".to_vec(), false)], "retained and replayed");
+    assert_eq!(user_props(&got), vec![vec![("k".to_owned(), "v".to_owned())]; 2], "the publisher's only");
+    env.wait_count("mqtt_msg", 1, LONG).await;
+}

@@ -693,8 +693,20 @@ impl Client5 {
 
     /// Publishes and, for QoS 1/2, waits for the broker's acknowledgement.
     pub async fn publish(&mut self, topic: &str, qos: u8, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.publish_with(topic, qos, retain, payload, Default::default()).await
+    }
+
+    /// [`Client5::publish`] with MQTT 5 properties.
+    pub async fn publish_with(
+        &mut self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+        properties: rumqttc::v5::mqttbytes::v5::PublishProperties,
+    ) {
         let q = rumqttc::v5::mqttbytes::qos(qos).unwrap();
-        self.client.publish(topic, q, retain, payload.into()).await.unwrap();
+        self.client.publish_with_properties(topic, q, retain, payload.into(), properties).await.unwrap();
         if qos > 0 {
             self.next_ack("PUBACK/PUBCOMP").await;
         }

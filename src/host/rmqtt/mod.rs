@@ -31,6 +31,7 @@ use crate::message_id::MessageId;
 use crate::writer::jitter;
 
 mod broker;
+mod carry;
 mod retain;
 pub use broker::{Broker, BrokerError};
 pub use retain::keep_retained_without_expiry;
@@ -270,6 +271,11 @@ impl Handler for HookHandler {
             Parameter::MessagePublish(Some(session), _, publish)
                 if hooks.engine.auth().enabled() && !hooks.may_publish(&session.id, &publish.topic) => {}
             Parameter::MessagePublish(_, from, publish) => {
+                // An earlier handler may have changed the publish: that one is routed.
+                let publish = match &acc {
+                    Some(HookResult::Publish(p)) => p,
+                    _ => publish,
+                };
                 let p = EnginePublish {
                     from: from.id.client_id.to_string(),
                     topic: publish.topic.to_string(),
@@ -279,16 +285,32 @@ impl Handler for HookHandler {
                     timestamp_ms: publish.create_time.unwrap_or_else(crate::engine::now_ms),
                     properties: publish.properties.as_ref().map(properties_of).unwrap_or_default(),
                 };
-                hooks.engine.on_publish(p).await;
+                let msgid = hooks.engine.on_publish(p).await;
+                if let Some(stamped) = carry::stamp(publish, msgid.as_deref()) {
+                    return (true, Some(HookResult::Publish(stamped)));
+                }
             }
             Parameter::MessageAcked(session, from, publish) => {
-                hooks.engine.on_acked(&session.id.client_id, delivery_of(from, publish)).await
+                if let Some(d) = delivery_of(from, publish) {
+                    hooks.engine.on_acked(&session.id.client_id, d).await
+                }
             }
             Parameter::MessageDelivered(session, from, publish) => {
-                if publish.qos == QoS::AtMostOnce {
-                    hooks.engine.on_delivered_qos0(&session.id.client_id, delivery_of(from, publish)).await;
+                let publish = match &acc {
+                    Some(HookResult::Publish(p)) => p,
+                    _ => publish,
+                };
+                hooks.delivered(&session.id.client_id, from);
+                let delivered = carry::for_delivery(publish);
+                let out = delivered.as_ref().unwrap_or(publish);
+                if out.qos == QoS::AtMostOnce {
+                    if let Some(d) = delivery_of(from, out) {
+                        hooks.engine.on_delivered_qos0(&session.id.client_id, d).await;
+                    }
                 }
-                hooks.delivered(&session.id.client_id, from)
+                if let Some(p) = delivered {
+                    return (true, Some(HookResult::Publish(p)));
+                }
             }
             // The broker drops a held message here; the replay delivers it after the stored ones.
             Parameter::MessageExpiryCheck(session, from, publish)
@@ -392,7 +414,7 @@ impl Hooks {
             return false;
         }
         let live = (from.clone(), publish.clone());
-        self.gates.hold(client_id, &publish.topic, live, || self.engine.msgid_of(delivery_of(from, publish))).is_ok()
+        self.gates.hold(client_id, &publish.topic, live, || carry::carried(publish).map(str::to_owned)).is_ok()
     }
 
     /// A client connected: a clean start clears its stored subscriptions; a persistent session the
@@ -628,15 +650,9 @@ fn log_replay(sub: &Subscription, result: &Result<u64, ReplayError>) {
     }
 }
 
-/// What an ack or a delivery report identifies a persisted message by.
-fn delivery_of<'a>(from: &'a From, publish: &'a Publish) -> Delivery<'a> {
-    Delivery {
-        from: &from.id.client_id,
-        topic: &publish.topic,
-        timestamp_ms: publish.create_time.unwrap_or_default(),
-        payload: &publish.payload,
-        retained: publish.retain,
-    }
+/// The stored message a delivery or an ack is about; `None` for one not stored.
+fn delivery_of<'a>(from: &'a From, publish: &'a Publish) -> Option<Delivery<'a>> {
+    Some(Delivery { msgid: carry::carried(publish)?, from: &from.id.client_id, topic: &publish.topic })
 }
 
 fn properties_of(p: &PublishProperties) -> Properties {
@@ -712,6 +728,7 @@ impl ReplaySink for SessionSink {
             properties: codec_properties(&m.properties, remaining),
         })
         .create_time(timestamp_ms);
+        let publish = carry::stamp(&publish, Some(&m.msgid)).unwrap_or(publish);
         self.forward(&m.from, publish).await?;
         if let Some(id) = m.id {
             self.limits.after_row = self.limits.after_row.max(id);
