@@ -239,3 +239,24 @@ async fn the_carried_id_never_reaches_a_client_and_cannot_be_forged() {
     assert_eq!(user_props(&got), vec![vec![("k".to_owned(), "v".to_owned())]; 2], "the publisher's only");
     env.wait_count("mqtt_msg", 1, LONG).await;
 }
+
+/// A delivery the client did not ack before it went away is sent again when its session resumes
+/// (from the session's in-flight window, where the id was moved at the first delivery): that ack
+/// deletes the row too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_of_a_redelivery_to_a_resumed_session_deletes_its_row() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let _broker = env.start("").await;
+    let mut s = Client::connect_with(env.port, "redelivered", false, true).await;
+    s.subscribe("again/t", QoS::AtLeastOnce).await;
+    let mut p = Client::connect(env.port, "again-pub", true).await;
+    p.publish("again/t", QoS::AtLeastOnce, false, "once more").await;
+    assert_eq!(&s.recv(1, LONG).await[0].payload[..], b"once more");
+    s.disconnect().await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+
+    let mut s = Client::connect(env.port, "redelivered", false).await;
+    let again = s.recv(1, LONG).await;
+    assert!(again[0].dup, "a redelivery");
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}
