@@ -260,3 +260,76 @@ async fn an_ack_of_a_redelivery_to_a_resumed_session_deletes_its_row() {
     assert!(again[0].dup, "a redelivery");
     env.wait_count("mqtt_msg", 0, LONG).await;
 }
+
+/// An unsubscribe stops the subscription's replay: no stored row reaches the client after its
+/// UNSUBACK, and none is consumed (queue mode). A new subscribe to the same filter gets a replay of
+/// its own, of what is still stored, once each and in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unsubscribe_stops_the_replay_and_a_resubscribe_gets_its_own() {
+    const N: usize = 1000;
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let _broker = env.start("").await;
+    let p = Client::connect(env.port, "un-pub", true).await;
+    for i in 0..N {
+        p.client.publish("un/t", QoS::AtLeastOnce, false, format!("{i:04}")).await.unwrap();
+    }
+    env.wait_count("mqtt_msg", N as i64, LONG).await;
+
+    // It acks nothing yet: the broker's in-flight window fills and the replay waits with rows
+    // queued in the session.
+    let mut s = Client::connect_with(env.port, "un-sub", true, true).await;
+    s.subscribe("un/t", QoS::AtLeastOnce).await;
+    let mut first = s.recv(1, LONG).await;
+    first.extend(s.drain(Duration::from_secs(1)).await);
+    assert!(first.len() < N, "the replay waits for acks");
+    s.unsubscribe("un/t").await;
+    for m in &first {
+        s.client.ack(m).await.unwrap();
+    }
+    assert!(s.drain(Duration::from_secs(2)).await.is_empty(), "nothing after the UNSUBACK");
+    let left = (N - first.len()) as i64;
+    env.wait_count("mqtt_msg", left, LONG).await;
+
+    s.subscribe("un/t", QoS::AtLeastOnce).await;
+    let mut again = Vec::new();
+    while again.len() < N - first.len() {
+        let m = s.recv(1, LONG).await.remove(0);
+        s.client.ack(&m).await.unwrap();
+        again.push(String::from_utf8(m.payload.to_vec()).unwrap());
+    }
+    let expected: Vec<String> = (first.len()..N).map(|i| format!("{i:04}")).collect();
+    assert_eq!(again, expected, "the rest, once each, in order");
+    assert!(s.drain(Duration::from_secs(1)).await.is_empty(), "no second replay");
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}
+
+/// A replay owed to a persistent session is the session's alone: a new session under the same
+/// client id (MQTT 5, clean start with a session expiry) does not get it when it is resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_owed_replay_does_not_reach_a_new_session_of_the_same_client() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let broker = env.start("").await;
+    let mut p = Client::connect(env.port, "owed-pub", true).await;
+    for m in ["o1", "o2", "o3"] {
+        p.publish("owed/t", QoS::AtLeastOnce, false, m).await;
+    }
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    env.rename_table("mqtt_msg", "mqtt_msg_away").await;
+    let mut a = Client5::connect(env.port, "owed-sub", false, Some(300)).await;
+    a.subscribe("owed/t", 1).await;
+    broker.wait_for_log("replay failed; retrying").await;
+    a.disconnect().await;
+    broker.wait_for_log("replay owed to the session").await;
+    env.rename_table("mqtt_msg_away", "mqtt_msg").await;
+
+    // A new session, which gets the rows from its own subscribe and does not ack them.
+    let mut b = Client5::connect_with(env.port, "owed-sub", true, Some(300), true).await;
+    b.subscribe("owed/t", 1).await;
+    assert_eq!(b.recv(3, LONG).await.len(), 3);
+    b.disconnect().await;
+    // Resumed: the broker sends the three again (unacked); an owed replay would add three more.
+    let mut c = Client5::connect_with(env.port, "owed-sub", false, Some(300), true).await;
+    let again = c.recv(3, LONG).await;
+    assert!(again.iter().all(|m| m.dup), "redeliveries");
+    assert!(c.drain(Duration::from_secs(2)).await.is_empty(), "not the earlier session's owed replay");
+}

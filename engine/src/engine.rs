@@ -53,6 +53,9 @@ pub enum ReplayError {
     /// The subscriber went away; its remaining rows stay stored.
     #[error("the subscriber is gone")]
     SubscriberGone,
+    /// The subscriber unsubscribed (or its session ended); the remaining rows stay stored.
+    #[error("the subscription is gone")]
+    Unsubscribed,
     /// The subscriber stopped taking messages (no acknowledgements) for too long; its remaining
     /// rows stay stored, and the database connection the replay held is released.
     #[error("the subscriber took no message for {0:?}")]

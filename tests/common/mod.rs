@@ -641,10 +641,21 @@ pub struct Client5 {
 impl Client5 {
     /// `session_expiry`: seconds the broker keeps the session after a disconnect (`None`: 0).
     pub async fn connect(port: u16, id: &str, clean_start: bool, session_expiry: Option<u32>) -> Client5 {
+        Client5::connect_with(port, id, clean_start, session_expiry, false).await
+    }
+
+    /// With `manual_acks`, received QoS 1/2 messages are acknowledged only by `client.ack`.
+    pub async fn connect_with(
+        port: u16,
+        id: &str,
+        clean_start: bool,
+        session_expiry: Option<u32>,
+        manual_acks: bool,
+    ) -> Client5 {
         use rumqttc::v5::mqttbytes::v5::Packet as P;
         use rumqttc::v5::{Event as E, MqttOptions};
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
-        opts.set_clean_start(clean_start).set_keep_alive(Duration::from_secs(30));
+        opts.set_clean_start(clean_start).set_keep_alive(Duration::from_secs(30)).set_manual_acks(manual_acks);
         opts.set_session_expiry_interval(session_expiry);
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10_000);
         let (ptx, publishes) = mpsc::unbounded_channel();

@@ -17,10 +17,16 @@ use rmqtt::types::Publish;
 const ID: &str = "mqtt-offline-messages/id";
 /// The same, on a publish that had no properties (MQTT 3.1.1), which it gets back at delivery.
 const ID_NO_PROPERTIES: &str = "mqtt-offline-messages/id+none";
+/// The replay a replayed message comes from, until its delivery.
+const REPLAY: &str = "mqtt-offline-messages/replay";
 /// Before the id in `target_clientid` of a delivered publish.
 const DELIVERED: &str = "mqtt-offline-messages/id:";
 
 fn is_ours(key: &str) -> bool {
+    key == ID || key == ID_NO_PROPERTIES || key == REPLAY
+}
+
+fn is_id(key: &str) -> bool {
     key == ID || key == ID_NO_PROPERTIES
 }
 
@@ -48,7 +54,24 @@ pub fn carried(publish: &Publish) -> Option<&str> {
         return Some(t);
     }
     let props = publish.properties.as_ref()?;
-    props.user_properties.iter().find(|(k, _)| is_ours(k)).map(|(_, v)| &**v)
+    props.user_properties.iter().find(|(k, _)| is_id(k)).map(|(_, v)| &**v)
+}
+
+/// A replayed message as the replay numbered `serial` hands it to the session: with its id and
+/// the replay's number, so that the message is dropped in the session's queue if the replay is
+/// stopped before it leaves.
+pub fn stamp_replayed(publish: &Publish, msgid: &str, serial: u64) -> Publish {
+    let mut p = stamp(publish, Some(msgid)).expect("an id is stamped");
+    if let Some(props) = p.properties.as_mut() {
+        props.user_properties.push((REPLAY.into(), serial.to_string().into()));
+    }
+    p
+}
+
+/// The number of the replay a message in the session's queue comes from.
+pub fn replay_of(publish: &Publish) -> Option<u64> {
+    let props = publish.properties.as_ref()?;
+    props.user_properties.iter().find(|(k, _)| k == REPLAY).and_then(|(_, v)| v.parse().ok())
 }
 
 /// The publish as the delivery hook must return it: the id moved from the user properties to
@@ -56,7 +79,7 @@ pub fn carried(publish: &Publish) -> Option<&str> {
 /// properties (not stored, or delivered before).
 pub fn for_delivery(publish: &Publish) -> Option<Publish> {
     let props = publish.properties.as_ref()?;
-    let (key, msgid) = props.user_properties.iter().find(|(k, _)| is_ours(k))?;
+    let (key, msgid) = props.user_properties.iter().find(|(k, _)| is_id(k))?;
     let mut p = publish.clone();
     p.target_clientid = Some(format!("{DELIVERED}{msgid}").into());
     let had_none = key == ID_NO_PROPERTIES;
@@ -98,6 +121,11 @@ mod tests {
             assert_eq!(carried(&delivered), Some("abc"));
             assert_eq!(delivered.properties, original, "what goes on the wire");
             assert!(for_delivery(&delivered).is_none(), "a redelivery keeps it");
+            let replayed = stamp_replayed(&p, "abc", 7);
+            assert_eq!((carried(&replayed), replay_of(&replayed)), (Some("abc"), Some(7)));
+            let delivered = for_delivery(&replayed).unwrap();
+            assert_eq!((carried(&delivered), replay_of(&delivered)), (Some("abc"), None));
+            assert_eq!(delivered.properties, original);
         }
         assert!(stamp(&publish(None), None).is_none(), "nothing to change");
     }

@@ -4,7 +4,7 @@
 //! replays against the subscriber's session queue, and owns nothing else.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -28,6 +28,7 @@ use crate::engine::{Delivery, Engine, ReplayError, ReplaySink};
 use crate::gate::{Gate, Gates};
 use crate::message::{Properties, Publish as EnginePublish, StoredMessage, Subscription};
 use crate::message_id::MessageId;
+use crate::topic::TopicFilter;
 use crate::writer::jitter;
 
 mod broker;
@@ -62,6 +63,15 @@ const SESSION_TRANSFER_WAIT: Duration = Duration::from_secs(10);
 
 /// A connected subscriber that takes nothing for this long ends its replay.
 const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Stopped replays remembered per session, whose rows still in its queue are dropped there: the
+/// most recent ones (a session that unsubscribes more often during replays may get a few rows of
+/// an older one after its UNSUBACK).
+const STOPPED_KEPT: usize = 1024;
+
+/// Replays owed to persistent sessions, over all clients. Beyond it a failed replay is not owed
+/// (its rows stay stored, for the next subscribe), and a warning says so.
+const MAX_OWED: usize = 100_000;
 
 /// rmqtt ships shared subscriptions switched off (its default strategy says "not supported", so
 /// `$share/group/filter` is a plain filter). This one turns them on: each message goes to one
@@ -129,7 +139,8 @@ impl OfflineMessagesPlugin {
             windows: Mutex::default(),
             no_replay: Mutex::default(),
             gates: Gates::default(),
-            owed: Mutex::default(),
+            clients: Mutex::default(),
+            next_serial: AtomicU64::new(1),
         });
         OfflineMessagesPlugin { register, hooks }
     }
@@ -210,9 +221,60 @@ struct Hooks {
     no_replay: Mutex<HashSet<(String, String)>>,
     /// Live messages held back while their subscription's replay runs.
     gates: Gates<Live>,
-    /// Per client id: replays that failed on a database error and were still owed when the
-    /// client went away; a resumed session gets them when it reconnects.
-    owed: Mutex<HashMap<String, Vec<OwedReplay>>>,
+    /// The replays of each client id's session, while it lives.
+    clients: Mutex<HashMap<String, ClientReplays>>,
+    next_serial: AtomicU64,
+}
+
+/// One session's replays: running, stopped, owed. Forgotten when the session ends or a new one
+/// starts under the same client id.
+#[derive(Default)]
+struct ClientReplays {
+    /// The replay started last for each filter (as subscribed), while it runs.
+    running: HashMap<String, Arc<ReplayRun>>,
+    /// Serials of replays stopped while the session lives (at most [`STOPPED_KEPT`]): what they
+    /// queued is dropped before it reaches the client.
+    stopped: VecDeque<u64>,
+    /// Replays that failed on a database error and were still owed when the client went away;
+    /// the session gets them when it is resumed. One per filter.
+    owed: Vec<OwedReplay>,
+}
+
+impl ClientReplays {
+    fn is_empty(&self) -> bool {
+        self.running.is_empty() && self.stopped.is_empty() && self.owed.is_empty()
+    }
+
+    /// Stops every running replay; what they queued stays marked for dropping.
+    fn stop_all(&mut self) {
+        for (_, run) in self.running.drain() {
+            run.stop();
+            self.stopped.push_back(run.serial);
+        }
+        while self.stopped.len() > STOPPED_KEPT {
+            self.stopped.pop_front();
+        }
+    }
+}
+
+/// One replay into one session, which an unsubscribe or the session's end stops.
+struct ReplayRun {
+    /// Tags what it queues into the session ([`carry::stamp_replayed`]).
+    serial: u64,
+    stopped: AtomicBool,
+    progress: Arc<ReplayWindow>,
+}
+
+impl ReplayRun {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        // A replay waiting for room in the session's queue notices at once.
+        self.progress.progress.notify_waiters();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
 }
 
 /// A replay still owed to a persistent session, limited to what it cannot have had otherwise.
@@ -313,13 +375,15 @@ impl Handler for HookHandler {
                 }
             }
             // The broker drops a held message here; the replay delivers it after the stored ones.
+            // It drops the rows of a stopped replay here, too: they stay stored.
             Parameter::MessageExpiryCheck(session, from, publish)
-                if hooks.hold(&session.id.client_id, from, publish) =>
+                if hooks.hold(&session.id.client_id, from, publish)
+                    || hooks.of_stopped_replay(&session.id.client_id, from, publish) =>
             {
                 return (false, Some(HookResult::MessageExpiry));
             }
-            Parameter::MessageDropped(Some(to), from, _, reason) => {
-                if from.id.lid == REPLAY_LISTENER_ID {
+            Parameter::MessageDropped(Some(to), from, publish, reason) => {
+                if from.id.lid == REPLAY_LISTENER_ID && !hooks.of_stopped_replay(&to.client_id, from, publish) {
                     tracing::warn!(client_id = %to.client_id, reason = %reason, "a replayed message was dropped by the broker; it stays stored");
                 }
                 hooks.delivered(&to.client_id, from);
@@ -330,6 +394,7 @@ impl Handler for HookHandler {
                 let filter = as_subscribed(unsub.shared_group.as_ref(), &unsub.topic_filter);
                 let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: 0 };
                 hooks.no_replay.lock().expect("no-replay lock").remove(&(sub.client_id.clone(), sub.filter.clone()));
+                hooks.stop_replay(session, &sub.filter).await;
                 if let Err(e) = hooks.engine.on_unsubscribed(&sub).await {
                     tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "deleting a stored subscription failed");
                 }
@@ -359,6 +424,60 @@ impl Hooks {
         }
         if let Some(w) = self.windows.lock().expect("replay windows lock").get(client_id) {
             w.release();
+        }
+    }
+
+    /// A message the plugin queued into `client_id`'s session for a replay that was stopped since.
+    fn of_stopped_replay(&self, client_id: &str, from: &From, publish: &Publish) -> bool {
+        if from.id.lid != REPLAY_LISTENER_ID {
+            return false;
+        }
+        let Some(serial) = carry::replay_of(publish) else { return false };
+        self.clients.lock().expect("replays lock").get(client_id).is_some_and(|c| c.stopped.contains(&serial))
+    }
+
+    /// An unsubscribe stops the subscription's replay: it reads no further row, the rows it queued
+    /// are dropped before they reach the client (they stay stored), and its gate closes, so that a
+    /// new subscribe gets a gate and a replay of its own. The live messages the gate held were
+    /// routed to the client before the unsubscribe: they go to it if it still subscribes to their
+    /// topic through another filter.
+    async fn stop_replay(&self, session: &Session, filter: &str) {
+        let run = {
+            let mut clients = self.clients.lock().expect("replays lock");
+            let Some(c) = clients.get_mut(&*session.id.client_id) else { return };
+            let Some(run) = c.running.remove(filter) else { return };
+            run.stop();
+            c.stopped.push_back(run.serial);
+            if c.stopped.len() > STOPPED_KEPT {
+                c.stopped.pop_front();
+            }
+            run
+        };
+        tracing::debug!(client_id = %session.id.client_id, topic = filter, serial = run.serial, "unsubscribed: replay stopped");
+        let Some(gate) = self.gates.claim(&session.id.client_id, filter) else { return };
+        self.gates.close(&gate);
+        let Some(held) = self.gates.drain_or_close(&gate) else { return };
+        let filters: Vec<TopicFilter> = match session.subscriptions().await {
+            Ok(subs) => subs.to_topic_filters().await.iter().filter_map(|f| TopicFilter::parse(f).ok()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let entry = self.scx.extends.shared().await.entry(session.id.clone());
+        for (from, publish) in held {
+            if filters.iter().any(|f| f.matches(&publish.topic)) {
+                let _ = entry.publish(from, publish).await;
+            }
+        }
+    }
+
+    /// Stops the client's replays and forgets what it was owed: its session ended (`ended`), or a
+    /// new one started under its client id.
+    fn end_replays(&self, client_id: &str, ended: bool) {
+        let mut clients = self.clients.lock().expect("replays lock");
+        let Some(c) = clients.get_mut(client_id) else { return };
+        c.stop_all();
+        c.owed.clear();
+        if ended {
+            clients.remove(client_id);
         }
     }
 
@@ -433,6 +552,11 @@ impl Hooks {
         // A SUBSCRIBE the broker refused leaves its mark behind; a new connection starts clean.
         self.no_replay.lock().expect("no-replay lock").retain(|(c, _)| *c != client_id);
         self.gates.close_client(&client_id);
+        let resumed = !clean_start && session.session_present().await.unwrap_or(false);
+        if !resumed {
+            // A new session: what an earlier one was owed, or was being replayed, is not its own.
+            self.end_replays(&client_id, false);
+        }
         let always = self.engine.restore_subscriptions() == RestoreSubscriptions::Always;
         if clean_start && !always {
             self.engine.forget_subscriptions(&client_id);
@@ -441,14 +565,13 @@ impl Hooks {
         // A resumed session (session present) gets its subscriptions back from the broker itself,
         // in a state transfer that runs after this hook; only a session the broker no longer has
         // (a clean start under `always`, a broker restart, another node) needs them from the store.
-        if !clean_start && session.session_present().await.unwrap_or(false) {
+        if resumed {
             self.pay_owed_replays(session);
             if always {
                 self.spawn_restore_unheld(session.clone());
             }
             return;
         }
-        self.owed.lock().expect("owed lock").remove(&client_id);
         match self.engine.stored_subscriptions(&client_id).await {
             Ok(stored) => self.restore(session, stored).await,
             Err(e) => {
@@ -461,13 +584,17 @@ impl Hooks {
     /// A sink that delivers nothing, to ask what a session holds ([`SessionSink::still_subscribed`]).
     fn probe(&self, id: Id) -> SessionSink {
         let window = Arc::new(ReplayWindow::default());
-        SessionSink { scx: self.scx.clone(), id, window, qos: 0, gate: None, limits: ReplayLimits::default() }
+        let run = Arc::new(ReplayRun { serial: 0, stopped: AtomicBool::new(false), progress: window.clone() });
+        SessionSink { scx: self.scx.clone(), id, window, run, qos: 0, gate: None, limits: ReplayLimits::default() }
     }
 
     /// A resumed session gets the replays that failed while its client was away, once the broker
     /// has handed it its subscriptions again.
     fn pay_owed_replays(self: &Arc<Self>, session: &Session) {
-        let Some(owed) = self.owed.lock().expect("owed lock").remove(&*session.id.client_id) else { return };
+        let owed = match self.clients.lock().expect("replays lock").get_mut(&*session.id.client_id) {
+            Some(c) if !c.owed.is_empty() => std::mem::take(&mut c.owed),
+            _ => return,
+        };
         let hooks = self.clone();
         let id = session.id.clone();
         tokio::spawn(async move {
@@ -574,6 +701,7 @@ impl Hooks {
             return;
         }
         self.gates.close_client(&session.id.client_id);
+        self.end_replays(&session.id.client_id, true);
         tracing::debug!(client_id = %session.id.client_id, "session ended; its stored subscriptions go");
         self.engine.forget_subscriptions(&session.id.client_id);
     }
@@ -586,14 +714,24 @@ impl Hooks {
         // Taken once the subscription is in place: anything published before may be owed to it.
         let started_us =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let window =
+            self.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let run = Arc::new(ReplayRun { serial, stopped: AtomicBool::new(false), progress: window.clone() });
+        // Registered before the hook returns, so that an UNSUBSCRIBE that follows finds it.
+        self.clients
+            .lock()
+            .expect("replays lock")
+            .entry(sub.client_id.clone())
+            .or_default()
+            .running
+            .insert(sub.filter.clone(), run.clone());
         tokio::spawn(async move {
-            let window =
-                hooks.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
-            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos, gate, limits };
+            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, run, qos: sub.qos, gate, limits };
             let mut result = hooks.engine.replay(&sub, &mut sink).await;
             log_replay(&sub, &result);
             if let Some(gate) = sink.gate.take() {
-                if matches!(result, Err(ReplayError::SubscriberGone)) {
+                if matches!(result, Err(ReplayError::SubscriberGone | ReplayError::Unsubscribed)) {
                     hooks.gates.close(&gate);
                 } else {
                     sink.release_held(&hooks.gates, &gate).await;
@@ -612,22 +750,16 @@ impl Hooks {
                 result = hooks.engine.replay(&sub, &mut sink).await;
                 log_replay(&sub, &result);
             }
-            if matches!(result, Err(ReplayError::Store(_))) {
+            if matches!(result, Err(ReplayError::Store(_))) && !sink.run.is_stopped() {
                 // The client went away before the database answered: owed to its session, if it
                 // comes back to it (what was published after the subscribe reaches it anyway).
                 let limits = ReplayLimits {
                     published_before_us: Some(sink.limits.published_before_us.unwrap_or(started_us)),
                     ..sink.limits
                 };
-                tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "replay owed to the session until the client reconnects");
-                hooks
-                    .owed
-                    .lock()
-                    .expect("owed lock")
-                    .entry(sub.client_id.clone())
-                    .or_default()
-                    .push(OwedReplay { sub: sub.clone(), limits });
+                hooks.owe(OwedReplay { sub: sub.clone(), limits }, &sink.run);
             }
+            hooks.finished(&sub, &sink.run);
             drop(sink);
             let mut windows = hooks.windows.lock().expect("replay windows lock");
             if windows.get(&sub.client_id).is_some_and(|w| Arc::strong_count(w) == 1) {
@@ -637,11 +769,44 @@ impl Hooks {
     }
 }
 
+impl Hooks {
+    /// Keeps a replay for the client's session to get when it is resumed; a later failure of the
+    /// same filter's replay replaces an earlier one.
+    fn owe(&self, owed: OwedReplay, run: &Arc<ReplayRun>) {
+        let mut clients = self.clients.lock().expect("replays lock");
+        let total: usize = clients.values().map(|c| c.owed.len()).sum();
+        let Some(c) = clients.get_mut(&owed.sub.client_id) else { return };
+        // Ended with its session (or a new one started) while the replay ran: owed to nobody.
+        if !c.running.get(&owed.sub.filter).is_some_and(|r| Arc::ptr_eq(r, run)) {
+            return;
+        }
+        c.owed.retain(|o| o.sub.filter != owed.sub.filter);
+        if total >= MAX_OWED {
+            tracing::warn!(client_id = %owed.sub.client_id, topic = %owed.sub.filter, limit = MAX_OWED, "too many owed replays: this one is not kept; its rows stay stored");
+            return;
+        }
+        tracing::warn!(client_id = %owed.sub.client_id, topic = %owed.sub.filter, "replay owed to the session until the client reconnects");
+        c.owed.push(owed);
+    }
+
+    /// A replay ended: it no longer runs for its filter.
+    fn finished(&self, sub: &Subscription, run: &Arc<ReplayRun>) {
+        let mut clients = self.clients.lock().expect("replays lock");
+        let Some(c) = clients.get_mut(&sub.client_id) else { return };
+        if c.running.get(&sub.filter).is_some_and(|r| Arc::ptr_eq(r, run)) {
+            c.running.remove(&sub.filter);
+        }
+        if c.is_empty() {
+            clients.remove(&sub.client_id);
+        }
+    }
+}
+
 fn log_replay(sub: &Subscription, result: &Result<u64, ReplayError>) {
     match result {
         Ok(0) => tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay"),
         Ok(n) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = n, "replay done"),
-        Err(e @ (ReplayError::SubscriberGone | ReplayError::SubscriberStalled(_))) => {
+        Err(e @ (ReplayError::SubscriberGone | ReplayError::Unsubscribed | ReplayError::SubscriberStalled(_))) => {
             tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
         }
         Err(e) => {
@@ -704,6 +869,7 @@ struct SessionSink {
     scx: ServerContext,
     id: Id,
     window: Arc<ReplayWindow>,
+    run: Arc<ReplayRun>,
     qos: u8,
     gate: Option<Arc<Gate<Live>>>,
     /// Which rows this replay leaves out; `after_row` follows what it has delivered.
@@ -712,6 +878,9 @@ struct SessionSink {
 
 impl ReplaySink for SessionSink {
     async fn deliver(&mut self, m: StoredMessage, timestamp_ms: i64) -> Result<(), ReplayError> {
+        if self.run.is_stopped() {
+            return Err(ReplayError::Unsubscribed);
+        }
         if self.retainer_delivers(&m).await {
             return Ok(());
         }
@@ -728,7 +897,7 @@ impl ReplaySink for SessionSink {
             properties: codec_properties(&m.properties, remaining),
         })
         .create_time(timestamp_ms);
-        let publish = carry::stamp(&publish, Some(&m.msgid)).unwrap_or(publish);
+        let publish = carry::stamp_replayed(&publish, &m.msgid, self.run.serial);
         self.forward(&m.from, publish).await?;
         if let Some(id) = m.id {
             self.limits.after_row = self.limits.after_row.max(id);
@@ -796,6 +965,9 @@ impl SessionSink {
         let waiting_since = tokio::time::Instant::now();
         while self.window.outstanding.load(Ordering::Acquire) >= limit {
             let progressed = self.window.progress.notified();
+            if self.run.is_stopped() {
+                return Err(ReplayError::Unsubscribed);
+            }
             if tokio::time::timeout(REPLAY_STALL_CHECK, progressed).await.is_ok() {
                 continue;
             }
@@ -821,10 +993,14 @@ impl SessionSink {
                 },
                 Err(e) => Err(e),
             };
-            if let Err(e) = result {
-                tracing::info!(client_id = %self.id.client_id, reason = %e, "live messages held during a replay were not delivered; the persisted ones stay stored");
-                gates.close(gate);
-                return;
+            match result {
+                Ok(()) => {}
+                // The unsubscribe took over what the gate held.
+                Err(ReplayError::Unsubscribed) => return gates.close(gate),
+                Err(e) => {
+                    tracing::info!(client_id = %self.id.client_id, reason = %e, "live messages held during a replay were not delivered; the persisted ones stay stored");
+                    return gates.close(gate);
+                }
             }
         }
     }
