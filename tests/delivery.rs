@@ -333,3 +333,74 @@ async fn an_owed_replay_does_not_reach_a_new_session_of_the_same_client() {
     assert!(again.iter().all(|m| m.dup), "redeliveries");
     assert!(c.drain(Duration::from_secs(2)).await.is_empty(), "not the earlier session's owed replay");
 }
+
+/// Starts the broker with `broker` keys of its own and the default backend block.
+async fn start_with_broker_keys(env: &TestEnv, keys: &str) -> common::Broker {
+    let config = env.write_config(&format!("broker {{\n{keys}\n}}\n{}", env.backend_block("")));
+    common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await
+}
+
+/// `broker.max_mqueue_len` sizes a session's queue; a persistent session whose queue overflowed
+/// while its client was away loses nothing stored: on resuming it gets what the queue kept, then
+/// the stored messages the queue dropped, each once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_offline_queue_loses_nothing_stored() {
+    const N: usize = 50;
+    const QUEUE: usize = 10;
+    let env = TestEnv::new(Backend::MySql).await;
+    let _broker = start_with_broker_keys(&env, &format!("max_mqueue_len = {QUEUE}")).await;
+    let mut s = Client::connect(env.port, "overflow-sub", false).await;
+    s.subscribe("of/t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let mut p = Client::connect(env.port, "overflow-pub", true).await;
+    for i in 0..N {
+        p.publish("of/t", QoS::AtLeastOnce, false, format!("m{i:02}")).await;
+    }
+    env.wait_count("mqtt_msg", N as i64, LONG).await;
+
+    let mut s = Client::connect(env.port, "overflow-sub", false).await;
+    let got: Vec<String> =
+        s.recv(N, LONG).await.iter().map(|m| String::from_utf8(m.payload.to_vec()).unwrap()).collect();
+    let kept = (N - QUEUE..N).map(|i| format!("m{i:02}"));
+    let dropped = (0..N - QUEUE).map(|i| format!("m{i:02}"));
+    assert_eq!(got, kept.chain(dropped).collect::<Vec<_>>(), "the kept queue, then what it dropped");
+    assert!(s.drain(Duration::from_secs(1)).await.is_empty(), "each once");
+    env.wait_count("mqtt_msg", 0, LONG).await;
+}
+
+/// `broker.session_expiry_interval` ends an MQTT 3.1.1 persistent session (and its stored
+/// subscriptions) that long after its client left; rmqtt's own default is 2 hours.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt311_session_expires_after_the_configured_interval() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let _broker = start_with_broker_keys(&env, "session_expiry_interval = 1s").await;
+    let mut s = Client::connect(env.port, "short-lived", false).await;
+    s.subscribe("exp/t", QoS::AtLeastOnce).await;
+    env.wait_count("mqtt_sub", 1, LONG).await;
+    s.disconnect().await;
+    env.wait_count("mqtt_sub", 0, LONG).await;
+    let s = Client::connect(env.port, "short-lived", false).await;
+    s.client.publish("exp/t", QoS::AtLeastOnce, false, "x").await.unwrap();
+    let mut s = s;
+    assert!(s.drain(Duration::from_secs(1)).await.is_empty(), "a new session, without the subscription");
+}
+
+/// `broker.message_expiry_interval`: how long a message without an MQTT 5 expiry waits in an
+/// offline session's queue. Its row stays (no `message_ttl`): a new subscription replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_messages_expire_after_the_configured_interval() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let _broker = start_with_broker_keys(&env, "message_expiry_interval = 1s").await;
+    let mut s = Client::connect(env.port, "away", false).await;
+    s.subscribe("mx/t", QoS::AtLeastOnce).await;
+    s.disconnect().await;
+    let mut p = Client::connect(env.port, "mx-pub", true).await;
+    p.publish("mx/t", QoS::AtLeastOnce, false, "stale").await;
+    env.wait_count("mqtt_msg", 1, LONG).await;
+    // Past the interval: the queued copy expires in the broker.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let mut s = Client::connect(env.port, "away", false).await;
+    assert!(s.drain(Duration::from_secs(1)).await.is_empty(), "expired in the queue");
+    s.subscribe("mx/#", QoS::AtLeastOnce).await;
+    assert_eq!(&s.recv(1, LONG).await[0].payload[..], b"stale", "still stored");
+}

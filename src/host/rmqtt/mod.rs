@@ -18,8 +18,8 @@ use rmqtt::plugin::{PackageInfo, Plugin};
 use rmqtt::session::Session;
 use rmqtt::subscribe::SharedSubscription;
 use rmqtt::types::{
-    AuthResult, ClientId, From, Id, IsOnline, NodeId, Publish, PublishAclResult, QoS, SharedGroup, Subscribe,
-    SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions, TopicName,
+    AuthResult, ClientId, From, Id, IsOnline, NodeId, Publish, PublishAclResult, QoS, Reason, SharedGroup,
+    SubsSearchResult, Subscribe, SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions, TopicName,
 };
 use tokio::sync::Notify;
 
@@ -48,7 +48,8 @@ pub const PLUGIN_NAME: &str = "mqtt-offline-messages";
 const REPLAY_LISTENER_ID: u16 = u16::MAX;
 
 /// Replayed messages one client may have waiting in its session queue. rmqtt drops what goes beyond
-/// the queue's `max_mqueue_len` (1000 by default) silently, so a replay stays well below it.
+/// the queue's `max_mqueue_len` (1000 by default), so a replay stays well below it: at most a
+/// quarter of it.
 const REPLAY_WINDOW: usize = 200;
 
 /// How long a replay waits for progress before it checks that its subscriber is still connected.
@@ -238,11 +239,14 @@ struct ClientReplays {
     /// Replays that failed on a database error and were still owed when the client went away;
     /// the session gets them when it is resumed. One per filter.
     owed: Vec<OwedReplay>,
+    /// The first and the last stored message the session's full queue dropped: the session gets
+    /// what was published between them when it is resumed.
+    overflowed: Option<(MessageId, MessageId)>,
 }
 
 impl ClientReplays {
     fn is_empty(&self) -> bool {
-        self.running.is_empty() && self.stopped.is_empty() && self.owed.is_empty()
+        self.running.is_empty() && self.stopped.is_empty() && self.owed.is_empty() && self.overflowed.is_none()
     }
 
     /// Stops every running replay; what they queued stays marked for dropping.
@@ -291,6 +295,8 @@ struct ReplayLimits {
     published_before_us: Option<u64>,
     /// Only rows after this table id: an earlier attempt delivered up to it.
     after_row: i64,
+    /// Only messages with ids in this range (inclusive): those a full session queue dropped.
+    ids: Option<(MessageId, MessageId)>,
 }
 
 struct HookHandler(Arc<Hooks>);
@@ -383,8 +389,12 @@ impl Handler for HookHandler {
                 return (false, Some(HookResult::MessageExpiry));
             }
             Parameter::MessageDropped(Some(to), from, publish, reason) => {
-                if from.id.lid == REPLAY_LISTENER_ID && !hooks.of_stopped_replay(&to.client_id, from, publish) {
+                let stopped = hooks.of_stopped_replay(&to.client_id, from, publish);
+                if from.id.lid == REPLAY_LISTENER_ID && !stopped {
                     tracing::warn!(client_id = %to.client_id, reason = %reason, "a replayed message was dropped by the broker; it stays stored");
+                }
+                if matches!(reason, Reason::MessageQueueFull) && !stopped {
+                    hooks.overflowed(&to.client_id, publish);
                 }
                 hooks.delivered(&to.client_id, from);
             }
@@ -436,6 +446,18 @@ impl Hooks {
         self.clients.lock().expect("replays lock").get(client_id).is_some_and(|c| c.stopped.contains(&serial))
     }
 
+    /// The session's queue was full and rmqtt dropped `publish` from it: if it is stored, the
+    /// session is owed it (see [`ClientReplays::overflowed`]).
+    fn overflowed(&self, client_id: &str, publish: &Publish) {
+        let Some(id) = carry::carried(publish).and_then(MessageId::from_base62) else { return };
+        let mut clients = self.clients.lock().expect("replays lock");
+        let c = clients.entry(client_id.to_owned()).or_default();
+        if c.overflowed.is_none() {
+            tracing::warn!(client_id, "the session's queue is full (broker.max_mqueue_len): the stored messages it drops are replayed when the session is resumed");
+        }
+        c.overflowed = Some(c.overflowed.map_or((id, id), |(first, last)| (first.min(id), last.max(id))));
+    }
+
     /// An unsubscribe stops the subscription's replay: it reads no further row, the rows it queued
     /// are dropped before they reach the client (they stay stored), and its gate closes, so that a
     /// new subscribe gets a gate and a replay of its own. The live messages the gate held were
@@ -476,6 +498,7 @@ impl Hooks {
         let Some(c) = clients.get_mut(client_id) else { return };
         c.stop_all();
         c.owed.clear();
+        c.overflowed = None;
         if ended {
             clients.remove(client_id);
         }
@@ -511,7 +534,7 @@ impl Hooks {
         }
         if !no_replay {
             let gate = self.gates.claim(&sub.client_id, &sub.filter);
-            self.spawn_replay(session.id.clone(), sub, gate, ReplayLimits::default());
+            self.spawn_replay(session, sub, gate, ReplayLimits::default(), Vec::new());
         }
     }
 
@@ -585,29 +608,69 @@ impl Hooks {
     fn probe(&self, id: Id) -> SessionSink {
         let window = Arc::new(ReplayWindow::default());
         let run = Arc::new(ReplayRun { serial: 0, stopped: AtomicBool::new(false), progress: window.clone() });
-        SessionSink { scx: self.scx.clone(), id, window, run, qos: 0, gate: None, limits: ReplayLimits::default() }
+        let limits = ReplayLimits::default();
+        SessionSink {
+            scx: self.scx.clone(),
+            id,
+            window,
+            window_limit: 1,
+            run,
+            qos: 0,
+            gate: None,
+            limits,
+            yield_to: Vec::new(),
+        }
     }
 
-    /// A resumed session gets the replays that failed while its client was away, once the broker
-    /// has handed it its subscriptions again.
+    /// A resumed session gets the replays that failed while its client was away, and the stored
+    /// messages its full queue dropped, once the broker has handed it its subscriptions and queue
+    /// again (so they come after what the queue kept).
     fn pay_owed_replays(self: &Arc<Self>, session: &Session) {
-        let owed = match self.clients.lock().expect("replays lock").get_mut(&*session.id.client_id) {
-            Some(c) if !c.owed.is_empty() => std::mem::take(&mut c.owed),
+        let (owed, overflowed) = match self.clients.lock().expect("replays lock").get_mut(&*session.id.client_id) {
+            Some(c) if !c.owed.is_empty() || c.overflowed.is_some() => {
+                (std::mem::take(&mut c.owed), c.overflowed.take())
+            }
             _ => return,
         };
         let hooks = self.clone();
-        let id = session.id.clone();
+        let session = session.clone();
         tokio::spawn(async move {
+            let probe = hooks.probe(session.id.clone());
             let filters: Vec<&str> = owed.iter().map(|o| o.sub.filter.as_str()).collect();
-            let held = hooks.probe(id.clone()).held_after_transfer(&filters).await;
+            let held = probe.held_after_transfer(&filters).await;
             for (OwedReplay { sub, limits }, held) in owed.into_iter().zip(held) {
                 if held {
-                    hooks.spawn_replay(id.clone(), sub, None, limits);
+                    hooks.spawn_replay(&session, sub, None, limits, Vec::new());
                 } else {
                     tracing::info!(client_id = %sub.client_id, topic = %sub.filter, "the resumed session no longer holds the filter; its owed replay is dropped");
                 }
             }
+            if let Some(dropped) = overflowed {
+                let subs = probe.subscriptions_after_transfer().await;
+                hooks.replay_overflow(&session, subs, dropped);
+            }
         });
+    }
+
+    /// Replays what a full queue dropped: for each filter the session holds, the stored messages
+    /// published from the first dropped one to the last; a message two filters match comes once,
+    /// through the first. Shared subscriptions are left out: their group shared those messages.
+    fn replay_overflow(
+        self: &Arc<Self>,
+        session: &Session,
+        subs: Vec<SubsSearchResult>,
+        dropped: (MessageId, MessageId),
+    ) {
+        let mut earlier: Vec<TopicFilter> = Vec::new();
+        for s in subs.into_iter().filter(|s| s.opts.shared_group().is_none()) {
+            let filter = s.topic.to_string();
+            let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: s.opts.qos().value() };
+            tracing::info!(client_id = %sub.client_id, topic = %sub.filter, "replaying what the full queue dropped");
+            let limits = ReplayLimits { ids: Some(dropped), ..ReplayLimits::default() };
+            let parsed = TopicFilter::parse(&sub.filter).ok();
+            self.spawn_replay(session, sub, None, limits, earlier.clone());
+            earlier.extend(parsed);
+        }
     }
 
     /// `restore_subscriptions = "always"` and a resumed session: the stored subscriptions it does
@@ -679,7 +742,7 @@ impl Hooks {
                     tracing::info!(client_id, topic = %sub.filter, "restored a stored subscription");
                     if replay {
                         let gate = self.gates.claim(&client_id, &sub.filter);
-                        self.spawn_replay(session.id.clone(), sub, gate, ReplayLimits::default());
+                        self.spawn_replay(session, sub, gate, ReplayLimits::default(), Vec::new());
                     }
                 }
                 Err(e) => {
@@ -709,8 +772,18 @@ impl Hooks {
     /// Replays in a task of its own: the hook runs on the client's task, which must keep running
     /// to send SUBACK and deliver what the replay queues. The live messages the gate held back
     /// follow the stored ones.
-    fn spawn_replay(self: &Arc<Self>, id: Id, sub: Subscription, gate: Option<Arc<Gate<Live>>>, limits: ReplayLimits) {
+    /// `yield_to`: filters whose rows this replay leaves to another.
+    fn spawn_replay(
+        self: &Arc<Self>,
+        session: &Session,
+        sub: Subscription,
+        gate: Option<Arc<Gate<Live>>>,
+        limits: ReplayLimits,
+        yield_to: Vec<TopicFilter>,
+    ) {
         let hooks = self.clone();
+        let id = session.id.clone();
+        let window_limit = (session.listen_cfg().max_mqueue_len / 4).clamp(1, REPLAY_WINDOW);
         // Taken once the subscription is in place: anything published before may be owed to it.
         let started_us =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
@@ -727,7 +800,17 @@ impl Hooks {
             .running
             .insert(sub.filter.clone(), run.clone());
         tokio::spawn(async move {
-            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, run, qos: sub.qos, gate, limits };
+            let mut sink = SessionSink {
+                scx: hooks.scx.clone(),
+                id,
+                window,
+                window_limit,
+                run,
+                qos: sub.qos,
+                gate,
+                limits,
+                yield_to,
+            };
             let mut result = hooks.engine.replay(&sub, &mut sink).await;
             log_replay(&sub, &result);
             if let Some(gate) = sink.gate.take() {
@@ -863,17 +946,21 @@ fn as_subscribed(group: Option<&SharedGroup>, filter: &str) -> String {
     }
 }
 
-/// Delivers replayed messages into one client's session, at most [`REPLAY_WINDOW`] ahead of what
-/// the session has sent on.
+/// Delivers replayed messages into one client's session, at most `window_limit` ahead of what the
+/// session has sent on.
 struct SessionSink {
     scx: ServerContext,
     id: Id,
     window: Arc<ReplayWindow>,
+    /// Replayed messages it keeps in the session's queue at most.
+    window_limit: usize,
     run: Arc<ReplayRun>,
     qos: u8,
     gate: Option<Arc<Gate<Live>>>,
     /// Which rows this replay leaves out; `after_row` follows what it has delivered.
     limits: ReplayLimits,
+    /// Rows these match are left to another replay.
+    yield_to: Vec<TopicFilter>,
 }
 
 impl ReplaySink for SessionSink {
@@ -909,6 +996,10 @@ impl ReplaySink for SessionSink {
         let limits = self.limits;
         m.id.is_some_and(|id| id <= limits.after_row)
             || limits
+                .ids
+                .is_some_and(|(first, last)| MessageId::from_base62(&m.msgid).is_none_or(|id| id < first || id > last))
+            || self.yield_to.iter().any(|f| f.matches(&m.topic))
+            || limits
                 .published_before_us
                 .is_some_and(|before| MessageId::from_base62(&m.msgid).is_some_and(|id| id.micros() >= before))
             || self.gate.as_ref().is_some_and(|g| g.replaying(&m.msgid))
@@ -933,6 +1024,20 @@ impl SessionSink {
         }
     }
 
+    /// The subscriptions of a resumed session, once the broker has handed them over (it has
+    /// queued the session's kept messages by then), or none after [`SESSION_TRANSFER_WAIT`].
+    async fn subscriptions_after_transfer(&self) -> Vec<SubsSearchResult> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let entry = self.scx.extends.shared().await.entry(self.id.clone());
+            let subs = entry.subscriptions().await.unwrap_or_default();
+            if !subs.is_empty() || start.elapsed() > SESSION_TRANSFER_WAIT {
+                return subs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The client is connected and still holds `filter` (as subscribed, `$share/...` included).
     async fn still_subscribed(&self, filter: &str) -> bool {
         let entry = self.scx.extends.shared().await.entry(self.id.clone());
@@ -948,7 +1053,7 @@ impl SessionSink {
     /// Queues one message into the session, from `publisher` through the replay's listener id,
     /// once the session has room for it.
     async fn forward(&mut self, publisher: &str, publish: Publish) -> Result<(), ReplayError> {
-        self.wait_below(REPLAY_WINDOW).await?;
+        self.wait_below(self.window_limit).await?;
         let from =
             From::from_custom(Id::new(self.scx.node.id(), REPLAY_LISTENER_ID, None, None, publisher.into(), None));
         self.window.outstanding.fetch_add(1, Ordering::AcqRel);
