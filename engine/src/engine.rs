@@ -65,8 +65,9 @@ pub enum ReplayError {
 /// Where a replay delivers: the host's path to one client's session.
 pub trait ReplaySink: Send {
     /// Delivers one stored message, waiting as long as the client needs room (pacing), with its
-    /// `msgid` carried along as for a live delivery, so that its ack names the row. `timestamp_ms` is
-    /// the time of reading; the message's `expiry_ms`, if any, is after it.
+    /// `msgid` carried along as for a live delivery: its ack, or its delivery at QoS 0, is reported
+    /// like any other ([`Engine::on_acked`], [`Engine::on_delivered_qos0`]). `timestamp_ms` is the
+    /// time of reading; the message's `expiry_ms`, if any, is after it.
     fn deliver(
         &mut self,
         m: StoredMessage,
@@ -345,13 +346,7 @@ impl Engine {
                 if !filter.matches(&m.topic) || m.expiry_ms.is_some_and(|e| e <= now) || sink.skip(&m) {
                     continue;
                 }
-                let at_most_once = m.qos.min(sub.qos) == 0;
-                let msgid = m.msgid.clone();
                 sink.deliver(m, now).await?;
-                if at_most_once {
-                    // Delivered at QoS 0: no ack will come, the delivery is this client's ack.
-                    self.writer.delivered(DeliveryRecord { client_id: sub.client_id.clone(), msgid }).await;
-                }
                 Metrics::add(&self.metrics.replayed_messages, 1);
                 delivered += 1;
             }
