@@ -127,6 +127,25 @@ pub struct BrokerConfig {
     pub tls: Option<TlsListener>,
     /// How long SIGTERM waits for the writer and the spool to reach the database.
     pub shutdown_timeout: Duration,
+    /// Messages a session's queue holds while its client is away or slow (`broker.max_mqueue_len`,
+    /// rmqtt's name); beyond it rmqtt drops the oldest QoS 1/2 ones (and a new QoS 0 one).
+    pub max_mqueue_len: usize,
+    /// How long a message without an MQTT 5 Message Expiry Interval waits in a session's queue,
+    /// and a retained one is kept (`broker.message_expiry_interval`, rmqtt's name; zero: for ever).
+    /// `None`: as long as the backend keeps its row, `message_ttl`, for ever without one.
+    pub message_expiry_interval: Option<Duration>,
+    /// How long the broker keeps an MQTT 3.1.1 persistent session (clean session = false) after
+    /// its client disconnects (`broker.session_expiry_interval`, rmqtt's name; zero: it ends with
+    /// the connection). MQTT 5 clients ask for their own in CONNECT.
+    pub session_expiry_interval: Duration,
+}
+
+impl BrokerConfig {
+    /// What the listener gets as `message_expiry_interval`: the configured one, or the backend's
+    /// `message_ttl` (zero, for ever, without one).
+    pub fn message_expiry_interval(&self, backend: &Backend) -> Duration {
+        self.message_expiry_interval.or(backend.storage().message_ttl).unwrap_or(Duration::ZERO)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -348,7 +367,20 @@ const AUTH_KEYS: &[&str] = &["users", "acl"];
 const USER_KEYS: &[&str] = &["username", "password_hash"];
 const ACL_KEYS: &[&str] = &["username", "action", "topic", "permission"];
 const METRICS_KEYS: &[&str] = &["bind"];
-const BROKER_KEYS: &[&str] = &["bind", "node_id", "max_packet_size", "tls", "shutdown_timeout"];
+const BROKER_KEYS: &[&str] = &[
+    "bind",
+    "node_id",
+    "max_packet_size",
+    "tls",
+    "shutdown_timeout",
+    "max_mqueue_len",
+    "message_expiry_interval",
+    "session_expiry_interval",
+];
+/// rmqtt's defaults for the broker's session settings.
+pub const DEFAULT_MAX_MQUEUE_LEN: usize = 1000;
+pub const DEFAULT_SESSION_EXPIRY_INTERVAL: Duration = Duration::from_secs(2 * 3600);
+const MAX_MQUEUE_LEN: i64 = 100_000_000;
 const TLS_LISTENER_KEYS: &[&str] = &["bind", "certfile", "keyfile"];
 const STORAGE_KEYS: &[&str] = &[
     "enable",
@@ -549,6 +581,11 @@ fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
             .map_or(DEFAULT_MAX_PACKET_SIZE, |n| n as u32),
         tls: tls_listener(&t.table("tls", TLS_LISTENER_KEYS)?)?,
         shutdown_timeout: t.duration("shutdown_timeout", Unit::Seconds)?.unwrap_or(Duration::from_secs(30)),
+        max_mqueue_len: t.int("max_mqueue_len", 1, MAX_MQUEUE_LEN)?.map_or(DEFAULT_MAX_MQUEUE_LEN, |n| n as usize),
+        message_expiry_interval: t.duration("message_expiry_interval", Unit::Seconds)?,
+        session_expiry_interval: t
+            .duration("session_expiry_interval", Unit::Seconds)?
+            .unwrap_or(DEFAULT_SESSION_EXPIRY_INTERVAL),
     })
 }
 
@@ -1074,6 +1111,12 @@ mod tests {
         assert_eq!((s.storage.max_messages_per_topic, s.storage.replay_page_size), (None, DEFAULT_REPLAY_PAGE_SIZE));
         assert_eq!(c.broker.bind, "127.0.0.1:1883".parse().unwrap());
         assert_eq!((c.broker.node_id, c.broker.max_packet_size), (None, DEFAULT_MAX_PACKET_SIZE));
+        assert_eq!(
+            (c.broker.max_mqueue_len, c.broker.session_expiry_interval),
+            (DEFAULT_MAX_MQUEUE_LEN, DEFAULT_SESSION_EXPIRY_INTERVAL),
+            "rmqtt's"
+        );
+        assert_eq!(c.broker.message_expiry_interval(&c.backend), Duration::from_secs(7 * 24 * 3600), "message_ttl");
         assert_eq!(c.metrics.bind, None, "the endpoint is off unless asked for");
         assert!(c.warnings().is_empty());
     }
@@ -1096,6 +1139,7 @@ mod tests {
     fn a_block_may_hold_only_enable() {
         let c = Config::parse_str("mysql { enable = true }").unwrap();
         assert_eq!(c.broker.bind, SocketAddr::from(([127, 0, 0, 1], 1883)));
+        assert_eq!(c.broker.message_expiry_interval(&c.backend), Duration::ZERO, "no message_ttl: for ever");
         let Backend::MySql(m) = &c.backend else { panic!() };
         assert_eq!(
             (m.server.as_str(), m.username.as_str(), m.password.expose(), m.database.as_str(), m.pool_size),
@@ -1121,7 +1165,8 @@ mod tests {
     fn every_key_is_read() {
         let c = Config::parse_str(
             r#"
-            broker { bind = "0.0.0.0:2883", node_id = 7, max_packet_size = 300000 }
+            broker { bind = "0.0.0.0:2883", node_id = 7, max_packet_size = 300000, max_mqueue_len = 50000
+                     message_expiry_interval = 1h, session_expiry_interval = "7d" }
             metrics { bind = "127.0.0.1:9100" }
             sqlite { enable = false }
             mysql {
@@ -1163,6 +1208,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.broker.bind, "0.0.0.0:2883".parse().unwrap());
         assert_eq!((c.broker.node_id, c.broker.max_packet_size), (Some(7), 300_000));
+        assert_eq!(c.broker.max_mqueue_len, 50_000);
+        assert_eq!(c.broker.message_expiry_interval(&c.backend), Duration::from_secs(3600), "not message_ttl");
+        assert_eq!(c.broker.session_expiry_interval, Duration::from_secs(7 * 86_400));
         assert_eq!(c.metrics.bind, Some("127.0.0.1:9100".parse().unwrap()));
         let Backend::MySql(m) = &c.backend else { panic!() };
         assert_eq!((m.server.as_str(), m.username.as_str(), m.password.expose()), ("db.example:3307", "app", "pw"));
@@ -1291,6 +1339,9 @@ mod tests {
             err("broker { node_id = -1 }\nsqlite { enable = true }").starts_with("broker.node_id: -1 is out of range")
         );
         assert!(err("broker { node_id = 4294967296 }\nsqlite { enable = true }").starts_with("broker.node_id"));
+        assert!(err("broker { max_mqueue_len = 0 }\nsqlite { enable = true }").starts_with("broker.max_mqueue_len"));
+        assert!(err("broker { session_expiry_interval = -1 }\nsqlite { enable = true }")
+            .starts_with("broker.session_expiry_interval: is negative"));
         assert_eq!(
             err("sqlite { enable = true, delivery_mode = broadcast }"),
             "sqlite.delivery_mode: \"broadcast\" is neither \"queue\" nor \"fanout\""

@@ -1,12 +1,11 @@
 //! The engine: what a host calls when its broker publishes, acknowledges, subscribes, connects.
 //!
-//! It owns the store, the batch writer, the message-id generator and the index that maps an
-//! acknowledgement back to a stored row. It knows no broker: hosts convert their events into
-//! these calls and deliver replayed messages through a [`ReplaySink`].
+//! It owns the store, the batch writer and the message-id generator. It knows no broker: hosts
+//! convert their events into these calls, carry each stored message's id with its deliveries
+//! (so that an ack names its row), and deliver replayed messages through a [`ReplaySink`].
 
-use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::BuildHasher;
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -15,7 +14,7 @@ use futures_util::StreamExt;
 use crate::auth::{AuthConfig, PasswordChecker};
 use crate::config::{Config, DeliveryMode, RestoreSubscriptions, WriteMode};
 use crate::message::{DeliveryRecord, Message, Publish, ReplayQuery, StoredMessage, Subscription};
-use crate::message_id::{random_node_id, MessageIdGenerator};
+use crate::message_id::{random_node_id, MessageId, MessageIdGenerator};
 use crate::metrics::{Gauges, Metrics};
 use crate::outage::OutageLog;
 use crate::spool::Spool;
@@ -23,11 +22,6 @@ use crate::store::{self, AckedMessage, Store, StoreError};
 use crate::subscriptions::SubscriptionWriter;
 use crate::topic::{is_sys_topic, parse_shared, TopicFilter};
 use crate::writer::{BatchLimits, BatchWriter, DeadLetters};
-
-/// How many persisted or replayed messages the engine remembers, to turn their acks into deletes:
-/// the most recent ones. An ack for an older one finds nothing: its row stays stored and is
-/// replayed again on a later subscribe (a duplicate, never a loss).
-const ACK_INDEX_CAPACITY: usize = 200_000;
 
 /// Operations queued per batch in memory before publishers wait for the writer.
 const QUEUE_BATCHES: usize = 16;
@@ -62,6 +56,9 @@ pub enum ReplayError {
     /// The subscriber went away; its remaining rows stay stored.
     #[error("the subscriber is gone")]
     SubscriberGone,
+    /// The subscriber unsubscribed (or its session ended); the remaining rows stay stored.
+    #[error("the subscription is gone")]
+    Unsubscribed,
     /// The subscriber stopped taking messages (no acknowledgements) for too long; its remaining
     /// rows stay stored, and the database connection the replay held is released.
     #[error("the subscriber took no message for {0:?}")]
@@ -70,9 +67,10 @@ pub enum ReplayError {
 
 /// Where a replay delivers: the host's path to one client's session.
 pub trait ReplaySink: Send {
-    /// Delivers one stored message, waiting as long as the client needs room (pacing). `timestamp_ms`
-    /// is the time the host must attach to the delivery, so that its ack finds the row again; the
-    /// message's `expiry_ms`, if any, is in the future.
+    /// Delivers one stored message, waiting as long as the client needs room (pacing), with its
+    /// `msgid` carried along as for a live delivery: its ack, or its delivery at QoS 0, is reported
+    /// like any other ([`Engine::on_acked`], [`Engine::on_delivered_qos0`]). `timestamp_ms` is the
+    /// time of reading; the message's `expiry_ms`, if any, is after it.
     fn deliver(
         &mut self,
         m: StoredMessage,
@@ -86,83 +84,14 @@ pub trait ReplaySink: Send {
     }
 }
 
-/// What identifies a delivered message when its ack comes back: the host reports the publisher,
-/// topic, publish time and payload of the acknowledged message.
+/// A delivered stored message, as the host reports its ack or its QoS 0 delivery: the message id
+/// the host carried with the delivery since [`Engine::on_publish`] (or the replay) gave it, and the
+/// publisher and topic (which `delete_message_sql` may bind).
 #[derive(Clone, Copy, Debug)]
 pub struct Delivery<'a> {
+    pub msgid: &'a str,
     pub from: &'a str,
     pub topic: &'a str,
-    pub timestamp_ms: i64,
-    pub payload: &'a [u8],
-    /// Delivered by the broker's retainer (the retain flag is set): the retainer stamps its own
-    /// delivery time, so such an ack is matched without the publish time.
-    pub retained: bool,
-}
-
-/// The publish time in the ack key of a retained delivery.
-const RETAINED: i64 = i64::MIN;
-
-/// A 64-bit hash of publisher, topic, publish time and payload: small enough to remember many,
-/// and a false match (two different messages, one hash) is about as likely as 2^-64 per pair.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
-struct AckKey(u64);
-
-impl AckKey {
-    /// `keys` is per process and random, so that nobody can craft a message whose ack matches
-    /// another's.
-    fn of(d: Delivery<'_>, keys: &RandomState) -> AckKey {
-        AckKey(keys.hash_one((d.from, d.topic, if d.retained { RETAINED } else { d.timestamp_ms }, d.payload)))
-    }
-}
-
-/// Persisted messages that may still be acknowledged, oldest first. Identical messages (same
-/// publisher, topic, millisecond and payload) share a key and are removed one per ack.
-struct AckIndex {
-    /// The oldest message of each key.
-    rows: HashMap<AckKey, AckedMessage>,
-    /// Younger messages whose key is in `rows` already: identical messages, which are rare.
-    more: HashMap<AckKey, VecDeque<AckedMessage>>,
-    /// Keys in insertion order, acknowledged ones included: the last `capacity` insertions are kept.
-    order: VecDeque<AckKey>,
-    capacity: usize,
-}
-
-impl AckIndex {
-    fn new(capacity: usize) -> Self {
-        AckIndex { rows: HashMap::new(), more: HashMap::new(), order: VecDeque::new(), capacity }
-    }
-
-    fn insert(&mut self, key: AckKey, row: AckedMessage) {
-        if self.order.len() >= self.capacity {
-            if let Some(old) = self.order.pop_front() {
-                self.take(&old);
-            }
-        }
-        if let Some(younger) = self.rows.contains_key(&key).then(|| self.more.entry(key).or_default()) {
-            younger.push_back(row);
-        } else {
-            self.rows.insert(key, row);
-        }
-        self.order.push_back(key);
-    }
-
-    /// The message id of the oldest message with this key, which stays.
-    fn peek(&self, key: &AckKey) -> Option<String> {
-        self.rows.get(key).map(|r| r.msgid.clone())
-    }
-
-    fn take(&mut self, key: &AckKey) -> Option<AckedMessage> {
-        let row = self.rows.remove(key)?;
-        if let Some(younger) = self.more.get_mut(key) {
-            if let Some(next) = younger.pop_front() {
-                self.rows.insert(*key, next);
-            }
-            if younger.is_empty() {
-                self.more.remove(key);
-            }
-        }
-        Some(row)
-    }
 }
 
 /// The host-independent plugin.
@@ -175,13 +104,10 @@ pub struct Engine {
     ids: MessageIdGenerator,
     /// `topics` and `auth`: replaced whole by [`Engine::reload`].
     topics: RwLock<Arc<Vec<TopicFilter>>>,
-    acks: Mutex<AckIndex>,
-    ack_keys: RandomState,
-    /// `delete_message_sql` binds `${from}` or `${topic}`.
-    ack_needs_names: bool,
     mode: DeliveryMode,
     write_mode: WriteMode,
     restore: RestoreSubscriptions,
+    shared_subscriptions: AtomicBool,
     message_ttl: Option<Duration>,
     page_size: u32,
     /// Topics written since the last trim, when `max_messages_per_topic` is set.
@@ -203,7 +129,6 @@ impl Engine {
             batch_time: storage.batch_time,
             queue_capacity: storage.max_buffered.unwrap_or(storage.batch_size.saturating_mul(QUEUE_BATCHES)),
         };
-        let ack_needs_names = store.ack_needs_names();
         let metrics = Arc::new(Metrics::new());
         let dead_letters = DeadLetters { path: storage.dead_letter_file.clone() };
         let spool = Spool::open(&storage.spool_dir, storage.spool_max_bytes, storage.spool_full).map_err(|cause| {
@@ -239,12 +164,10 @@ impl Engine {
             outage,
             ids: MessageIdGenerator::new(node_id),
             topics: RwLock::new(Arc::new(topics)),
-            acks: Mutex::new(AckIndex::new(ACK_INDEX_CAPACITY)),
-            ack_keys: RandomState::new(),
-            ack_needs_names,
             mode: storage.delivery_mode,
             write_mode: storage.write_mode,
             restore: storage.restore_subscriptions,
+            shared_subscriptions: AtomicBool::new(true),
             message_ttl: storage.message_ttl,
             page_size: storage.replay_page_size,
             written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
@@ -308,20 +231,36 @@ impl Engine {
         self.restore
     }
 
+    /// Whether the host's broker reads `$share/{group}/{filter}` as a shared subscription (the
+    /// default) or, with shared subscriptions off, as a literal filter. The plugin must read a
+    /// filter as the broker does, or it would replay rows the broker never routes to that filter.
+    pub fn set_shared_subscriptions(&self, on: bool) {
+        self.shared_subscriptions.store(on, Ordering::Relaxed);
+    }
+
+    /// The filter the broker matches topics against for a subscription written `subscribed`: a
+    /// shared subscription `$share/group/filter` gets what was published to `filter`.
+    pub fn topic_filter_of<'a>(&self, subscribed: &'a str) -> &'a str {
+        match parse_shared(subscribed) {
+            Some(s) if self.shared_subscriptions.load(Ordering::Relaxed) => s.filter,
+            _ => subscribed,
+        }
+    }
+
     /// True when a publish with this topic and QoS is persisted: QoS 1 or 2, not a `$SYS` topic,
     /// and matching one of the configured `topics`.
     fn persists(&self, topic: &str, qos: u8) -> bool {
         qos > 0 && !is_sys_topic(topic) && self.topics.read().expect("topics lock").iter().any(|f| f.matches(topic))
     }
 
-    /// A client published: queue the message for the writer (if it is one we persist) and remember
-    /// it so that an ack can find its row. In `async` mode it never waits on the database (only,
-    /// under overload, for room in the writer's queue); in `sync` mode it returns once the row is
-    /// committed, and the host acknowledges the publish only then. Publishers waiting at the same
-    /// time share one commit.
-    pub async fn on_publish(&self, p: Publish) {
+    /// A client published: queue the message for the writer, if it is one we persist, and return
+    /// its message id, which the host carries with every delivery of it (see [`Delivery`]). In
+    /// `async` mode it never waits on the database (only, under overload, for room in the writer's
+    /// queue); in `sync` mode it returns once the row is committed, and the host acknowledges the
+    /// publish only then. Publishers waiting at the same time share one commit.
+    pub async fn on_publish(&self, p: Publish) -> Option<String> {
         if !self.persists(&p.topic, p.qos) {
-            return;
+            return None;
         }
         let ts = p.timestamp_ms;
         let ttl_expiry = self.message_ttl.map(|ttl| ts.saturating_add(ttl.as_millis() as i64));
@@ -332,11 +271,7 @@ impl Engine {
         };
         Metrics::add(&self.metrics.matched, 1);
         let m = Message::new(self.ids.next_id(), p, expiry);
-        for retained in if m.retain { &[false, true][..] } else { &[false] } {
-            let d =
-                Delivery { from: &m.from, topic: &m.topic, timestamp_ms: ts, payload: &m.payload, retained: *retained };
-            self.remember(AckKey::of(d, &self.ack_keys), &m.msgid, &m.from, &m.topic);
-        }
+        let msgid = m.msgid.clone();
         if let Some(topics) = &self.written_topics {
             let mut topics = topics.lock().expect("written topics lock");
             if !topics.contains(&m.topic) {
@@ -347,35 +282,36 @@ impl Engine {
         if self.write_mode == WriteMode::Sync {
             self.writer.flush_durable().await;
         }
+        Some(msgid)
     }
 
-    /// `subscriber` acknowledged a delivery (PUBACK or PUBREC) of a persisted message: in `queue`
-    /// mode its row is deleted (the first ack removes it for everybody, as in the reference
-    /// plugin); in `fanout` mode the subscriber is recorded as having had it.
+    /// `subscriber` acknowledged a delivery of a stored message (PUBACK at QoS 1, PUBCOMP at QoS 2):
+    /// in `queue` mode its row is deleted (the first ack removes it for everybody, as in the
+    /// reference plugin); in `fanout` mode the subscriber is recorded as having had it.
     pub async fn on_acked(&self, subscriber: &str, d: Delivery<'_>) {
-        let key = AckKey::of(d, &self.ack_keys);
+        if MessageId::from_base62(d.msgid).is_none() {
+            return;
+        }
         match self.mode {
             DeliveryMode::Queue => {
-                let row = self.acks.lock().expect("ack index lock").take(&key);
-                if let Some(row) = row {
-                    self.writer.delete(row).await;
-                }
+                let row =
+                    AckedMessage { msgid: d.msgid.to_owned(), from: d.from.to_owned(), topic: d.topic.to_owned() };
+                self.writer.delete(row).await;
             }
-            DeliveryMode::Fanout => self.record_delivery(subscriber, key).await,
+            DeliveryMode::Fanout => self.record_delivery(subscriber, d.msgid).await,
         }
     }
 
-    /// A persisted message went out to `subscriber` at QoS 0: no ack will come, so the delivery
+    /// A stored message went out to `subscriber` at QoS 0: no ack will come, so the delivery
     /// counts as one. The row stays for subscribers that ack; this one does not get it again.
     pub async fn on_delivered_qos0(&self, subscriber: &str, d: Delivery<'_>) {
-        self.record_delivery(subscriber, AckKey::of(d, &self.ack_keys)).await;
+        if MessageId::from_base62(d.msgid).is_some() {
+            self.record_delivery(subscriber, d.msgid).await;
+        }
     }
 
-    async fn record_delivery(&self, subscriber: &str, key: AckKey) {
-        let msgid = self.acks.lock().expect("ack index lock").peek(&key);
-        if let Some(msgid) = msgid {
-            self.writer.delivered(DeliveryRecord { client_id: subscriber.to_owned(), msgid }).await;
-        }
+    async fn record_delivery(&self, subscriber: &str, msgid: &str) {
+        self.writer.delivered(DeliveryRecord { client_id: subscriber.to_owned(), msgid: msgid.to_owned() }).await;
     }
 
     /// A client subscribed: store the subscription.
@@ -409,8 +345,7 @@ impl Engine {
     /// prefix (`${topic_like}`); the MQTT match itself, wildcards and `$` topics included, is done
     /// here, so a case-insensitive collation cannot widen it. Expired rows are never delivered.
     pub async fn replay<S: ReplaySink>(&self, sub: &Subscription, sink: &mut S) -> Result<u64, ReplayError> {
-        // A shared subscription `$share/group/filter` replays what was published to `filter`.
-        let text = parse_shared(&sub.filter).map_or(sub.filter.as_str(), |s| s.filter);
+        let text = self.topic_filter_of(&sub.filter);
         let Ok(filter) = TopicFilter::parse(text) else {
             tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "not a valid topic filter; nothing replayed");
             return Ok(0);
@@ -458,23 +393,7 @@ impl Engine {
                 if !filter.matches(&m.topic) || m.expiry_ms.is_some_and(|e| e <= now) || sink.skip(&m) {
                     continue;
                 }
-                let at_most_once = m.qos.min(sub.qos) == 0;
-                let msgid = m.msgid.clone();
-                if !at_most_once {
-                    let d = Delivery {
-                        from: &m.from,
-                        topic: &m.topic,
-                        timestamp_ms: now,
-                        payload: &m.payload,
-                        retained: false,
-                    };
-                    self.remember(AckKey::of(d, &self.ack_keys), &m.msgid, &m.from, &m.topic);
-                }
                 sink.deliver(m, now).await?;
-                if at_most_once {
-                    // Delivered at QoS 0: no ack will come, the delivery is this client's ack.
-                    self.writer.delivered(DeliveryRecord { client_id: sub.client_id.clone(), msgid }).await;
-                }
                 Metrics::add(&self.metrics.replayed_messages, 1);
                 delivered += 1;
             }
@@ -482,20 +401,6 @@ impl Engine {
                 return Ok(delivered);
             }
         }
-    }
-
-    /// The message id of a persisted message the broker is delivering live, if it is still known.
-    pub fn msgid_of(&self, d: Delivery<'_>) -> Option<String> {
-        self.acks.lock().expect("ack index lock").peek(&AckKey::of(d, &self.ack_keys))
-    }
-
-    /// Remembers a persisted message for its ack. Publisher and topic are kept only when
-    /// `delete_message_sql` binds them: most templates delete by id alone, and the index holds
-    /// up to `ACK_INDEX_CAPACITY` messages.
-    fn remember(&self, key: AckKey, msgid: &str, from: &str, topic: &str) {
-        let names = |s: &str| if self.ack_needs_names { s.to_owned() } else { String::new() };
-        let row = AckedMessage { msgid: msgid.to_owned(), from: names(from), topic: names(topic) };
-        self.acks.lock().expect("ack index lock").insert(key, row);
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -654,46 +559,4 @@ async fn maintain(engine: std::sync::Weak<Engine>, max_per_topic: Option<u64>) {
 
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn row(id: &str) -> AckedMessage {
-        AckedMessage { msgid: id.into(), from: "p".into(), topic: "t".into() }
-    }
-
-    #[test]
-    fn identical_messages_are_taken_one_per_ack_in_order() {
-        let mut index = AckIndex::new(10);
-        index.insert(AckKey(1), row("a"));
-        index.insert(AckKey(1), row("b"));
-        assert_eq!(index.take(&AckKey(1)), Some(row("a")));
-        assert_eq!(index.take(&AckKey(1)), Some(row("b")));
-        assert_eq!(index.take(&AckKey(1)), None);
-    }
-
-    #[test]
-    fn the_oldest_are_forgotten_beyond_capacity() {
-        let mut index = AckIndex::new(2);
-        for (k, id) in [(1, "a"), (2, "b"), (3, "c")] {
-            index.insert(AckKey(k), row(id));
-        }
-        assert_eq!(index.take(&AckKey(1)), None, "evicted");
-        assert_eq!(index.take(&AckKey(3)), Some(row("c")));
-        assert!(index.rows.len() <= 2 && index.order.len() <= 2);
-    }
-
-    #[test]
-    fn ack_keys_tell_retained_deliveries_and_publish_times_apart() {
-        let keys = RandomState::new();
-        let d = Delivery { from: "p", topic: "t", timestamp_ms: 5, payload: b"x", retained: false };
-        assert_eq!(AckKey::of(d, &keys), AckKey::of(d, &keys));
-        assert_ne!(AckKey::of(d, &keys), AckKey::of(Delivery { timestamp_ms: 6, ..d }, &keys));
-        // The retainer stamps its own time: a retained delivery matches whatever the time.
-        let r = Delivery { retained: true, ..d };
-        assert_eq!(AckKey::of(r, &keys), AckKey::of(Delivery { timestamp_ms: 99, ..r }, &keys));
-        assert_ne!(AckKey::of(d, &keys), AckKey::of(Delivery { payload: b"y", ..d }, &keys));
-    }
 }

@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::message_id::MessageId;
-use crate::topic::{parse_shared, TopicFilter};
+use crate::topic::TopicFilter;
 
 /// A message published this long before its gate opened has been routed by then: its row is never
 /// met again as a live message, so the replay need not remember it.
@@ -62,12 +62,13 @@ struct Held<T> {
 
 impl<T> Gates<T> {
     /// Opens a gate for a subscription that is about to be added; a gate already open for the same
-    /// client and filter is returned instead.
-    pub fn open(&self, client_id: &str, subscribed: &str) -> Arc<Gate<T>> {
-        self.open_at(client_id, subscribed, now_micros())
+    /// client and filter is returned instead. `subscribed` is the filter as subscribed,
+    /// `$share/group/` included; `filter` is what the broker matches topics against.
+    pub fn open(&self, client_id: &str, subscribed: &str, filter: &str) -> Arc<Gate<T>> {
+        self.open_at(client_id, subscribed, filter, now_micros())
     }
 
-    fn open_at(&self, client_id: &str, subscribed: &str, opened_micros: u64) -> Arc<Gate<T>> {
+    fn open_at(&self, client_id: &str, subscribed: &str, filter: &str, opened_micros: u64) -> Arc<Gate<T>> {
         let mut clients = self.clients.lock().expect("gates lock");
         let gates = clients.entry(client_id.to_owned()).or_default();
         if let Some(g) = gates.iter().find(|g| g.subscribed == subscribed) {
@@ -76,11 +77,10 @@ impl<T> Gates<T> {
         if gates.is_empty() {
             self.open_clients.fetch_add(1, Ordering::SeqCst);
         }
-        let text = parse_shared(subscribed).map_or(subscribed, |s| s.filter);
         let gate = Arc::new(Gate {
             client_id: client_id.to_owned(),
             subscribed: subscribed.to_owned(),
-            filter: TopicFilter::parse(text).ok(),
+            filter: TopicFilter::parse(filter).ok(),
             opened_micros,
             state: Mutex::new(Held {
                 messages: VecDeque::new(),
@@ -213,7 +213,7 @@ mod tests {
         let ids = crate::message_id::MessageIdGenerator::new(1);
         let (m1, m2) = (ids.next_id().to_base62(), ids.next_id().to_base62());
         let gates = Gates::default();
-        let gate = gates.open("c", "a/+");
+        let gate = gates.open("c", "a/+", "a/+");
         assert!(gates.claim("c", "a/+").is_some());
         assert_eq!(gates.hold("c", "a/1", 1, || Some(m1.clone())), Ok(()));
         assert_eq!(gates.hold("c", "b/1", 2, || None), Err(2));
@@ -231,7 +231,7 @@ mod tests {
     #[test]
     fn old_rows_are_not_remembered() {
         let gates: Gates<u8> = Gates::default();
-        let gate = gates.open("c", "#");
+        let gate = gates.open("c", "#", "#");
         let old = crate::message_id::MessageId(((now_micros() - 2 * ROUTING_MARGIN_MICROS) as u128) << 64);
         assert!(!gate.replaying(&old.to_base62()));
         assert!(gate.state.lock().unwrap().replayed.is_empty());
@@ -240,10 +240,10 @@ mod tests {
     #[test]
     fn an_unclaimed_gate_closes_after_a_while() {
         let gates = Gates::default();
-        let _fresh = gates.open("c", "a/#");
+        let _fresh = gates.open("c", "a/#", "a/#");
         assert_eq!(gates.hold("c", "a/1", 1, || None), Ok(()), "a fresh gate holds before it is claimed");
         let gates = Gates::default();
-        let _stale = gates.open_at("c", "a/#", now_micros() - UNCLAIMED_LIFETIME_MICROS - 1);
+        let _stale = gates.open_at("c", "a/#", "a/#", now_micros() - UNCLAIMED_LIFETIME_MICROS - 1);
         assert_eq!(gates.hold("c", "a/1", 2, || None), Err(2));
         assert!(gates.clients.lock().unwrap().is_empty());
         assert_eq!(gates.open_clients.load(Ordering::SeqCst), 0);
@@ -252,14 +252,14 @@ mod tests {
     #[test]
     fn a_shared_subscription_gates_its_filter() {
         let gates = Gates::default();
-        let _gate = gates.open("c", "$share/g/s/#");
+        let _gate = gates.open("c", "$share/g/s/#", "s/#");
         assert_eq!(gates.hold("c", "s/x", 1, || None), Ok(()));
     }
 
     #[test]
     fn holding_stops_at_the_limit() {
         let gates = Gates::default();
-        let gate = gates.open("c", "#");
+        let gate = gates.open("c", "#", "#");
         for i in 0..MAX_HELD {
             assert_eq!(gates.hold("c", "t", i, || None), Ok(()));
         }

@@ -115,25 +115,22 @@ impl std::fmt::Display for TopicFilter {
     }
 }
 
-/// A shared subscription: `$share/{group}/{filter}` (MQTT 5) or `$queue/{filter}` (no group).
+/// A shared subscription: `$share/{group}/{filter}`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SharedSubscription<'a> {
-    pub group: Option<&'a str>,
+    pub group: &'a str,
     pub filter: &'a str,
 }
 
-/// Splits a shared subscription into group and filter; `None` for an ordinary filter, and for a
-/// malformed share (empty group, a group with a wildcard, no filter), which MQTT 5 forbids.
+/// Splits a shared subscription into group and filter, as a broker that supports them reads a
+/// SUBSCRIBE: `$share/`, the group up to the next `/`, and a filter that is not empty. `None` for
+/// anything else, which is an ordinary filter (`$queue/x` included: to MQTT 5 and to rmqtt it is
+/// the literal topic filter `$queue/x`, and reading it as a share of `x` would replay and consume
+/// rows of `x` to a client that was allowed only `$queue/...`). MQTT 5 forbids an empty group and
+/// wildcards in it; a broker refuses such a SUBSCRIBE or, as rmqtt 0.24 does, takes the group
+/// as written, so they are not refused here.
 pub fn parse_shared(filter: &str) -> Option<SharedSubscription<'_>> {
-    let (group, filter) = if let Some(rest) = filter.strip_prefix("$share/") {
-        let (group, filter) = rest.split_once('/')?;
-        if group.is_empty() || group.contains(['+', '#']) {
-            return None;
-        }
-        (Some(group), filter)
-    } else {
-        (None, filter.strip_prefix("$queue/")?)
-    };
+    let (group, filter) = filter.strip_prefix("$share/")?.split_once('/')?;
     (!filter.is_empty()).then_some(SharedSubscription { group, filter })
 }
 
@@ -286,24 +283,15 @@ mod tests {
     #[test]
     fn shared_subscriptions() {
         let share = |group, filter| Some(SharedSubscription { group, filter });
-        assert_eq!(parse_shared("$share/g1/a/+"), share(Some("g1"), "a/+"));
-        assert_eq!(parse_shared("$share/g/#"), share(Some("g"), "#"));
-        assert_eq!(parse_shared("$share/g//a"), share(Some("g"), "/a"));
-        assert_eq!(parse_shared("$queue/a"), share(None, "a"));
-        assert_eq!(parse_shared("$queue/a/#"), share(None, "a/#"));
-        for not_shared in [
-            "a/b",
-            "$share",
-            "$share/",
-            "$share/g",
-            "$share/g/",
-            "$share//a",
-            "$share/+/a",
-            "$queue/",
-            "$queue",
-            "$SYS/x",
-            "x/$share/g/a",
-        ] {
+        assert_eq!(parse_shared("$share/g1/a/+"), share("g1", "a/+"));
+        assert_eq!(parse_shared("$share/g/#"), share("g", "#"));
+        assert_eq!(parse_shared("$share/g//a"), share("g", "/a"));
+        // As rmqtt takes them (MQTT 5 forbids both).
+        assert_eq!(parse_shared("$share//a"), share("", "a"));
+        assert_eq!(parse_shared("$share/+/a"), share("+", "a"));
+        for not_shared in
+            ["a/b", "$share", "$share/", "$share/g", "$share/g/", "$queue/a", "$queue/a/#", "$SYS/x", "x/$share/g/a"]
+        {
             assert_eq!(parse_shared(not_shared), None, "{not_shared:?}");
         }
     }

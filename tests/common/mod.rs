@@ -685,3 +685,125 @@ impl Drop for PrivateMariaDb {
         let _ = self.child.wait();
     }
 }
+
+/// A real MQTT 5 client (rumqttc's v5) whose received publishes are collected, properties
+/// included.
+pub struct Client5 {
+    pub client: rumqttc::v5::AsyncClient,
+    publishes: mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Publish>,
+    acks: mpsc::UnboundedReceiver<rumqttc::v5::mqttbytes::v5::Packet>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Client5 {
+    /// `session_expiry`: seconds the broker keeps the session after a disconnect (`None`: 0).
+    pub async fn connect(port: u16, id: &str, clean_start: bool, session_expiry: Option<u32>) -> Client5 {
+        Client5::connect_with(port, id, clean_start, session_expiry, false).await
+    }
+
+    /// With `manual_acks`, received QoS 1/2 messages are acknowledged only by `client.ack`.
+    pub async fn connect_with(
+        port: u16,
+        id: &str,
+        clean_start: bool,
+        session_expiry: Option<u32>,
+        manual_acks: bool,
+    ) -> Client5 {
+        use rumqttc::v5::mqttbytes::v5::Packet as P;
+        use rumqttc::v5::{Event as E, MqttOptions};
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_clean_start(clean_start).set_keep_alive(Duration::from_secs(30)).set_manual_acks(manual_acks);
+        opts.set_session_expiry_interval(session_expiry);
+        let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10_000);
+        let (ptx, publishes) = mpsc::unbounded_channel();
+        let (atx, mut acks) = mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(E::Incoming(P::Publish(p))) => {
+                        let _ = ptx.send(p);
+                    }
+                    Ok(E::Incoming(
+                        p @ (P::ConnAck(_) | P::SubAck(_) | P::UnsubAck(_) | P::PubAck(_) | P::PubComp(_)),
+                    )) => {
+                        let _ = atx.send(p);
+                    }
+                    Ok(E::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
+                    Ok(_) => {}
+                }
+            }
+        });
+        match tokio::time::timeout(Duration::from_secs(20), acks.recv()).await {
+            Ok(Some(P::ConnAck(_))) => {}
+            other => panic!("no CONNACK for {id}: {other:?}"),
+        }
+        Client5 { client, publishes, acks, task }
+    }
+
+    async fn next_ack(&mut self, what: &str) -> rumqttc::v5::mqttbytes::v5::Packet {
+        tokio::time::timeout(Duration::from_secs(30), self.acks.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no {what} in 30 s"))
+            .unwrap_or_else(|| panic!("connection closed waiting for {what}"))
+    }
+
+    pub async fn subscribe(&mut self, filter: &str, qos: u8) {
+        use rumqttc::v5::mqttbytes::v5::{Packet, SubscribeReasonCode};
+        self.client.subscribe(filter, rumqttc::v5::mqttbytes::qos(qos).unwrap()).await.unwrap();
+        match self.next_ack("SUBACK").await {
+            Packet::SubAck(ack) => assert!(
+                ack.return_codes.iter().all(|c| matches!(c, SubscribeReasonCode::Success(_))),
+                "SUBACK refused {filter}: {ack:?}"
+            ),
+            other => panic!("expected a SUBACK, got {other:?}"),
+        }
+    }
+
+    /// Publishes and, for QoS 1/2, waits for the broker's acknowledgement.
+    pub async fn publish(&mut self, topic: &str, qos: u8, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.publish_with(topic, qos, retain, payload, Default::default()).await
+    }
+
+    /// [`Client5::publish`] with MQTT 5 properties.
+    pub async fn publish_with(
+        &mut self,
+        topic: &str,
+        qos: u8,
+        retain: bool,
+        payload: impl Into<Vec<u8>>,
+        properties: rumqttc::v5::mqttbytes::v5::PublishProperties,
+    ) {
+        let q = rumqttc::v5::mqttbytes::qos(qos).unwrap();
+        self.client.publish_with_properties(topic, q, retain, payload.into(), properties).await.unwrap();
+        if qos > 0 {
+            self.next_ack("PUBACK/PUBCOMP").await;
+        }
+    }
+
+    /// Receives exactly `n` publishes (panics if they do not come within `timeout`).
+    pub async fn recv(&mut self, n: usize, timeout: Duration) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, self.publishes.recv()).await {
+                Ok(Some(p)) => got.push(p),
+                _ => panic!("received {} of {n} publishes in {timeout:?}", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Everything that arrives within `quiet`.
+    pub async fn drain(&mut self, quiet: Duration) -> Vec<rumqttc::v5::mqttbytes::v5::Publish> {
+        let mut got = Vec::new();
+        while let Ok(Some(p)) = tokio::time::timeout(quiet, self.publishes.recv()).await {
+            got.push(p);
+        }
+        got
+    }
+
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}

@@ -40,11 +40,6 @@ pub trait Store: Send + Sync {
     /// Writes one batch atomically: inserts, deletes of acknowledged messages, delivery records.
     async fn write_batch(&self, batch: &Batch) -> Result<(), StoreError>;
 
-    /// True when an ack must carry the publisher and topic, not only the message id.
-    fn ack_needs_names(&self) -> bool {
-        false
-    }
-
     /// The config key a replay's errors name.
     fn replay_key(&self) -> &'static str;
 

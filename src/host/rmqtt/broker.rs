@@ -5,7 +5,6 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use rmqtt::context::ServerContext;
 use rmqtt::net::{Builder, Listener};
@@ -44,16 +43,18 @@ impl Broker {
         let scx =
             ServerContext::new().plugins_config_map_add("rmqtt-retainer", "max_retained_messages = 0").build().await;
         // How long the broker keeps a message queued for an offline persistent session when the
-        // message sets no MQTT 5 expiry: as long as the plugin keeps its row (`message_ttl`; zero,
-        // for ever, when it has none), not rmqtt's 5 minutes, so that a session away longer still
-        // gets it.
-        let expiry = config.backend.storage().message_ttl.unwrap_or(Duration::ZERO);
+        // message sets no MQTT 5 expiry: by default as long as the plugin keeps its row
+        // (`message_ttl`; zero, for ever, when it has none), not rmqtt's 5 minutes, so that a
+        // session away longer still gets it.
+        let expiry = config.broker.message_expiry_interval(&config.backend);
         let builder = |name: &str, laddr: SocketAddr| {
             Builder::new()
                 .name(name)
                 .laddr(laddr)
                 .allow_anonymous(!config.auth.enabled())
                 .max_packet_size(config.broker.max_packet_size)
+                .max_mqueue_len(config.broker.max_mqueue_len)
+                .session_expiry_interval(config.broker.session_expiry_interval)
                 .message_expiry_interval(expiry)
                 // A restart right after a crash must not wait for the old connections' TIME_WAIT.
                 .reuseaddr(Some(true))
@@ -80,6 +81,7 @@ impl Broker {
     pub async fn serve(self, engine: Arc<Engine>, stop: impl Future<Output = ()>) -> Result<(), BrokerError> {
         let start = |what| move |e: rmqtt::Error| BrokerError::Start { what, cause: format!("{e:#}") };
         rmqtt_retainer::register(&self.scx, true, false).await.map_err(start("rmqtt's retainer"))?;
+        super::keep_retained_without_expiry(&self.scx).await;
         super::register(&self.scx, engine).await.map_err(start("the offline-messages plugin"))?;
         let mut server = MqttServer::new(self.scx);
         for listener in self.listeners {

@@ -4,7 +4,7 @@
 //! replays against the subscriber's session queue, and owns nothing else.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -18,8 +18,8 @@ use rmqtt::plugin::{PackageInfo, Plugin};
 use rmqtt::session::Session;
 use rmqtt::subscribe::SharedSubscription;
 use rmqtt::types::{
-    AuthResult, ClientId, From, Id, IsOnline, NodeId, Publish, PublishAclResult, QoS, SharedGroup, Subscribe,
-    SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions, TopicName,
+    AuthResult, ClientId, From, Id, IsOnline, NodeId, Publish, PublishAclResult, QoS, Reason, SharedGroup,
+    SubsSearchResult, Subscribe, SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions, TopicName,
 };
 use tokio::sync::Notify;
 
@@ -28,10 +28,14 @@ use crate::engine::{Delivery, Engine, ReplayError, ReplaySink};
 use crate::gate::{Gate, Gates};
 use crate::message::{Properties, Publish as EnginePublish, StoredMessage, Subscription};
 use crate::message_id::MessageId;
+use crate::topic::TopicFilter;
 use crate::writer::jitter;
 
 mod broker;
+mod carry;
+mod retain;
 pub use broker::{Broker, BrokerError};
+pub use retain::keep_retained_without_expiry;
 
 /// A live message held back while a replay runs.
 type Live = (From, Publish);
@@ -44,7 +48,8 @@ pub const PLUGIN_NAME: &str = "mqtt-offline-messages";
 const REPLAY_LISTENER_ID: u16 = u16::MAX;
 
 /// Replayed messages one client may have waiting in its session queue. rmqtt drops what goes beyond
-/// the queue's `max_mqueue_len` (1000 by default) silently, so a replay stays well below it.
+/// the queue's `max_mqueue_len` (1000 by default), so a replay stays well below it: at most a
+/// quarter of it.
 const REPLAY_WINDOW: usize = 200;
 
 /// How long a replay waits for progress before it checks that its subscriber is still connected.
@@ -59,6 +64,15 @@ const SESSION_TRANSFER_WAIT: Duration = Duration::from_secs(10);
 
 /// A connected subscriber that takes nothing for this long ends its replay.
 const REPLAY_STALL_LIMIT: Duration = Duration::from_secs(120);
+
+/// Stopped replays remembered per session, whose rows still in its queue are dropped there: the
+/// most recent ones (a session that unsubscribes more often during replays may get a few rows of
+/// an older one after its UNSUBACK).
+const STOPPED_KEPT: usize = 1024;
+
+/// Replays owed to persistent sessions, over all clients. Beyond it a failed replay is not owed
+/// (its rows stay stored, for the next subscribe), and a warning says so.
+const MAX_OWED: usize = 100_000;
 
 /// rmqtt ships shared subscriptions switched off (its default strategy says "not supported", so
 /// `$share/group/filter` is a plain filter). This one turns them on: each message goes to one
@@ -99,8 +113,10 @@ pub async fn enable_shared_subscriptions(scx: &ServerContext) {
 }
 
 /// Registers the plugin with rmqtt's plugin manager and starts it: use this to embed the plugin in
-/// your own rmqtt-based broker.
+/// your own rmqtt-based broker, after installing its shared-subscription strategy, if any (the
+/// plugin reads `$share/...` as the broker does then).
 pub async fn register(scx: &ServerContext, engine: Arc<Engine>) -> rmqtt::Result<()> {
+    engine.set_shared_subscriptions(scx.extends.shared_subscription().await.is_supported());
     let scx1 = scx.clone();
     scx.plugins
         .register(PLUGIN_NAME, true, false, move || -> rmqtt::plugin::DynPluginResult {
@@ -124,7 +140,8 @@ impl OfflineMessagesPlugin {
             windows: Mutex::default(),
             no_replay: Mutex::default(),
             gates: Gates::default(),
-            owed: Mutex::default(),
+            clients: Mutex::default(),
+            next_serial: AtomicU64::new(1),
         });
         OfflineMessagesPlugin { register, hooks }
     }
@@ -206,9 +223,63 @@ struct Hooks {
     no_replay: Mutex<HashSet<(String, String)>>,
     /// Live messages held back while their subscription's replay runs.
     gates: Gates<Live>,
-    /// Per client id: replays that failed on a database error and were still owed when the
-    /// client went away; a resumed session gets them when it reconnects.
-    owed: Mutex<HashMap<String, Vec<OwedReplay>>>,
+    /// The replays of each client id's session, while it lives.
+    clients: Mutex<HashMap<String, ClientReplays>>,
+    next_serial: AtomicU64,
+}
+
+/// One session's replays: running, stopped, owed. Forgotten when the session ends or a new one
+/// starts under the same client id.
+#[derive(Default)]
+struct ClientReplays {
+    /// The replay started last for each filter (as subscribed), while it runs.
+    running: HashMap<String, Arc<ReplayRun>>,
+    /// Serials of replays stopped while the session lives (at most [`STOPPED_KEPT`]): what they
+    /// queued is dropped before it reaches the client.
+    stopped: VecDeque<u64>,
+    /// Replays that failed on a database error and were still owed when the client went away;
+    /// the session gets them when it is resumed. One per filter.
+    owed: Vec<OwedReplay>,
+    /// The first and the last stored message the session's full queue dropped: the session gets
+    /// what was published between them when it is resumed.
+    overflowed: Option<(MessageId, MessageId)>,
+}
+
+impl ClientReplays {
+    fn is_empty(&self) -> bool {
+        self.running.is_empty() && self.stopped.is_empty() && self.owed.is_empty() && self.overflowed.is_none()
+    }
+
+    /// Stops every running replay; what they queued stays marked for dropping.
+    fn stop_all(&mut self) {
+        for (_, run) in self.running.drain() {
+            run.stop();
+            self.stopped.push_back(run.serial);
+        }
+        while self.stopped.len() > STOPPED_KEPT {
+            self.stopped.pop_front();
+        }
+    }
+}
+
+/// One replay into one session, which an unsubscribe or the session's end stops.
+struct ReplayRun {
+    /// Tags what it queues into the session ([`carry::stamp_replayed`]).
+    serial: u64,
+    stopped: AtomicBool,
+    progress: Arc<ReplayWindow>,
+}
+
+impl ReplayRun {
+    fn stop(&self) {
+        self.stopped.store(true, Ordering::Release);
+        // A replay waiting for room in the session's queue notices at once.
+        self.progress.progress.notify_waiters();
+    }
+
+    fn is_stopped(&self) -> bool {
+        self.stopped.load(Ordering::Acquire)
+    }
 }
 
 /// A replay still owed to a persistent session, limited to what it cannot have had otherwise.
@@ -225,6 +296,8 @@ struct ReplayLimits {
     published_before_us: Option<u64>,
     /// Only rows after this table id: an earlier attempt delivered up to it.
     after_row: i64,
+    /// Only messages with ids in this range (inclusive): those a full session queue dropped.
+    ids: Option<(MessageId, MessageId)>,
 }
 
 struct HookHandler(Arc<Hooks>);
@@ -267,6 +340,11 @@ impl Handler for HookHandler {
             Parameter::MessagePublish(Some(session), _, publish)
                 if hooks.engine.auth().enabled() && !hooks.may_publish(&session.id, &publish.topic) => {}
             Parameter::MessagePublish(_, from, publish) => {
+                // An earlier handler may have changed the publish: that one is routed.
+                let publish = match &acc {
+                    Some(HookResult::Publish(p)) => p,
+                    _ => publish,
+                };
                 let p = EnginePublish {
                     from: from.id.client_id.to_string(),
                     topic: publish.topic.to_string(),
@@ -276,26 +354,48 @@ impl Handler for HookHandler {
                     timestamp_ms: publish.create_time.unwrap_or_else(crate::engine::now_ms),
                     properties: publish.properties.as_ref().map(properties_of).unwrap_or_default(),
                 };
-                hooks.engine.on_publish(p).await;
+                let msgid = hooks.engine.on_publish(p).await;
+                if let Some(stamped) = carry::stamp(publish, msgid.as_deref()) {
+                    return (true, Some(HookResult::Publish(stamped)));
+                }
             }
             Parameter::MessageAcked(session, from, publish) => {
-                hooks.engine.on_acked(&session.id.client_id, delivery_of(from, publish)).await
+                if let Some(d) = delivery_of(from, publish) {
+                    hooks.engine.on_acked(&session.id.client_id, d).await
+                }
             }
             Parameter::MessageDelivered(session, from, publish) => {
-                if publish.qos == QoS::AtMostOnce {
-                    hooks.engine.on_delivered_qos0(&session.id.client_id, delivery_of(from, publish)).await;
+                let publish = match &acc {
+                    Some(HookResult::Publish(p)) => p,
+                    _ => publish,
+                };
+                hooks.delivered(&session.id.client_id, from);
+                let delivered = carry::for_delivery(publish);
+                let out = delivered.as_ref().unwrap_or(publish);
+                if out.qos == QoS::AtMostOnce {
+                    if let Some(d) = delivery_of(from, out) {
+                        hooks.engine.on_delivered_qos0(&session.id.client_id, d).await;
+                    }
                 }
-                hooks.delivered(&session.id.client_id, from)
+                if let Some(p) = delivered {
+                    return (true, Some(HookResult::Publish(p)));
+                }
             }
             // The broker drops a held message here; the replay delivers it after the stored ones.
+            // It drops the rows of a stopped replay here, too: they stay stored.
             Parameter::MessageExpiryCheck(session, from, publish)
-                if hooks.hold(&session.id.client_id, from, publish) =>
+                if hooks.hold(&session.id.client_id, from, publish)
+                    || hooks.of_stopped_replay(&session.id.client_id, from, publish) =>
             {
                 return (false, Some(HookResult::MessageExpiry));
             }
-            Parameter::MessageDropped(Some(to), from, _, reason) => {
-                if from.id.lid == REPLAY_LISTENER_ID {
+            Parameter::MessageDropped(Some(to), from, publish, reason) => {
+                let stopped = hooks.of_stopped_replay(&to.client_id, from, publish);
+                if from.id.lid == REPLAY_LISTENER_ID && !stopped {
                     tracing::warn!(client_id = %to.client_id, reason = %reason, "a replayed message was dropped by the broker; it stays stored");
+                }
+                if matches!(reason, Reason::MessageQueueFull) && !stopped {
+                    hooks.overflowed(&to.client_id, publish);
                 }
                 hooks.delivered(&to.client_id, from);
             }
@@ -305,6 +405,7 @@ impl Handler for HookHandler {
                 let filter = as_subscribed(unsub.shared_group.as_ref(), &unsub.topic_filter);
                 let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: 0 };
                 hooks.no_replay.lock().expect("no-replay lock").remove(&(sub.client_id.clone(), sub.filter.clone()));
+                hooks.stop_replay(session, &sub.filter).await;
                 if let Err(e) = hooks.engine.on_unsubscribed(&sub).await {
                     tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "deleting a stored subscription failed");
                 }
@@ -342,6 +443,73 @@ impl Hooks {
         }
     }
 
+    /// A message the plugin queued into `client_id`'s session for a replay that was stopped since.
+    fn of_stopped_replay(&self, client_id: &str, from: &From, publish: &Publish) -> bool {
+        if from.id.lid != REPLAY_LISTENER_ID {
+            return false;
+        }
+        let Some(serial) = carry::replay_of(publish) else { return false };
+        self.clients.lock().expect("replays lock").get(client_id).is_some_and(|c| c.stopped.contains(&serial))
+    }
+
+    /// The session's queue was full and rmqtt dropped `publish` from it: if it is stored, the
+    /// session is owed it (see [`ClientReplays::overflowed`]).
+    fn overflowed(&self, client_id: &str, publish: &Publish) {
+        let Some(id) = carry::carried(publish).and_then(MessageId::from_base62) else { return };
+        let mut clients = self.clients.lock().expect("replays lock");
+        let c = clients.entry(client_id.to_owned()).or_default();
+        if c.overflowed.is_none() {
+            tracing::warn!(client_id, "the session's queue is full (broker.max_mqueue_len): the stored messages it drops are replayed when the session is resumed");
+        }
+        c.overflowed = Some(c.overflowed.map_or((id, id), |(first, last)| (first.min(id), last.max(id))));
+    }
+
+    /// An unsubscribe stops the subscription's replay: it reads no further row, the rows it queued
+    /// are dropped before they reach the client (they stay stored), and its gate closes, so that a
+    /// new subscribe gets a gate and a replay of its own. The live messages the gate held were
+    /// routed to the client before the unsubscribe: they go to it if it still subscribes to their
+    /// topic through another filter.
+    async fn stop_replay(&self, session: &Session, filter: &str) {
+        let run = {
+            let mut clients = self.clients.lock().expect("replays lock");
+            let Some(c) = clients.get_mut(&*session.id.client_id) else { return };
+            let Some(run) = c.running.remove(filter) else { return };
+            run.stop();
+            c.stopped.push_back(run.serial);
+            if c.stopped.len() > STOPPED_KEPT {
+                c.stopped.pop_front();
+            }
+            run
+        };
+        tracing::debug!(client_id = %session.id.client_id, topic = filter, serial = run.serial, "unsubscribed: replay stopped");
+        let Some(gate) = self.gates.claim(&session.id.client_id, filter) else { return };
+        self.gates.close(&gate);
+        let Some(held) = self.gates.drain_or_close(&gate) else { return };
+        let filters: Vec<TopicFilter> = match session.subscriptions().await {
+            Ok(subs) => subs.to_topic_filters().await.iter().filter_map(|f| TopicFilter::parse(f).ok()).collect(),
+            Err(_) => Vec::new(),
+        };
+        let entry = self.scx.extends.shared().await.entry(session.id.clone());
+        for (from, publish) in held {
+            if filters.iter().any(|f| f.matches(&publish.topic)) {
+                let _ = entry.publish(from, publish).await;
+            }
+        }
+    }
+
+    /// Stops the client's replays and forgets what it was owed: its session ended (`ended`), or a
+    /// new one started under its client id.
+    fn end_replays(&self, client_id: &str, ended: bool) {
+        let mut clients = self.clients.lock().expect("replays lock");
+        let Some(c) = clients.get_mut(client_id) else { return };
+        c.stop_all();
+        c.owed.clear();
+        c.overflowed = None;
+        if ended {
+            clients.remove(client_id);
+        }
+    }
+
     /// Before the broker adds a subscription: a new one gets a gate, so that its live messages wait
     /// for its replay. One the session already holds is noted: as the reference 2.0.1 does, a
     /// re-subscribe stores the new QoS but does not replay again. Nor does a member joining a
@@ -358,7 +526,7 @@ impl Hooks {
         if held || self.group_has_members(session, sub).await {
             self.no_replay.lock().expect("no-replay lock").insert((session.id.client_id.to_string(), filter));
         } else {
-            self.gates.open(&session.id.client_id, &filter);
+            self.gates.open(&session.id.client_id, &filter, &sub.topic_filter);
         }
     }
 
@@ -372,7 +540,7 @@ impl Hooks {
         }
         if !no_replay {
             let gate = self.gates.claim(&sub.client_id, &sub.filter);
-            self.spawn_replay(session.id.clone(), sub, gate, ReplayLimits::default());
+            self.spawn_replay(session, sub, gate, ReplayLimits::default(), Vec::new());
         }
     }
 
@@ -394,7 +562,7 @@ impl Hooks {
             return false;
         }
         let live = (from.clone(), publish.clone());
-        self.gates.hold(client_id, &publish.topic, live, || self.engine.msgid_of(delivery_of(from, publish))).is_ok()
+        self.gates.hold(client_id, &publish.topic, live, || carry::carried(publish).map(str::to_owned)).is_ok()
     }
 
     /// A client connected: a clean start clears its stored subscriptions; a persistent session the
@@ -413,6 +581,11 @@ impl Hooks {
         // A SUBSCRIBE the broker refused leaves its mark behind; a new connection starts clean.
         self.no_replay.lock().expect("no-replay lock").retain(|(c, _)| *c != client_id);
         self.gates.close_client(&client_id);
+        let resumed = !clean_start && session.session_present().await.unwrap_or(false);
+        if !resumed {
+            // A new session: what an earlier one was owed, or was being replayed, is not its own.
+            self.end_replays(&client_id, false);
+        }
         let always = self.engine.restore_subscriptions() == RestoreSubscriptions::Always;
         if clean_start && !always {
             self.engine.forget_subscriptions(&client_id);
@@ -421,14 +594,13 @@ impl Hooks {
         // A resumed session (session present) gets its subscriptions back from the broker itself,
         // in a state transfer that runs after this hook; only a session the broker no longer has
         // (a clean start under `always`, a broker restart, another node) needs them from the store.
-        if !clean_start && session.session_present().await.unwrap_or(false) {
+        if resumed {
             self.pay_owed_replays(session);
             if always {
                 self.spawn_restore_unheld(session.clone());
             }
             return;
         }
-        self.owed.lock().expect("owed lock").remove(&client_id);
         match self.engine.stored_subscriptions(&client_id).await {
             Ok(stored) => self.restore(session, stored).await,
             Err(e) => {
@@ -441,26 +613,70 @@ impl Hooks {
     /// A sink that delivers nothing, to ask what a session holds ([`SessionSink::still_subscribed`]).
     fn probe(&self, id: Id) -> SessionSink {
         let window = Arc::new(ReplayWindow::default());
-        SessionSink { scx: self.scx.clone(), id, window, qos: 0, gate: None, limits: ReplayLimits::default() }
+        let run = Arc::new(ReplayRun { serial: 0, stopped: AtomicBool::new(false), progress: window.clone() });
+        let limits = ReplayLimits::default();
+        SessionSink {
+            scx: self.scx.clone(),
+            id,
+            window,
+            window_limit: 1,
+            run,
+            qos: 0,
+            gate: None,
+            limits,
+            yield_to: Vec::new(),
+        }
     }
 
-    /// A resumed session gets the replays that failed while its client was away, once the broker
-    /// has handed it its subscriptions again.
+    /// A resumed session gets the replays that failed while its client was away, and the stored
+    /// messages its full queue dropped, once the broker has handed it its subscriptions and queue
+    /// again (so they come after what the queue kept).
     fn pay_owed_replays(self: &Arc<Self>, session: &Session) {
-        let Some(owed) = self.owed.lock().expect("owed lock").remove(&*session.id.client_id) else { return };
+        let (owed, overflowed) = match self.clients.lock().expect("replays lock").get_mut(&*session.id.client_id) {
+            Some(c) if !c.owed.is_empty() || c.overflowed.is_some() => {
+                (std::mem::take(&mut c.owed), c.overflowed.take())
+            }
+            _ => return,
+        };
         let hooks = self.clone();
-        let id = session.id.clone();
+        let session = session.clone();
         tokio::spawn(async move {
+            let probe = hooks.probe(session.id.clone());
             let filters: Vec<&str> = owed.iter().map(|o| o.sub.filter.as_str()).collect();
-            let held = hooks.probe(id.clone()).held_after_transfer(&filters).await;
+            let held = probe.held_after_transfer(&filters).await;
             for (OwedReplay { sub, limits }, held) in owed.into_iter().zip(held) {
                 if held {
-                    hooks.spawn_replay(id.clone(), sub, None, limits);
+                    hooks.spawn_replay(&session, sub, None, limits, Vec::new());
                 } else {
                     tracing::info!(client_id = %sub.client_id, topic = %sub.filter, "the resumed session no longer holds the filter; its owed replay is dropped");
                 }
             }
+            if let Some(dropped) = overflowed {
+                let subs = probe.subscriptions_after_transfer().await;
+                hooks.replay_overflow(&session, subs, dropped);
+            }
         });
+    }
+
+    /// Replays what a full queue dropped: for each filter the session holds, the stored messages
+    /// published from the first dropped one to the last; a message two filters match comes once,
+    /// through the first. Shared subscriptions are left out: their group shared those messages.
+    fn replay_overflow(
+        self: &Arc<Self>,
+        session: &Session,
+        subs: Vec<SubsSearchResult>,
+        dropped: (MessageId, MessageId),
+    ) {
+        let mut earlier: Vec<TopicFilter> = Vec::new();
+        for s in subs.into_iter().filter(|s| s.opts.shared_group().is_none()) {
+            let filter = s.topic.to_string();
+            let sub = Subscription { client_id: session.id.client_id.to_string(), filter, qos: s.opts.qos().value() };
+            tracing::info!(client_id = %sub.client_id, topic = %sub.filter, "replaying what the full queue dropped");
+            let limits = ReplayLimits { ids: Some(dropped), ..ReplayLimits::default() };
+            let parsed = TopicFilter::parse(&sub.filter).ok();
+            self.spawn_replay(session, sub, None, limits, earlier.clone());
+            earlier.extend(parsed);
+        }
     }
 
     /// `restore_subscriptions = "always"` and a resumed session: the stored subscriptions it does
@@ -509,9 +725,11 @@ impl Hooks {
     /// Subscribes the session to its stored subscriptions that the ACL allows, each replayed.
     async fn restore(self: &Arc<Self>, session: &Session, stored: Vec<Subscription>) {
         let client_id = session.id.client_id.to_string();
+        // Read as the broker reads a SUBSCRIBE: `$share/...` is a share only where shares are on.
+        let shared = self.scx.extends.shared_subscription().await.is_supported();
         for sub in stored {
             let qos = QoS::try_from(sub.qos).unwrap_or(QoS::AtLeastOnce);
-            let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, true, false) {
+            let subscribe = match Subscribe::from_v3(&sub.filter.as_str().into(), qos, shared, false) {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::warn!(client_id, topic = %sub.filter, error = %e, "a stored subscription is not a valid filter; skipped");
@@ -523,14 +741,14 @@ impl Hooks {
                 continue;
             }
             let replay = !self.group_has_members(session, &subscribe).await;
-            let gate = replay.then(|| self.gates.open(&client_id, &sub.filter));
+            let gate = replay.then(|| self.gates.open(&client_id, &sub.filter, &subscribe.topic_filter));
             let entry = self.scx.extends.shared().await.entry(session.id.clone());
             match entry.subscribe(&subscribe).await {
                 Ok(_) => {
                     tracing::info!(client_id, topic = %sub.filter, "restored a stored subscription");
                     if replay {
                         let gate = self.gates.claim(&client_id, &sub.filter);
-                        self.spawn_replay(session.id.clone(), sub, gate, ReplayLimits::default());
+                        self.spawn_replay(session, sub, gate, ReplayLimits::default(), Vec::new());
                     }
                 }
                 Err(e) => {
@@ -552,6 +770,7 @@ impl Hooks {
             return;
         }
         self.gates.close_client(&session.id.client_id);
+        self.end_replays(&session.id.client_id, true);
         tracing::debug!(client_id = %session.id.client_id, "session ended; its stored subscriptions go");
         self.engine.forget_subscriptions(&session.id.client_id);
     }
@@ -559,19 +778,49 @@ impl Hooks {
     /// Replays in a task of its own: the hook runs on the client's task, which must keep running
     /// to send SUBACK and deliver what the replay queues. The live messages the gate held back
     /// follow the stored ones.
-    fn spawn_replay(self: &Arc<Self>, id: Id, sub: Subscription, gate: Option<Arc<Gate<Live>>>, limits: ReplayLimits) {
+    /// `yield_to`: filters whose rows this replay leaves to another.
+    fn spawn_replay(
+        self: &Arc<Self>,
+        session: &Session,
+        sub: Subscription,
+        gate: Option<Arc<Gate<Live>>>,
+        limits: ReplayLimits,
+        yield_to: Vec<TopicFilter>,
+    ) {
         let hooks = self.clone();
+        let id = session.id.clone();
+        let window_limit = (session.listen_cfg().max_mqueue_len / 4).clamp(1, REPLAY_WINDOW);
         // Taken once the subscription is in place: anything published before may be owed to it.
         let started_us =
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_micros() as u64);
+        let window =
+            self.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
+        let serial = self.next_serial.fetch_add(1, Ordering::Relaxed);
+        let run = Arc::new(ReplayRun { serial, stopped: AtomicBool::new(false), progress: window.clone() });
+        // Registered before the hook returns, so that an UNSUBSCRIBE that follows finds it.
+        self.clients
+            .lock()
+            .expect("replays lock")
+            .entry(sub.client_id.clone())
+            .or_default()
+            .running
+            .insert(sub.filter.clone(), run.clone());
         tokio::spawn(async move {
-            let window =
-                hooks.windows.lock().expect("replay windows lock").entry(sub.client_id.clone()).or_default().clone();
-            let mut sink = SessionSink { scx: hooks.scx.clone(), id, window, qos: sub.qos, gate, limits };
+            let mut sink = SessionSink {
+                scx: hooks.scx.clone(),
+                id,
+                window,
+                window_limit,
+                run,
+                qos: sub.qos,
+                gate,
+                limits,
+                yield_to,
+            };
             let mut result = hooks.engine.replay(&sub, &mut sink).await;
             log_replay(&sub, &result);
             if let Some(gate) = sink.gate.take() {
-                if matches!(result, Err(ReplayError::SubscriberGone)) {
+                if matches!(result, Err(ReplayError::SubscriberGone | ReplayError::Unsubscribed)) {
                     hooks.gates.close(&gate);
                 } else {
                     sink.release_held(&hooks.gates, &gate).await;
@@ -590,22 +839,16 @@ impl Hooks {
                 result = hooks.engine.replay(&sub, &mut sink).await;
                 log_replay(&sub, &result);
             }
-            if matches!(result, Err(ReplayError::Store(_))) {
+            if matches!(result, Err(ReplayError::Store(_))) && !sink.run.is_stopped() {
                 // The client went away before the database answered: owed to its session, if it
                 // comes back to it (what was published after the subscribe reaches it anyway).
                 let limits = ReplayLimits {
                     published_before_us: Some(sink.limits.published_before_us.unwrap_or(started_us)),
                     ..sink.limits
                 };
-                tracing::warn!(client_id = %sub.client_id, topic = %sub.filter, "replay owed to the session until the client reconnects");
-                hooks
-                    .owed
-                    .lock()
-                    .expect("owed lock")
-                    .entry(sub.client_id.clone())
-                    .or_default()
-                    .push(OwedReplay { sub: sub.clone(), limits });
+                hooks.owe(OwedReplay { sub: sub.clone(), limits }, &sink.run);
             }
+            hooks.finished(&sub, &sink.run);
             drop(sink);
             let mut windows = hooks.windows.lock().expect("replay windows lock");
             if windows.get(&sub.client_id).is_some_and(|w| Arc::strong_count(w) == 1) {
@@ -615,11 +858,44 @@ impl Hooks {
     }
 }
 
+impl Hooks {
+    /// Keeps a replay for the client's session to get when it is resumed; a later failure of the
+    /// same filter's replay replaces an earlier one.
+    fn owe(&self, owed: OwedReplay, run: &Arc<ReplayRun>) {
+        let mut clients = self.clients.lock().expect("replays lock");
+        let total: usize = clients.values().map(|c| c.owed.len()).sum();
+        let Some(c) = clients.get_mut(&owed.sub.client_id) else { return };
+        // Ended with its session (or a new one started) while the replay ran: owed to nobody.
+        if !c.running.get(&owed.sub.filter).is_some_and(|r| Arc::ptr_eq(r, run)) {
+            return;
+        }
+        c.owed.retain(|o| o.sub.filter != owed.sub.filter);
+        if total >= MAX_OWED {
+            tracing::warn!(client_id = %owed.sub.client_id, topic = %owed.sub.filter, limit = MAX_OWED, "too many owed replays: this one is not kept; its rows stay stored");
+            return;
+        }
+        tracing::warn!(client_id = %owed.sub.client_id, topic = %owed.sub.filter, "replay owed to the session until the client reconnects");
+        c.owed.push(owed);
+    }
+
+    /// A replay ended: it no longer runs for its filter.
+    fn finished(&self, sub: &Subscription, run: &Arc<ReplayRun>) {
+        let mut clients = self.clients.lock().expect("replays lock");
+        let Some(c) = clients.get_mut(&sub.client_id) else { return };
+        if c.running.get(&sub.filter).is_some_and(|r| Arc::ptr_eq(r, run)) {
+            c.running.remove(&sub.filter);
+        }
+        if c.is_empty() {
+            clients.remove(&sub.client_id);
+        }
+    }
+}
+
 fn log_replay(sub: &Subscription, result: &Result<u64, ReplayError>) {
     match result {
         Ok(0) => tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay"),
         Ok(n) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = n, "replay done"),
-        Err(e @ (ReplayError::SubscriberGone | ReplayError::SubscriberStalled(_))) => {
+        Err(e @ (ReplayError::SubscriberGone | ReplayError::Unsubscribed | ReplayError::SubscriberStalled(_))) => {
             tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
         }
         // The engine has said the database is away (once for the outage).
@@ -642,15 +918,9 @@ fn packet_too_large(reason: &str) -> Option<(u64, u64)> {
     Some((size.parse().ok()?, max.parse().ok()?))
 }
 
-/// What an ack or a delivery report identifies a persisted message by.
-fn delivery_of<'a>(from: &'a From, publish: &'a Publish) -> Delivery<'a> {
-    Delivery {
-        from: &from.id.client_id,
-        topic: &publish.topic,
-        timestamp_ms: publish.create_time.unwrap_or_default(),
-        payload: &publish.payload,
-        retained: publish.retain,
-    }
+/// The stored message a delivery or an ack is about; `None` for one not stored.
+fn delivery_of<'a>(from: &'a From, publish: &'a Publish) -> Option<Delivery<'a>> {
+    Some(Delivery { msgid: carry::carried(publish)?, from: &from.id.client_id, topic: &publish.topic })
 }
 
 fn properties_of(p: &PublishProperties) -> Properties {
@@ -696,20 +966,28 @@ fn as_subscribed(group: Option<&SharedGroup>, filter: &str) -> String {
     }
 }
 
-/// Delivers replayed messages into one client's session, at most [`REPLAY_WINDOW`] ahead of what
-/// the session has sent on.
+/// Delivers replayed messages into one client's session, at most `window_limit` ahead of what the
+/// session has sent on.
 struct SessionSink {
     scx: ServerContext,
     id: Id,
     window: Arc<ReplayWindow>,
+    /// Replayed messages it keeps in the session's queue at most.
+    window_limit: usize,
+    run: Arc<ReplayRun>,
     qos: u8,
     gate: Option<Arc<Gate<Live>>>,
     /// Which rows this replay leaves out; `after_row` follows what it has delivered.
     limits: ReplayLimits,
+    /// Rows these match are left to another replay.
+    yield_to: Vec<TopicFilter>,
 }
 
 impl ReplaySink for SessionSink {
     async fn deliver(&mut self, m: StoredMessage, timestamp_ms: i64) -> Result<(), ReplayError> {
+        if self.run.is_stopped() {
+            return Err(ReplayError::Unsubscribed);
+        }
         if self.retainer_delivers(&m).await {
             return Ok(());
         }
@@ -726,6 +1004,7 @@ impl ReplaySink for SessionSink {
             properties: codec_properties(&m.properties, remaining),
         })
         .create_time(timestamp_ms);
+        let publish = carry::stamp_replayed(&publish, &m.msgid, self.run.serial);
         self.forward(&m.from, publish).await?;
         if let Some(id) = m.id {
             self.limits.after_row = self.limits.after_row.max(id);
@@ -736,6 +1015,10 @@ impl ReplaySink for SessionSink {
     fn skip(&mut self, m: &StoredMessage) -> bool {
         let limits = self.limits;
         m.id.is_some_and(|id| id <= limits.after_row)
+            || limits
+                .ids
+                .is_some_and(|(first, last)| MessageId::from_base62(&m.msgid).is_none_or(|id| id < first || id > last))
+            || self.yield_to.iter().any(|f| f.matches(&m.topic))
             || limits
                 .published_before_us
                 .is_some_and(|before| MessageId::from_base62(&m.msgid).is_some_and(|id| id.micros() >= before))
@@ -761,6 +1044,20 @@ impl SessionSink {
         }
     }
 
+    /// The subscriptions of a resumed session, once the broker has handed them over (it has
+    /// queued the session's kept messages by then), or none after [`SESSION_TRANSFER_WAIT`].
+    async fn subscriptions_after_transfer(&self) -> Vec<SubsSearchResult> {
+        let start = tokio::time::Instant::now();
+        loop {
+            let entry = self.scx.extends.shared().await.entry(self.id.clone());
+            let subs = entry.subscriptions().await.unwrap_or_default();
+            if !subs.is_empty() || start.elapsed() > SESSION_TRANSFER_WAIT {
+                return subs;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// The client is connected and still holds `filter` (as subscribed, `$share/...` included).
     async fn still_subscribed(&self, filter: &str) -> bool {
         let entry = self.scx.extends.shared().await.entry(self.id.clone());
@@ -776,7 +1073,7 @@ impl SessionSink {
     /// Queues one message into the session, from `publisher` through the replay's listener id,
     /// once the session has room for it.
     async fn forward(&mut self, publisher: &str, publish: Publish) -> Result<(), ReplayError> {
-        self.wait_below(REPLAY_WINDOW).await?;
+        self.wait_below(self.window_limit).await?;
         let from =
             From::from_custom(Id::new(self.scx.node.id(), REPLAY_LISTENER_ID, None, None, publisher.into(), None));
         self.window.outstanding.fetch_add(1, Ordering::AcqRel);
@@ -793,6 +1090,9 @@ impl SessionSink {
         let waiting_since = tokio::time::Instant::now();
         while self.window.outstanding.load(Ordering::Acquire) >= limit {
             let progressed = self.window.progress.notified();
+            if self.run.is_stopped() {
+                return Err(ReplayError::Unsubscribed);
+            }
             if tokio::time::timeout(REPLAY_STALL_CHECK, progressed).await.is_ok() {
                 continue;
             }
@@ -818,10 +1118,14 @@ impl SessionSink {
                 },
                 Err(e) => Err(e),
             };
-            if let Err(e) = result {
-                tracing::info!(client_id = %self.id.client_id, reason = %e, "live messages held during a replay were not delivered; the persisted ones stay stored");
-                gates.close(gate);
-                return;
+            match result {
+                Ok(()) => {}
+                // The unsubscribe took over what the gate held.
+                Err(ReplayError::Unsubscribed) => return gates.close(gate),
+                Err(e) => {
+                    tracing::info!(client_id = %self.id.client_id, reason = %e, "live messages held during a replay were not delivered; the persisted ones stay stored");
+                    return gates.close(gate);
+                }
             }
         }
     }

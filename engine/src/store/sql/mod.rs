@@ -352,11 +352,6 @@ impl Store for SqlStore {
         }).await)
     }
 
-    /// True when `delete_message_sql` binds the publisher or the topic, not only the id.
-    fn ack_needs_names(&self) -> bool {
-        self.statements.delete_message.vars().iter().any(|v| matches!(v, Var::From | Var::ClientId | Var::Topic))
-    }
-
     fn replay_key(&self) -> &'static str {
         self.statements.select_message.key()
     }
