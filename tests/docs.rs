@@ -203,6 +203,13 @@ async fn the_readme_documents_every_metric_the_endpoint_serves() {
     assert!(unserved.is_empty(), "in README's metrics table but not served (name, type): {unserved:?}");
 }
 
+/// The rows of `mqtt_msg` in a SQLite file, read with Debian's sqlite3 as a user would; -1 while
+/// the table does not exist yet.
+fn sqlite_count(db: &std::path::Path) -> i64 {
+    let out = std::process::Command::new("sqlite3").arg(db).arg("select count(*) from mqtt_msg").output();
+    String::from_utf8_lossy(&out.expect("sqlite3 (Debian package sqlite3)").stdout).trim().parse().unwrap_or(-1)
+}
+
 /// README's "Try it", run as written (its one port variable set to a free port), in a directory
 /// holding the shipped config.hocon, with the built binary on PATH: the message is stored, then
 /// replayed, then deleted.
@@ -245,6 +252,19 @@ async fn the_readme_try_it_stores_and_replays_a_message() {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             }
         }
+        if line.starts_with("mosquitto_pub") {
+            // A person looks at the table after the publish: the test waits for the writer's commit
+            // (async mode: within about batch_time, longer on a loaded machine).
+            let db = dir.path().join("data/offline-messages.db");
+            let start = std::time::Instant::now();
+            while sqlite_count(&db) < 1 {
+                if start.elapsed() > LONG {
+                    kill_group();
+                    panic!("the published message was never stored");
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
     }
     drop(stdin);
     let start = std::time::Instant::now();
@@ -265,9 +285,8 @@ async fn the_readme_try_it_stores_and_replays_a_message() {
     let db = dir.path().join("data/offline-messages.db");
     let start = std::time::Instant::now();
     loop {
-        let left = std::process::Command::new("sqlite3").arg(&db).arg("select count(*) from mqtt_msg").output();
-        let left = String::from_utf8_lossy(&left.expect("sqlite3 (Debian package sqlite3)").stdout).trim().to_owned();
-        if left == "0" {
+        let left = sqlite_count(&db);
+        if left == 0 {
             break;
         }
         assert!(start.elapsed() < LONG, "the acknowledged row is still stored: {left}");
