@@ -605,7 +605,12 @@ impl PrivateMariaDb {
             .arg(format!("--datadir={}", data.display()))
             .output()
             .expect("mariadb-install-db (Debian package mariadb-server)");
-        assert!(install.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&install.stdout));
+        assert!(
+            install.status.success(),
+            "mariadb-install-db: {}{}",
+            String::from_utf8_lossy(&install.stdout),
+            String::from_utf8_lossy(&install.stderr)
+        );
         let port = free_port();
         let mut server_args = vec![
             "--no-defaults".to_owned(),
