@@ -509,6 +509,15 @@ impl Config {
     }
 }
 
+/// The top-level keys the file sets (`broker`, `mysql`, ...), as written: a host running inside
+/// another broker refuses the blocks that belong to ours.
+pub fn top_level_keys(text: &str) -> Result<Vec<String>, ConfigError> {
+    match parse_tree(text)? {
+        Hocon::Hash(map) => Ok(map.keys().cloned().collect()),
+        _ => Ok(Vec::new()),
+    }
+}
+
 /// Every key the parser accepts, as full paths (`mysql.ssl.verify`): what the configuration
 /// reference must document.
 pub fn known_keys() -> Vec<String> {
