@@ -70,8 +70,8 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
 }
 
 fn start(options: &[(String, String)]) -> Result<Host, setup::SetupError> {
-    let path = setup::config_path(options)?;
     setup::check_mosquitto_conf()?;
+    let path = setup::config_path(options)?;
     let config = setup::load(&path)?;
     let host = Host::start(config)?;
     tracing::info!(config = %path.display(), "offline-messages plugin loaded");

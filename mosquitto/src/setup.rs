@@ -36,6 +36,17 @@ pub enum SetupError {
          remove it"
     )]
     PerListener { file: String },
+    #[error(
+        "mosquitto.conf{file}: no acl_file and no plugin after this one: Mosquitto 2.0 denies every publish and \
+         subscribe that all plugins leave undecided, and this plugin decides none; add `acl_file` (for an open broker, \
+         a file with the line `topic readwrite #`) or an auth plugin after this one"
+    )]
+    NoAcl { file: String },
+    #[error(
+        "mosquitto.conf{file}: the plugin {other} comes before this one: Mosquitto asks plugins in order, and one \
+         that decides a subscribe hides it from this plugin; list this plugin first"
+    )]
+    NotFirst { file: String, other: String },
     #[error("metrics.bind = {addr}: cannot listen ({cause}); choose a free address or remove the key")]
     MetricsBind { addr: std::net::SocketAddr, cause: std::io::Error },
     #[error("cannot start the engine: {0}")]
@@ -76,8 +87,13 @@ pub fn load(path: &Path) -> Result<Config, SetupError> {
     Ok(config)
 }
 
-/// Mosquitto's settings that a whole replay needs: no limit on a client's queue
-/// (`max_queued_messages 0`, `max_queued_bytes 0`), and ticks (`per_listener_settings false`).
+/// The name of this plugin's file: how its `plugin` line is recognised in mosquitto.conf.
+const OUR_FILE: &str = "libmqtt_offline_messages_mosquitto.so";
+
+/// Mosquitto's settings this plugin needs: no limit on a client's queue (`max_queued_messages 0`,
+/// `max_queued_bytes 0`), ticks (`per_listener_settings false`), to see every subscribe first (its
+/// `plugin` line before any other), and an ACL that decides what it defers (`acl_file`, or an auth
+/// plugin after it).
 /// Read from the file Mosquitto was started with (`-c`) and its `include_dir`, as Mosquitto reads
 /// them: the last value wins.
 pub fn check_mosquitto_conf() -> Result<(), SetupError> {
@@ -106,6 +122,21 @@ fn check_conf_lines(shown: &str, lines: &[String]) -> Result<(), SetupError> {
     }
     if last("per_listener_settings").as_deref() == Some("true") {
         return Err(SetupError::PerListener { file: shown.to_owned() });
+    }
+    let plugins: Vec<&str> = lines
+        .iter()
+        .filter_map(|l| match l.split_once(char::is_whitespace) {
+            Some(("plugin" | "auth_plugin", path)) => Some(path.trim()),
+            _ => None,
+        })
+        .collect();
+    let ours = plugins.iter().position(|p| p.ends_with(OUR_FILE));
+    if let Some(other) = plugins.iter().take(ours.unwrap_or(0)).next() {
+        return Err(SetupError::NotFirst { file: shown.to_owned(), other: (*other).to_owned() });
+    }
+    let after_ours = ours.map_or(0, |i| plugins.len() - i - 1);
+    if last("acl_file").is_none() && after_ours == 0 {
+        return Err(SetupError::NoAcl { file: shown.to_owned() });
     }
     Ok(())
 }

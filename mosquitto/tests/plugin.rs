@@ -23,13 +23,13 @@ fn plugin_path() -> PathBuf {
 
 /// The README's mosquitto.conf lines (plus a listener, the log, and `user`: Mosquitto started as
 /// root switches to user `mosquitto` unless told otherwise, and the test's files are root's).
-fn mosquitto_conf(port: u16, dir: &Path, config: &Path, extra: &str) -> String {
+fn mosquitto_conf(port: u16, dir: &Path, config: &Path) -> String {
     let acl = dir.join("mosquitto.acl");
     std::fs::write(&acl, "topic readwrite #\n").unwrap();
     let user = String::from_utf8(Command::new("id").arg("-un").output().unwrap().stdout).unwrap();
     format!(
         "listener {port} 127.0.0.1\nallow_anonymous true\nuser {}\nlog_dest stderr\nlog_type error\nlog_type warning\nlog_type notice\nlog_type information\n\
-         max_queued_messages 0\nacl_file {}\nplugin {}\nplugin_opt_config {}\n{extra}",
+         max_queued_messages 0\nacl_file {}\nplugin {}\nplugin_opt_config {}\n",
         user.trim(),
         acl.display(),
         plugin_path().display(),
@@ -48,14 +48,17 @@ const RUNNING: &str = "running";
 impl Mosquitto {
     /// Starts Mosquitto with the plugin and `hocon` as our config file.
     async fn start(env: &TestEnv, hocon: &str) -> Mosquitto {
-        Mosquitto::start_conf(env, hocon, "").await.unwrap_or_else(|log| panic!("Mosquitto did not start:\n{log}"))
+        Mosquitto::start_conf(env, hocon, &|conf| conf)
+            .await
+            .unwrap_or_else(|log| panic!("Mosquitto did not start:\n{log}"))
     }
 
-    /// Starts it with `extra` mosquitto.conf lines; `Err(log)` when it exits at start-up.
-    async fn start_conf(env: &TestEnv, hocon: &str, extra: &str) -> Result<Mosquitto, String> {
+    /// Starts it with the mosquitto.conf `edit` makes of the README's; `Err(log)` when it exits at
+    /// start-up.
+    async fn start_conf(env: &TestEnv, hocon: &str, edit: &dyn Fn(String) -> String) -> Result<Mosquitto, String> {
         let config = env.write_config(hocon);
         let conf = env.dir.path().join("mosquitto.conf");
-        std::fs::write(&conf, mosquitto_conf(env.port, env.dir.path(), &config, extra)).unwrap();
+        std::fs::write(&conf, edit(mosquitto_conf(env.port, env.dir.path(), &config))).unwrap();
         let log = env.dir.path().join("mosquitto.log");
         let _ = std::fs::remove_file(&log);
         let child = Command::new("/usr/sbin/mosquitto")
@@ -293,28 +296,41 @@ on_both_backends!(sigterm_flushes_what_the_plugin_holds);
 async fn a_bad_config_stops_mosquitto_at_start_up() {
     let env = TestEnv::new(Backend::Sqlite).await;
     let block = env.backend_block("");
-    let cases: [(String, &str, &str); 6] = [
+    let readme = |conf: String| conf;
+    let queue_limit = |conf: String| conf + "max_queued_messages 1000\n";
+    let unknown_option = |conf: String| conf + "plugin_opt_colour blue\n";
+    let no_config =
+        |conf: String| conf.lines().filter(|l| !l.starts_with("plugin_opt_config")).map(|l| format!("{l}\n")).collect();
+    let no_acl = |conf: String| conf.lines().filter(|l| !l.starts_with("acl_file")).map(|l| format!("{l}\n")).collect();
+    // A copy of this plugin under another name stands for another plugin listed first.
+    let other = env.dir.path().join("other_plugin.so");
+    std::fs::copy(plugin_path(), &other).unwrap();
+    let other_first = |conf: String| format!("plugin {}\n{conf}", other.display());
+    let cases: Vec<(String, &dyn Fn(String) -> String, &str)> = vec![
         (
             format!("broker {{ bind = \"127.0.0.1:1\" }}\n{block}"),
-            "",
+            &readme,
             "the `broker` block configures our own broker; under Mosquitto, Mosquitto's own settings apply",
         ),
-        (format!("auth {{ users = [] }}\n{block}"), "", "the `auth` block configures our own broker"),
+        (format!("auth {{ users = [] }}\n{block}"), &readme, "the `auth` block configures our own broker"),
         (
             env.backend_block("write_mode = sync"),
-            "",
+            &readme,
             "sqlite.write_mode = sync: under Mosquitto the broker thread cannot wait for a commit",
         ),
-        (env.backend_block("batch_sise = 10"), "", "sqlite.batch_sise: unknown key"),
+        (env.backend_block("batch_sise = 10"), &readme, "sqlite.batch_sise: unknown key"),
+        (block.clone(), &queue_limit, "max_queued_messages is 1000: Mosquitto drops what goes beyond a client's queue"),
+        (block.clone(), &unknown_option, "plugin_opt_colour is not an option of this plugin"),
         (
             block.clone(),
-            "max_queued_messages 1000\n",
-            "max_queued_messages is 1000: Mosquitto drops what goes beyond a client's queue",
+            &no_acl,
+            "no acl_file and no plugin after this one: Mosquitto 2.0 denies every publish and subscribe",
         ),
-        (block.clone(), "plugin_opt_colour blue\n", "plugin_opt_colour is not an option of this plugin"),
+        (block.clone(), &no_config, "plugin_opt_config is not set"),
+        (block.clone(), &other_first, "other_plugin.so comes before this one"),
     ];
-    for (hocon, conf, expected) in cases {
-        let log = match Mosquitto::start_conf(&env, &hocon, conf).await {
+    for (hocon, edit, expected) in cases {
+        let log = match Mosquitto::start_conf(&env, &hocon, edit).await {
             Ok(m) => panic!("Mosquitto started with a bad config ({expected}):\n{}", m.log_text()),
             Err(log) => log,
         };
