@@ -33,6 +33,7 @@ pub const PLUGIN_VERSION: c_int = 5;
 
 pub const MOSQ_ERR_SUCCESS: c_int = 0;
 pub const MOSQ_ERR_INVAL: c_int = 3;
+pub const MOSQ_ERR_ACL_DENIED: c_int = 12;
 pub const MOSQ_ERR_UNKNOWN: c_int = 13;
 pub const MOSQ_ERR_PLUGIN_DEFER: c_int = 17;
 
@@ -41,6 +42,7 @@ pub const MOSQ_EVT_MESSAGE: c_int = 7;
 pub const MOSQ_EVT_TICK: c_int = 9;
 pub const MOSQ_EVT_DISCONNECT: c_int = 10;
 
+pub const MOSQ_ACL_READ: c_int = 0x01;
 pub const MOSQ_ACL_SUBSCRIBE: c_int = 0x04;
 pub const MOSQ_ACL_UNSUBSCRIBE: c_int = 0x08;
 

@@ -6,13 +6,14 @@
 //! MESSAGE / ACL_CHECK / DISCONNECT ──events (bounded)──> dispatcher: on_publish, subscriptions, replays
 //! TICK: mosquitto_broker_publish <──deliveries (bounded)── replay (ReplaySink)
 //! TICK, one tick later ──────────────accepted──────────> on_acked: the row is consumed (queue) or recorded (fanout)
+//! ACL_CHECK (read) while a replay runs: refused; the replay delivers the message from the database
 //! ```
 
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_void, CString};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -21,9 +22,10 @@ use bytes::Bytes;
 use mqtt_offline_messages_engine::config::Config;
 use mqtt_offline_messages_engine::engine::{Delivery, Engine, ReplayError, ReplaySink};
 use mqtt_offline_messages_engine::message::{Publish, StoredMessage, Subscription};
+use mqtt_offline_messages_engine::topic::{is_sys_topic, parse_shared, TopicFilter};
 use mqtt_offline_messages_engine::writer::jitter;
 use tokio::runtime::Runtime;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 
 use crate::ffi;
@@ -44,12 +46,16 @@ const DELIVERIES_PER_TICK: usize = 1000;
 const REPLAY_RETRY_FIRST: Duration = Duration::from_secs(1);
 const REPLAY_RETRY_MAX: Duration = Duration::from_secs(60);
 
+/// How often a replay looks whether the broker thread has taken what it handed over.
+const TAKEN_POLL: Duration = Duration::from_millis(5);
+
 /// How long cleanup waits for the events already handed over to reach the engine.
 const DRAIN_WAIT: Duration = Duration::from_secs(10);
 
 enum Event {
     Publish(Publish),
-    Subscribe(Subscription, u64),
+    /// With its session's number and its gate, if one opened.
+    Subscribe(Subscription, u64, Option<u64>),
     Unsubscribe(Subscription),
     /// A clean session ended: its subscriptions end with it.
     SessionEnded(String),
@@ -64,6 +70,8 @@ struct Outgoing {
     payload: Bytes,
     qos: u8,
     timestamp_ms: i64,
+    /// Counts, for the replay that handed it over, what the broker thread has taken.
+    taken: Arc<AtomicU64>,
 }
 
 /// The sessions that subscribed since they began, each with a number of its own: a delivery
@@ -109,6 +117,110 @@ impl Sessions {
     }
 }
 
+/// How far the dispatcher is: events the broker thread handed over, and events the engine has taken
+/// (a publish is taken once it is in the writer's queue).
+#[derive(Default)]
+struct EventCounts {
+    sent: AtomicU64,
+    taken: AtomicU64,
+    progress: Notify,
+}
+
+impl EventCounts {
+    /// Waits until the engine has taken the first `n` events.
+    async fn wait_taken(&self, n: u64) {
+        loop {
+            let progressed = self.progress.notified();
+            if self.taken.load(Ordering::Acquire) >= n {
+                return;
+            }
+            progressed.await;
+        }
+    }
+}
+
+/// The replay/live seam. While a new subscription's replay runs, Mosquitto would deliver live
+/// messages to the client at once, before older stored ones, and a message published during the
+/// replay could come twice. So a gate opens at the subscribe: the client's read check refuses it
+/// the live messages the engine stores (QoS 1/2, a configured topic, not retained) that the
+/// filter matches, and the replay delivers them from the database after the older ones. A pass of
+/// the replay covers what was refused before it began; the gate closes after a pass during which
+/// nothing was refused, so what was refused is always delivered, in order, once.
+#[derive(Default)]
+struct LiveGates {
+    state: Mutex<GateState>,
+    /// Gates open: every read check asks, and nearly always none is.
+    open: AtomicUsize,
+}
+
+#[derive(Default)]
+struct GateState {
+    next: u64,
+    gates: HashMap<u64, Gate>,
+}
+
+struct Gate {
+    client_id: String,
+    subscribed: String,
+    filter: TopicFilter,
+    refused: u64,
+    /// `refused` when the running pass began.
+    refused_before_pass: u64,
+}
+
+impl LiveGates {
+    fn open(&self, client_id: &str, subscribed: &str) -> Option<u64> {
+        let text = parse_shared(subscribed).map_or(subscribed, |s| s.filter);
+        let filter = TopicFilter::parse(text).ok()?;
+        let mut s = self.state.lock().expect("gates lock");
+        let id = s.next;
+        s.next += 1;
+        let gate = Gate {
+            client_id: client_id.to_owned(),
+            subscribed: subscribed.to_owned(),
+            filter,
+            refused: 0,
+            refused_before_pass: 0,
+        };
+        s.gates.insert(id, gate);
+        self.open.store(s.gates.len(), Ordering::Release);
+        Some(id)
+    }
+
+    /// A read check: true (and counted) when a gate of the client matches the topic.
+    fn refuse(&self, client_id: impl FnOnce() -> String, topic: &str) -> bool {
+        let client_id = client_id();
+        let mut s = self.state.lock().expect("gates lock");
+        let mut refused = false;
+        for gate in s.gates.values_mut().filter(|g| g.client_id == client_id && g.filter.matches(topic)) {
+            gate.refused += 1;
+            refused = true;
+        }
+        refused
+    }
+
+    /// After a pass: closes the gate if nothing was refused since the pass began (`None`), or
+    /// starts the next pass: `Some(n)`, where the events up to `n` hold every message refused so far.
+    fn close_or_next_pass(&self, id: u64, counts: &EventCounts) -> Option<u64> {
+        let mut s = self.state.lock().expect("gates lock");
+        let gate = s.gates.get_mut(&id)?;
+        if gate.refused == gate.refused_before_pass {
+            s.gates.remove(&id);
+            self.open.store(s.gates.len(), Ordering::Release);
+            return None;
+        }
+        gate.refused_before_pass = gate.refused;
+        // Read under the lock: a refusal counted before this has had its event counted too.
+        Some(counts.sent.load(Ordering::Acquire))
+    }
+
+    fn close_where(&self, closes: impl Fn(u64, &Gate) -> bool) {
+        let mut s = self.state.lock().expect("gates lock");
+        s.gates.retain(|id, g| !closes(*id, g));
+        self.open.store(s.gates.len(), Ordering::Release);
+    }
+}
+
 /// Everything the plugin holds between `mosquitto_plugin_init` and `mosquitto_plugin_cleanup`.
 /// The broker thread reaches it through shared references only: a callback may run inside another
 /// (logging from a tick can publish on `$SYS`, which checks ACLs).
@@ -116,6 +228,10 @@ pub struct Host {
     runtime: Option<Runtime>,
     engine: Arc<Engine>,
     sessions: Arc<Sessions>,
+    gates: Arc<LiveGates>,
+    counts: Arc<EventCounts>,
+    /// The configured `topics`: which live messages a gate may hold back.
+    stored_topics: Vec<TopicFilter>,
     events: Mutex<Option<mpsc::Sender<Event>>>,
     dispatcher: Mutex<Option<JoinHandle<()>>>,
     deliveries: Mutex<mpsc::Receiver<Outgoing>>,
@@ -150,16 +266,21 @@ impl Host {
             }
             Ok::<_, SetupError>(engine)
         })?;
-        let sessions = Arc::new(Sessions::default());
+        let stored_topics = config.backend.storage().topics.iter().filter_map(|f| TopicFilter::parse(f).ok()).collect();
+        let shared =
+            Shared { engine: engine.clone(), sessions: Arc::default(), gates: Arc::default(), counts: Arc::default() };
         let (events, events_rx) = mpsc::channel(EVENT_QUEUE);
         let (deliveries_tx, deliveries) = mpsc::channel(DELIVERIES_PER_TICK);
         let (accepted, accepted_rx) = mpsc::unbounded_channel();
-        let dispatcher = runtime.spawn(dispatch(engine.clone(), sessions.clone(), deliveries_tx, events_rx));
+        let dispatcher = runtime.spawn(dispatch(shared.clone(), deliveries_tx, events_rx));
         let acker = runtime.spawn(acknowledge(engine.clone(), accepted_rx));
         Ok(Host {
             runtime: Some(runtime),
             engine,
-            sessions,
+            sessions: shared.sessions,
+            gates: shared.gates,
+            counts: shared.counts,
+            stored_topics,
             events: Mutex::new(Some(events)),
             dispatcher: Mutex::new(Some(dispatcher)),
             deliveries: Mutex::new(deliveries),
@@ -177,6 +298,7 @@ impl Host {
             if events.blocking_send(event).is_err() {
                 tracing::error!("the engine has stopped; an event was not handed over");
             }
+            self.counts.sent.fetch_add(1, Ordering::AcqRel);
         }
     }
 
@@ -199,13 +321,27 @@ impl Host {
     /// ACL_CHECK for MOSQ_ACL_SUBSCRIBE, once per filter, before Mosquitto adds it.
     pub fn on_subscribe(&self, client_id: &str, filter: &str, qos: u8) {
         let session = self.sessions.subscribe(client_id, filter);
+        let gate = self.gates.open(client_id, filter);
         let sub = Subscription { client_id: client_id.to_owned(), filter: filter.to_owned(), qos };
-        self.send(Event::Subscribe(sub, session));
+        self.send(Event::Subscribe(sub, session, gate));
+    }
+
+    /// True while a replay's gate is open: only then may a read check be refused.
+    pub fn replaying(&self) -> bool {
+        self.gates.open.load(Ordering::Acquire) > 0
+    }
+
+    /// ACL_CHECK for MOSQ_ACL_READ, a live message about to be queued for a client: true when a
+    /// replay's gate holds it back (see [`LiveGates`]).
+    pub fn refuses_live(&self, client_id: impl FnOnce() -> String, topic: &str, qos: u8, retain: bool) -> bool {
+        let stored = qos > 0 && !retain && !is_sys_topic(topic) && self.stored_topics.iter().any(|f| f.matches(topic));
+        stored && self.gates.refuse(client_id, topic)
     }
 
     /// ACL_CHECK for MOSQ_ACL_UNSUBSCRIBE.
     pub fn on_unsubscribe(&self, client_id: &str, filter: &str) {
         self.sessions.unsubscribe(client_id, filter);
+        self.gates.close_where(|_, g| g.client_id == client_id && g.subscribed == filter);
         let sub = Subscription { client_id: client_id.to_owned(), filter: filter.to_owned(), qos: 0 };
         self.send(Event::Unsubscribe(sub));
     }
@@ -215,6 +351,7 @@ impl Host {
     pub fn on_disconnect(&self, client_id: &str, clean_session: bool) {
         if clean_session {
             self.sessions.end(client_id);
+            self.gates.close_where(|_, g| g.client_id == client_id);
             self.send(Event::SessionEnded(client_id.to_owned()));
         }
     }
@@ -233,7 +370,9 @@ impl Host {
             let mut deliveries = self.deliveries.lock().expect("deliveries lock");
             while published.len() < DELIVERIES_PER_TICK {
                 let Ok(o) = deliveries.try_recv() else { break };
-                if self.sessions.current(&o.client_id, o.session) && publish(&o) {
+                let ok = self.sessions.current(&o.client_id, o.session) && publish(&o);
+                o.taken.fetch_add(1, Ordering::AcqRel);
+                if ok {
                     published.push(o);
                 }
             }
@@ -290,24 +429,29 @@ fn publish(o: &Outgoing) -> bool {
     rc == ffi::MOSQ_ERR_SUCCESS
 }
 
-/// Feeds the engine the broker's events, in the order they came: a replay starts after every
-/// publish handed over before its subscribe is in the writer, so it includes them.
-async fn dispatch(
+/// What the dispatcher and the replays share.
+#[derive(Clone)]
+struct Shared {
     engine: Arc<Engine>,
     sessions: Arc<Sessions>,
-    deliveries: mpsc::Sender<Outgoing>,
-    mut events: mpsc::Receiver<Event>,
-) {
+    gates: Arc<LiveGates>,
+    counts: Arc<EventCounts>,
+}
+
+/// Feeds the engine the broker's events, in the order they came: a replay starts after every
+/// publish handed over before its subscribe is in the writer, so it includes them.
+async fn dispatch(shared: Shared, deliveries: mpsc::Sender<Outgoing>, mut events: mpsc::Receiver<Event>) {
+    let engine = shared.engine.clone();
     while let Some(event) = events.recv().await {
         match event {
             Event::Publish(p) => engine.on_publish(p).await,
-            Event::Subscribe(sub, session) => {
-                let (engine, sessions, deliveries) = (engine.clone(), sessions.clone(), deliveries.clone());
+            Event::Subscribe(sub, session, gate) => {
+                let (shared, deliveries) = (shared.clone(), deliveries.clone());
                 start_in_order(async move {
-                    if let Err(e) = engine.on_subscribed(&sub).await {
+                    if let Err(e) = shared.engine.on_subscribed(&sub).await {
                         tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "storing a subscription failed");
                     }
-                    replay(&engine, &sessions, deliveries, sub, session).await;
+                    replay(&shared, deliveries, sub, session, gate).await;
                 })
                 .await
             }
@@ -322,6 +466,8 @@ async fn dispatch(
             }
             Event::SessionEnded(client_id) => engine.forget_subscriptions(&client_id),
         }
+        shared.counts.taken.fetch_add(1, Ordering::AcqRel);
+        shared.counts.progress.notify_waiters();
     }
 }
 
@@ -336,32 +482,67 @@ async fn start_in_order(task: impl Future<Output = ()> + Send + 'static) {
     }
 }
 
-/// Replays a new subscription's stored messages; after a database error, again (from where it
-/// stopped) while the session holds the subscription.
+/// Replays a new subscription's stored messages, pass after pass while its gate refuses live
+/// messages (see [`LiveGates`]); after a database error, again (from where it stopped) while the
+/// session holds the subscription.
 async fn replay(
-    engine: &Engine,
-    sessions: &Arc<Sessions>,
+    shared: &Shared,
     deliveries: mpsc::Sender<Outgoing>,
     sub: Subscription,
     session: u64,
+    gate: Option<u64>,
 ) {
-    let mut sink = BrokerSink { sub: sub.clone(), session, sessions: sessions.clone(), deliveries, after_row: 0 };
+    let sessions = shared.sessions.clone();
+    let mut sink = BrokerSink {
+        sub: sub.clone(),
+        session,
+        sessions: sessions.clone(),
+        deliveries,
+        after_row: 0,
+        handed: 0,
+        taken: Arc::default(),
+    };
+    let mut delivered = 0;
+    let result = loop {
+        match replay_pass(&shared.engine, &sessions, &mut sink).await {
+            Ok(n) => delivered += n,
+            Err(e) => break Err(e),
+        }
+        // A live message let through now must queue behind what this replay handed over.
+        while sink.taken.load(Ordering::Acquire) < sink.handed {
+            tokio::time::sleep(TAKEN_POLL).await;
+        }
+        let Some(next) = gate.and_then(|id| shared.gates.close_or_next_pass(id, &shared.counts)) else { break Ok(()) };
+        shared.counts.wait_taken(next).await;
+    };
+    if let Some(id) = gate {
+        shared.gates.close_where(|g, _| g == id);
+    }
+    match result {
+        Ok(()) if delivered == 0 => {
+            tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay")
+        }
+        Ok(()) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = delivered, "replay done"),
+        Err(e) => {
+            tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
+        }
+    }
+}
+
+/// One pass over the stored rows after the sink's last; retried after a database error while the
+/// session holds the subscription.
+async fn replay_pass(engine: &Engine, sessions: &Sessions, sink: &mut BrokerSink) -> Result<u64, ReplayError> {
+    let sub = sink.sub.clone();
     let mut backoff = REPLAY_RETRY_FIRST;
     loop {
-        match engine.replay(&sub, &mut sink).await {
-            Ok(0) => tracing::debug!(client_id = %sub.client_id, topic = %sub.filter, "nothing stored to replay"),
-            Ok(n) => tracing::info!(client_id = %sub.client_id, topic = %sub.filter, messages = n, "replay done"),
-            Err(e @ ReplayError::Store(_)) if sessions.holds(&sub.client_id, &sub.filter, session) => {
+        match engine.replay(&sub, sink).await {
+            Err(e @ ReplayError::Store(_)) if sessions.holds(&sub.client_id, &sub.filter, sink.session) => {
                 tracing::error!(client_id = %sub.client_id, topic = %sub.filter, error = %e, "replay failed; retrying while the client keeps the subscription");
                 tokio::time::sleep(backoff + jitter(backoff)).await;
                 backoff = (backoff * 2).min(REPLAY_RETRY_MAX);
-                continue;
             }
-            Err(e) => {
-                tracing::info!(client_id = %sub.client_id, topic = %sub.filter, reason = %e, "replay stopped; the rest stays stored")
-            }
+            result => return result,
         }
-        return;
     }
 }
 
@@ -374,6 +555,9 @@ struct BrokerSink {
     deliveries: mpsc::Sender<Outgoing>,
     /// The last row handed over: a retry after a database error starts after it.
     after_row: i64,
+    /// Messages handed over, and how many of them the broker thread has taken.
+    handed: u64,
+    taken: Arc<AtomicU64>,
 }
 
 impl ReplaySink for BrokerSink {
@@ -389,8 +573,10 @@ impl ReplaySink for BrokerSink {
             payload: m.payload,
             qos: m.qos.min(self.sub.qos),
             timestamp_ms,
+            taken: self.taken.clone(),
         };
         self.deliveries.send(o).await.map_err(|_| ReplayError::SubscriberGone)?;
+        self.handed += 1;
         if let Some(id) = m.id {
             self.after_row = self.after_row.max(id);
         }

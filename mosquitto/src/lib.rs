@@ -213,11 +213,27 @@ unsafe extern "C" fn on_message(_event: c_int, data: *mut c_void, userdata: *mut
 }
 
 /// Decides nothing (DEFER): authorization stays with Mosquitto's ACL and other plugins. A
-/// subscribe or unsubscribe is what this plugin learns from it.
+/// subscribe or unsubscribe is what this plugin learns from it; a read check it refuses only for a
+/// live message a running replay delivers itself (see `host::LiveGates`).
 unsafe extern "C" fn on_acl_check(_event: c_int, data: *mut c_void, userdata: *mut c_void) -> c_int {
     guard(ffi::MOSQ_ERR_PLUGIN_DEFER, || {
         // SAFETY: for MOSQ_EVT_ACL_CHECK, `data` is a `mosquitto_evt_acl_check` valid for the call.
         let check = unsafe { &*data.cast::<ffi::EvtAclCheck>() };
+        if check.access == ffi::MOSQ_ACL_READ {
+            // SAFETY: userdata as registered.
+            if !unsafe { host(userdata) }.replaying() {
+                return ffi::MOSQ_ERR_PLUGIN_DEFER;
+            }
+            // SAFETY: userdata as registered; the topic is a C string and the client valid for the call.
+            let (host, topic) = unsafe { (host(userdata), text(check.topic)) };
+            // SAFETY: as above; the closure runs within this call.
+            let client = || unsafe { client_id(check.client) };
+            return if host.refuses_live(client, &topic, check.qos, check.retain) {
+                ffi::MOSQ_ERR_ACL_DENIED
+            } else {
+                ffi::MOSQ_ERR_PLUGIN_DEFER
+            };
+        }
         if check.access != ffi::MOSQ_ACL_SUBSCRIBE && check.access != ffi::MOSQ_ACL_UNSUBSCRIBE {
             return ffi::MOSQ_ERR_PLUGIN_DEFER;
         }

@@ -218,6 +218,53 @@ async fn a_20000_message_backlog_arrives_whole(backend: Backend) {
 }
 on_both_backends!(a_20000_message_backlog_arrives_whole);
 
+// Messages published while a replay runs reach the new subscriber after the stored ones, in
+// publish order, each once: the plugin refuses them to it while the replay runs and the replay
+// delivers them from the database.
+async fn live_messages_during_a_replay_follow_it_in_order_once(backend: Backend) {
+    const BACKLOG: usize = 3000;
+    const LIVE: usize = 1500;
+    let env = TestEnv::new(backend).await;
+    let _m = Mosquitto::start(&env, &env.backend_block("")).await;
+    let backlog: Vec<String> = (0..BACKLOG).map(|i| format!("b{i}")).collect();
+    publish_lines(env.port, "seam/t", &backlog);
+    env.wait_count("mqtt_msg", BACKLOG as i64, LONG).await;
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let mut publisher = Client::connect(env.port, "seam-pub", true).await;
+    let live = tokio::spawn(async move {
+        let mut started_tx = Some(started_tx);
+        for i in 0..LIVE {
+            publisher.publish("seam/t", QoS::AtLeastOnce, false, format!("l{i}")).await;
+            if i == 50 {
+                let _ = started_tx.take().unwrap().send(());
+            }
+        }
+    });
+    started.await.unwrap();
+    let mut sub = Client::connect(env.port, "seam-sub", true).await;
+    sub.subscribe("seam/#", QoS::AtLeastOnce).await;
+    live.await.unwrap();
+    let got: Vec<String> = sub
+        .recv(BACKLOG + 51, LONG * 2)
+        .await
+        .into_iter()
+        .chain(sub.drain(Duration::from_secs(2)).await)
+        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
+        .collect();
+    // Everything published from when the subscribe was made on, each once, in order.
+    let all: Vec<String> = backlog.into_iter().chain((0..LIVE).map(|i| format!("l{i}"))).collect();
+    let first = all.iter().position(|m| *m == got[0]).expect("the first message is one of ours");
+    assert_eq!(first, 0, "the backlog comes first");
+    assert!(
+        got.len() == all.len() && got == all,
+        "got {} of {}; first difference at {:?}",
+        got.len(),
+        all.len(),
+        got.iter().zip(&all).position(|(a, b)| a != b)
+    );
+}
+on_both_backends!(live_messages_during_a_replay_follow_it_in_order_once);
+
 // `fanout`: rows stay, each subscriber gets every stored message once, and its deliveries are
 // recorded, so subscribing again replays nothing.
 async fn fanout_records_deliveries_and_keeps_rows(backend: Backend) {
