@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::ffi::{c_int, c_void, CString};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::Poll;
 use std::time::Duration;
@@ -22,13 +22,14 @@ use bytes::Bytes;
 use mqtt_offline_messages_engine::config::Config;
 use mqtt_offline_messages_engine::engine::{Delivery, Engine, ReplayError, ReplaySink};
 use mqtt_offline_messages_engine::message::{Publish, StoredMessage, Subscription};
-use mqtt_offline_messages_engine::topic::{is_sys_topic, parse_shared, TopicFilter};
+use mqtt_offline_messages_engine::topic::{is_sys_topic, TopicFilter};
 use mqtt_offline_messages_engine::writer::jitter;
 use tokio::runtime::Runtime;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use crate::ffi;
+use crate::gate::{EventCounts, LiveGates};
 use crate::setup::SetupError;
 
 /// Events the broker thread hands over before it waits: when the engine falls this far behind
@@ -114,110 +115,6 @@ impl Sessions {
     fn holds(&self, client_id: &str, filter: &str, session: u64) -> bool {
         let s = self.state.lock().expect("sessions lock");
         s.by_client.get(client_id) == Some(&session) && s.held.contains(&(client_id.to_owned(), filter.to_owned()))
-    }
-}
-
-/// How far the dispatcher is: events the broker thread handed over, and events the engine has taken
-/// (a publish is taken once it is in the writer's queue).
-#[derive(Default)]
-struct EventCounts {
-    sent: AtomicU64,
-    taken: AtomicU64,
-    progress: Notify,
-}
-
-impl EventCounts {
-    /// Waits until the engine has taken the first `n` events.
-    async fn wait_taken(&self, n: u64) {
-        loop {
-            let progressed = self.progress.notified();
-            if self.taken.load(Ordering::Acquire) >= n {
-                return;
-            }
-            progressed.await;
-        }
-    }
-}
-
-/// The replay/live seam. While a new subscription's replay runs, Mosquitto would deliver live
-/// messages to the client at once, before older stored ones, and a message published during the
-/// replay could come twice. So a gate opens at the subscribe: the client's read check refuses it
-/// the live messages the engine stores (QoS 1/2, a configured topic, not retained) that the
-/// filter matches, and the replay delivers them from the database after the older ones. A pass of
-/// the replay covers what was refused before it began; the gate closes after a pass during which
-/// nothing was refused, so what was refused is always delivered, in order, once.
-#[derive(Default)]
-struct LiveGates {
-    state: Mutex<GateState>,
-    /// Gates open: every read check asks, and nearly always none is.
-    open: AtomicUsize,
-}
-
-#[derive(Default)]
-struct GateState {
-    next: u64,
-    gates: HashMap<u64, Gate>,
-}
-
-struct Gate {
-    client_id: String,
-    subscribed: String,
-    filter: TopicFilter,
-    refused: u64,
-    /// `refused` when the running pass began.
-    refused_before_pass: u64,
-}
-
-impl LiveGates {
-    fn open(&self, client_id: &str, subscribed: &str) -> Option<u64> {
-        let text = parse_shared(subscribed).map_or(subscribed, |s| s.filter);
-        let filter = TopicFilter::parse(text).ok()?;
-        let mut s = self.state.lock().expect("gates lock");
-        let id = s.next;
-        s.next += 1;
-        let gate = Gate {
-            client_id: client_id.to_owned(),
-            subscribed: subscribed.to_owned(),
-            filter,
-            refused: 0,
-            refused_before_pass: 0,
-        };
-        s.gates.insert(id, gate);
-        self.open.store(s.gates.len(), Ordering::Release);
-        Some(id)
-    }
-
-    /// A read check: true (and counted) when a gate of the client matches the topic.
-    fn refuse(&self, client_id: impl FnOnce() -> String, topic: &str) -> bool {
-        let client_id = client_id();
-        let mut s = self.state.lock().expect("gates lock");
-        let mut refused = false;
-        for gate in s.gates.values_mut().filter(|g| g.client_id == client_id && g.filter.matches(topic)) {
-            gate.refused += 1;
-            refused = true;
-        }
-        refused
-    }
-
-    /// After a pass: closes the gate if nothing was refused since the pass began (`None`), or
-    /// starts the next pass: `Some(n)`, where the events up to `n` hold every message refused so far.
-    fn close_or_next_pass(&self, id: u64, counts: &EventCounts) -> Option<u64> {
-        let mut s = self.state.lock().expect("gates lock");
-        let gate = s.gates.get_mut(&id)?;
-        if gate.refused == gate.refused_before_pass {
-            s.gates.remove(&id);
-            self.open.store(s.gates.len(), Ordering::Release);
-            return None;
-        }
-        gate.refused_before_pass = gate.refused;
-        // Read under the lock: a refusal counted before this has had its event counted too.
-        Some(counts.sent.load(Ordering::Acquire))
-    }
-
-    fn close_where(&self, closes: impl Fn(u64, &Gate) -> bool) {
-        let mut s = self.state.lock().expect("gates lock");
-        s.gates.retain(|id, g| !closes(*id, g));
-        self.open.store(s.gates.len(), Ordering::Release);
     }
 }
 
@@ -328,11 +225,11 @@ impl Host {
 
     /// True while a replay's gate is open: only then may a read check be refused.
     pub fn replaying(&self) -> bool {
-        self.gates.open.load(Ordering::Acquire) > 0
+        self.gates.any_open()
     }
 
     /// ACL_CHECK for MOSQ_ACL_READ, a live message about to be queued for a client: true when a
-    /// replay's gate holds it back (see [`LiveGates`]).
+    /// replay's gate holds it back (see [`crate::gate`]).
     pub fn refuses_live(&self, client_id: impl FnOnce() -> String, topic: &str, qos: u8, retain: bool) -> bool {
         let stored = qos > 0 && !retain && !is_sys_topic(topic) && self.stored_topics.iter().any(|f| f.matches(topic));
         stored && self.gates.refuse(client_id, topic)
@@ -483,7 +380,7 @@ async fn start_in_order(task: impl Future<Output = ()> + Send + 'static) {
 }
 
 /// Replays a new subscription's stored messages, pass after pass while its gate refuses live
-/// messages (see [`LiveGates`]); after a database error, again (from where it stopped) while the
+/// messages (see [`crate::gate`]); after a database error, again (from where it stopped) while the
 /// session holds the subscription.
 async fn replay(
     shared: &Shared,

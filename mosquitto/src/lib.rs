@@ -12,6 +12,7 @@ use std::ffi::{c_char, c_int, c_void, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 mod ffi;
+mod gate;
 mod host;
 mod log;
 mod setup;
@@ -214,7 +215,7 @@ unsafe extern "C" fn on_message(_event: c_int, data: *mut c_void, userdata: *mut
 
 /// Decides nothing (DEFER): authorization stays with Mosquitto's ACL and other plugins. A
 /// subscribe or unsubscribe is what this plugin learns from it; a read check it refuses only for a
-/// live message a running replay delivers itself (see `host::LiveGates`).
+/// live message a running replay delivers itself (see `gate`).
 unsafe extern "C" fn on_acl_check(_event: c_int, data: *mut c_void, userdata: *mut c_void) -> c_int {
     guard(ffi::MOSQ_ERR_PLUGIN_DEFER, || {
         // SAFETY: for MOSQ_EVT_ACL_CHECK, `data` is a `mosquitto_evt_acl_check` valid for the call.
