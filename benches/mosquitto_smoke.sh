@@ -36,7 +36,7 @@ done
 run() {
   printf 'listener %s 127.0.0.1\nallow_anonymous true\nuser %s\nmax_queued_messages 0\nacl_file %s\nlog_dest file %s\n%b' \
     "$port" "$(id -un)" "$dir/acl" "$dir/$1.log" "$2" > "$dir/$1.conf"
-  mosquitto -c "$dir/$1.conf" & pid=$!
+  mosquitto -c "$dir/$1.conf" 2>>"$dir/$1.stderr" & pid=$!
   until grep -q running "$dir/$1.log" 2>/dev/null; do kill -0 "$pid"; sleep 0.1; done
   local start acked stored
   start=$(date +%s.%N)
