@@ -66,11 +66,11 @@ enum Event {
 struct Outgoing {
     client_id: String,
     session: u64,
+    msgid: String,
     from: String,
     topic: String,
     payload: Bytes,
     qos: u8,
-    timestamp_ms: i64,
     /// Counts, for the replay that handed it over, what the broker thread has taken.
     taken: Arc<AtomicU64>,
 }
@@ -341,7 +341,9 @@ async fn dispatch(shared: Shared, deliveries: mpsc::Sender<Outgoing>, mut events
     let engine = shared.engine.clone();
     while let Some(event) = events.recv().await {
         match event {
-            Event::Publish(p) => engine.on_publish(p).await,
+            Event::Publish(p) => {
+                engine.on_publish(p).await;
+            }
             Event::Subscribe(sub, session, gate) => {
                 let (shared, deliveries) = (shared.clone(), deliveries.clone());
                 start_in_order(async move {
@@ -458,18 +460,18 @@ struct BrokerSink {
 }
 
 impl ReplaySink for BrokerSink {
-    async fn deliver(&mut self, m: StoredMessage, timestamp_ms: i64) -> Result<(), ReplayError> {
+    async fn deliver(&mut self, m: StoredMessage, _read_ms: i64) -> Result<(), ReplayError> {
         if !self.sessions.holds(&self.sub.client_id, &self.sub.filter, self.session) {
             return Err(ReplayError::SubscriberGone);
         }
         let o = Outgoing {
             client_id: self.sub.client_id.clone(),
             session: self.session,
+            msgid: m.msgid,
             from: m.from,
             topic: m.topic,
             payload: m.payload,
             qos: m.qos.min(self.sub.qos),
-            timestamp_ms,
             taken: self.taken.clone(),
         };
         self.deliveries.send(o).await.map_err(|_| ReplayError::SubscriberGone)?;
@@ -486,19 +488,15 @@ impl ReplaySink for BrokerSink {
 }
 
 /// A replayed message is in its client's session: in `queue` mode its row is consumed, in
-/// `fanout` mode the delivery is recorded. QoS 0 deliveries the engine recorded itself.
+/// `fanout` mode the delivery is recorded; at QoS 0 it is recorded in both, as a QoS 0 delivery
+/// is by our broker.
 async fn acknowledge(engine: Arc<Engine>, mut accepted: mpsc::UnboundedReceiver<Outgoing>) {
     while let Some(o) = accepted.recv().await {
+        let d = Delivery { msgid: &o.msgid, from: &o.from, topic: &o.topic };
         if o.qos == 0 {
-            continue;
+            engine.on_delivered_qos0(&o.client_id, d).await;
+        } else {
+            engine.on_acked(&o.client_id, d).await;
         }
-        let d = Delivery {
-            from: &o.from,
-            topic: &o.topic,
-            timestamp_ms: o.timestamp_ms,
-            payload: &o.payload,
-            retained: false,
-        };
-        engine.on_acked(&o.client_id, d).await;
     }
 }

@@ -404,8 +404,8 @@ async fn the_database_killed_mid_stream_loses_nothing() {
         env.dir.path().join("spool").display()
     );
     let m = Mosquitto::start(&env, &hocon).await;
-    let health = || http_get(metrics, "/health");
-    assert!(health().starts_with("HTTP/1.1 200"), "{}", health());
+    let health = || common::curl(&format!("http://127.0.0.1:{metrics}/health"));
+    assert_eq!(health().0, 200, "{:?}", health());
     let mut c = Client::connect(env.port, "fault-pub", true).await;
     let sent: Vec<String> = (0..EACH * 2).map(|i| format!("f{i}")).collect();
     for s in &sent[..EACH] {
@@ -415,7 +415,7 @@ async fn the_database_killed_mid_stream_loses_nothing() {
     for s in &sent[EACH..] {
         assert!(c.try_publish("fault/t", s.clone()).await, "Mosquitto stopped taking publishes");
     }
-    wait_for(|| async { health().starts_with("HTTP/1.1 503") }, "/health reports the outage").await;
+    wait_for(|| async { health().0 == 503 }, "/health reports the outage").await;
     db.restart().await;
     let start = Instant::now();
     loop {
@@ -428,17 +428,7 @@ async fn the_database_killed_mid_stream_loses_nothing() {
         assert!(start.elapsed() < LONG * 2, "stuck at {} of {} rows:\n{}", stored.len(), sent.len(), m.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(health().starts_with("HTTP/1.1 200"), "{}", health());
-    assert!(http_get(metrics, "/metrics").contains("offline_messages_"), "metrics served");
-}
-
-/// A GET on the metrics endpoint: the whole answer, or "" when it cannot connect.
-fn http_get(port: u16, path: &str) -> String {
-    use std::io::Write;
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else { return String::new() };
-    let _ = s.set_read_timeout(Some(Duration::from_secs(10)));
-    let _ = write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n");
-    let mut answer = String::new();
-    let _ = s.read_to_string(&mut answer);
-    answer
+    assert_eq!(health().0, 200, "{:?}", health());
+    let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics}/metrics"));
+    assert_eq!(common::metric(&text, "offline_messages_persisted_total"), sent.len() as f64, "{text}");
 }
