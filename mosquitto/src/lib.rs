@@ -54,7 +54,6 @@ pub unsafe extern "C" fn mosquitto_plugin_init(
     option_count: c_int,
 ) -> c_int {
     guard(ffi::MOSQ_ERR_UNKNOWN, || {
-        log::install();
         // SAFETY: Mosquitto passes `option_count` options, each key and value a C string, alive
         // for this call (they live until cleanup).
         let options = unsafe { options_of(options, option_count) };
@@ -74,6 +73,7 @@ fn start(options: &[(String, String)]) -> Result<Host, setup::SetupError> {
     setup::check_mosquitto_conf()?;
     let path = setup::config_path(options)?;
     let config = setup::load(&path)?;
+    log::install(config.log.level.as_deref());
     let host = Host::start(config)?;
     tracing::info!(config = %path.display(), "offline-messages plugin loaded");
     Ok(host)

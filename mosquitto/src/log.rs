@@ -21,10 +21,12 @@ const MAX_LINES: usize = 10_000;
 static LINES: Mutex<VecDeque<(c_int, String)>> = Mutex::new(VecDeque::new());
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
-/// Sends `tracing` events to Mosquitto's log; `RUST_LOG` filters them (default `info`). A second
-/// call (a second plugin instance) keeps the first subscriber.
-pub fn install() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Sends `tracing` events to Mosquitto's log, filtered by `RUST_LOG`, else by `level` (`log.level`),
+/// else `info`. A second call (a second plugin instance) keeps the first subscriber.
+pub fn install(level: Option<&str>) {
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(level.unwrap_or("info")))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

@@ -64,6 +64,7 @@ impl Mosquitto {
         let child = Command::new("/usr/sbin/mosquitto")
             .arg("-c")
             .arg(&conf)
+            .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
@@ -337,6 +338,18 @@ async fn sigterm_flushes_what_the_plugin_holds(backend: Backend) {
     assert!(m.log_text().contains("writer flushed"), "{}", m.log_text());
 }
 on_both_backends!(sigterm_flushes_what_the_plugin_holds);
+
+// Our lines reach Mosquitto's log, filtered by `log.level`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn log_level_filters_our_lines_in_mosquittos_log() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let mut m = Mosquitto::start(&env, &env.backend_block("")).await;
+    assert_eq!(m.stop(), Some(0));
+    assert!(m.log_text().contains("offline-messages: INFO offline-messages plugin loaded"), "{}", m.log_text());
+    let mut m = Mosquitto::start(&env, &format!("log {{ level = warn }}\n{}", env.backend_block(""))).await;
+    assert_eq!(m.stop(), Some(0));
+    assert!(!m.log_text().contains("offline-messages: INFO"), "{}", m.log_text());
+}
 
 // A config the plugin cannot run with stops Mosquitto at start-up, with our one line in its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
