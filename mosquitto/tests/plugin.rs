@@ -359,6 +359,7 @@ async fn a_bad_config_stops_mosquitto_at_start_up() {
     let readme = |conf: String| conf;
     let queue_limit = |conf: String| conf + "max_queued_messages 1000\n";
     let unknown_option = |conf: String| conf + "plugin_opt_colour blue\n";
+    let per_listener = |conf: String| format!("per_listener_settings true\n{conf}");
     let no_config =
         |conf: String| conf.lines().filter(|l| !l.starts_with("plugin_opt_config")).map(|l| format!("{l}\n")).collect();
     let no_acl = |conf: String| conf.lines().filter(|l| !l.starts_with("acl_file")).map(|l| format!("{l}\n")).collect();
@@ -387,6 +388,7 @@ async fn a_bad_config_stops_mosquitto_at_start_up() {
             "no acl_file and no plugin after this one: Mosquitto 2.0 denies every publish and subscribe",
         ),
         (block.clone(), &no_config, "plugin_opt_config is not set"),
+        (block.clone(), &per_listener, "per_listener_settings true: Mosquitto 2.0 then sends plugins no tick"),
         (block.clone(), &other_first, "other_plugin.so comes before this one"),
     ];
     for (hocon, edit, expected) in cases {
