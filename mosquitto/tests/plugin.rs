@@ -37,6 +37,9 @@ fn mosquitto_conf(port: u16, dir: &Path, config: &Path) -> String {
     )
 }
 
+/// Turns the README's mosquitto.conf into a test's.
+type ConfEdit<'a> = dyn Fn(String) -> String + 'a;
+
 /// A Mosquitto of the test's own; SIGTERM when dropped.
 struct Mosquitto {
     child: Child,
@@ -55,7 +58,7 @@ impl Mosquitto {
 
     /// Starts it with the mosquitto.conf `edit` makes of the README's; `Err(log)` when it exits at
     /// start-up.
-    async fn start_conf(env: &TestEnv, hocon: &str, edit: &dyn Fn(String) -> String) -> Result<Mosquitto, String> {
+    async fn start_conf(env: &TestEnv, hocon: &str, edit: &ConfEdit<'_>) -> Result<Mosquitto, String> {
         let config = env.write_config(hocon);
         let conf = env.dir.path().join("mosquitto.conf");
         std::fs::write(&conf, edit(mosquitto_conf(env.port, env.dir.path(), &config))).unwrap();
@@ -367,7 +370,7 @@ async fn a_bad_config_stops_mosquitto_at_start_up() {
     let other = env.dir.path().join("other_plugin.so");
     std::fs::copy(plugin_path(), &other).unwrap();
     let other_first = |conf: String| format!("plugin {}\n{conf}", other.display());
-    let cases: Vec<(String, &dyn Fn(String) -> String, &str)> = vec![
+    let cases: Vec<(String, &ConfEdit<'_>, &str)> = vec![
         (
             format!("broker {{ bind = \"127.0.0.1:1\" }}\n{block}"),
             &readme,
