@@ -354,6 +354,59 @@ async fn log_level_filters_our_lines_in_mosquittos_log() {
     assert!(!m.log_text().contains("offline-messages: INFO"), "{}", m.log_text());
 }
 
+/// The README's Mosquitto section: its mosquitto.conf lines and its config.hocon.
+fn readme_blocks() -> (String, String) {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let section = readme.split_once("\n## Mosquitto 2.0 plugin\n").expect("the README's Mosquitto section").1;
+    // The first block fenced `fence` after the text `after`.
+    let block = |after: &str, fence: &str| {
+        let from = section.find(after).unwrap_or_else(|| panic!("no {after:?}"));
+        let rest = &section[from..];
+        let start = rest.find(&format!("\n{fence}\n")).unwrap_or_else(|| panic!("no {fence} block")) + fence.len() + 2;
+        rest[start..].split_once("\n```").unwrap().0.to_owned()
+    };
+    (block("In `mosquitto.conf`", "```"), block("`config.hocon` is ours", "```hocon"))
+}
+
+// The README's Mosquitto section works as written (its paths moved to the test's directory, its
+// port to a free one): a message is stored and replayed to a subscriber.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_readmes_mosquitto_section_works_as_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = TestEnv::new(Backend::Sqlite).await;
+    // Mosquitto started as root runs as user mosquitto: it must reach and write the directory.
+    let dir = env.dir.path().join("data");
+    std::fs::create_dir(&dir).unwrap();
+    std::fs::set_permissions(env.dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let (conf, hocon) = readme_blocks();
+    let hocon = hocon.replace("/var/lib/mosquitto", &dir.display().to_string());
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "topic readwrite #\n").unwrap();
+    let conf = conf
+        .replace("listener 1883", &format!("listener {} 127.0.0.1", env.port))
+        .replace("/etc/mosquitto/acl", &acl.display().to_string())
+        .replace("/path/to/libmqtt_offline_messages_mosquitto.so", &plugin_path().display().to_string());
+    let readme_conf = |mine: String| {
+        let config = mine.lines().find_map(|l| l.strip_prefix("plugin_opt_config ")).unwrap().to_owned();
+        conf.replace("/path/to/config.hocon", &config)
+    };
+    let _m = Mosquitto::start_conf(&env, &hocon, &readme_conf).await.unwrap_or_else(|log| panic!("{log}"));
+    let out = common::mosquitto("mosquitto_pub", env.port, "readme-pub", "greetings", &["-m", "hello"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for(|| async { dir.join("offline-messages.db").exists() && readme_db_count(&dir).await == 1 }, "stored").await;
+    let out = common::mosquitto("mosquitto_sub", env.port, "readme-sub", "greetings", &["-C", "1", "-W", "30"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\n");
+}
+
+/// Rows in the README config's SQLite file.
+async fn readme_db_count(dir: &Path) -> i64 {
+    use sqlx::Connection;
+    let url = format!("sqlite://{}", dir.join("offline-messages.db").display());
+    let Ok(mut c) = sqlx::SqliteConnection::connect(&url).await else { return -1 };
+    sqlx::query_scalar("select count(*) from mqtt_msg").fetch_one(&mut c).await.unwrap_or(-1)
+}
+
 // A config the plugin cannot run with stops Mosquitto at start-up, with our one line in its log.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_config_stops_mosquitto_at_start_up() {
