@@ -459,10 +459,10 @@ async fn a_bad_config_stops_mosquitto_at_start_up() {
     }
 }
 
-// The database dies mid-stream: Mosquitto keeps taking publishes, the spool holds them, /health
+// The database freezes, then dies mid-stream: Mosquitto keeps taking publishes, the spool holds them, /health
 // says so, and once the database is back every acknowledged message is stored once, in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_database_killed_mid_stream_loses_nothing() {
+async fn the_database_frozen_and_killed_mid_stream_loses_nothing() {
     const EACH: usize = 1500;
     let mut db = PrivateMariaDb::start(&[], &[]).await;
     db.sql_ok("CREATE DATABASE t");
@@ -478,12 +478,18 @@ async fn the_database_killed_mid_stream_loses_nothing() {
     let health = || common::curl(&format!("http://127.0.0.1:{metrics}/health"));
     assert_eq!(health().0, 200, "{:?}", health());
     let mut c = Client::connect(env.port, "fault-pub", true).await;
-    let sent: Vec<String> = (0..EACH * 2).map(|i| format!("f{i}")).collect();
+    let sent: Vec<String> = (0..EACH * 3).map(|i| format!("f{i}")).collect();
     for s in &sent[..EACH] {
         assert!(c.try_publish("fault/t", s.clone()).await);
     }
+    // Frozen: statements hang until query_timeout, then the writer spools.
+    db.signal("STOP");
+    for s in &sent[EACH..EACH * 2] {
+        assert!(c.try_publish("fault/t", s.clone()).await, "Mosquitto stopped taking publishes");
+    }
+    db.signal("CONT");
     db.kill();
-    for s in &sent[EACH..] {
+    for s in &sent[EACH * 2..] {
         assert!(c.try_publish("fault/t", s.clone()).await, "Mosquitto stopped taking publishes");
     }
     wait_for(|| async { health().0 == 503 }, "/health reports the outage").await;
