@@ -483,3 +483,18 @@ async fn messages_published_during_a_replay_follow_it_once_each(backend: Backend
     assert_eq!(extra, 0, "no message twice");
     env.wait_count("mqtt_msg", 0, LONG).await;
 }
+
+/// A client that connects again with its client id the moment it has disconnected (clean session)
+/// is accepted every time. rmqtt refused it (CONNACK "server unavailable") when its takeover of the
+/// old connection met that connection's teardown: the old task no longer read the kick.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_reconnects_at_once_is_accepted() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let _broker = env.start("").await;
+    for i in 0..200 {
+        let mut c = Client::connect(env.port, "again", true).await;
+        c.publish("again/t", QoS::AtLeastOnce, false, i.to_string()).await;
+        c.disconnect().await;
+    }
+    env.wait_count("mqtt_msg", 200, LONG).await;
+}

@@ -82,6 +82,7 @@ impl Broker {
         let start = |what| move |e: rmqtt::Error| BrokerError::Start { what, cause: format!("{e:#}") };
         rmqtt_retainer::register(&self.scx, true, false).await.map_err(start("rmqtt's retainer"))?;
         super::keep_retained_without_expiry(&self.scx).await;
+        super::take_over_ending_sessions(&self.scx).await;
         super::register(&self.scx, engine).await.map_err(start("the offline-messages plugin"))?;
         let mut server = MqttServer::new(self.scx);
         for listener in self.listeners {

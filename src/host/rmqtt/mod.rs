@@ -34,8 +34,10 @@ use crate::writer::jitter;
 mod broker;
 mod carry;
 mod retain;
+mod takeover;
 pub use broker::{Broker, BrokerError};
 pub use retain::keep_retained_without_expiry;
+pub use takeover::take_over_ending_sessions;
 
 /// A live message held back while a replay runs.
 type Live = (From, Publish);
