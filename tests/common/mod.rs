@@ -723,6 +723,7 @@ impl Client5 {
         use rumqttc::v5::{Event as E, MqttOptions};
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         opts.set_clean_start(clean_start).set_keep_alive(Duration::from_secs(30)).set_manual_acks(manual_acks);
+        opts.set_connection_timeout(CONNACK_WAIT.as_secs()); // as for `Client`
         opts.set_session_expiry_interval(session_expiry);
         let (client, mut eventloop) = rumqttc::v5::AsyncClient::new(opts, 10_000);
         let (ptx, publishes) = mpsc::unbounded_channel();
@@ -743,7 +744,7 @@ impl Client5 {
                 }
             }
         });
-        match tokio::time::timeout(Duration::from_secs(20), acks.recv()).await {
+        match tokio::time::timeout(CONNACK_WAIT, acks.recv()).await {
             Ok(Some(P::ConnAck(_))) => {}
             other => panic!("no CONNACK for {id}: {other:?}"),
         }

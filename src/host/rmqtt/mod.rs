@@ -56,6 +56,8 @@ const REPLAY_WINDOW: usize = 200;
 
 /// How long a replay waits for progress before it checks that its subscriber is still connected.
 const REPLAY_STALL_CHECK: Duration = Duration::from_secs(1);
+/// How often a replay looks again at a session queue that other messages keep half full.
+const QUEUE_POLL: Duration = Duration::from_millis(50);
 
 /// A replay that failed on a database error is tried again after this, then twice as long each
 /// time, up to `REPLAY_RETRY_MAX`.
@@ -1087,25 +1089,35 @@ impl SessionSink {
         Ok(())
     }
 
-    /// Waits until fewer than `limit` forwarded messages are still in the session's queue.
+    /// Waits until fewer than `limit` forwarded messages are still in the session's queue, and the
+    /// queue is less than half full: rmqtt drops the oldest message of a full queue, which may be
+    /// one it kept for a resumed session, or a live one.
     async fn wait_below(&self, limit: usize) -> Result<(), ReplayError> {
         let waiting_since = tokio::time::Instant::now();
-        while self.window.outstanding.load(Ordering::Acquire) >= limit {
-            let progressed = self.window.progress.notified();
+        loop {
             if self.run.is_stopped() {
                 return Err(ReplayError::Unsubscribed);
             }
-            if tokio::time::timeout(REPLAY_STALL_CHECK, progressed).await.is_ok() {
+            let progressed = self.window.progress.notified();
+            let entry = self.scx.extends.shared().await.entry(self.id.clone());
+            let queue_full =
+                entry.session().is_some_and(|s| s.deliver_queue().len() >= s.listen_cfg().max_mqueue_len / 2);
+            let ahead = self.window.outstanding.load(Ordering::Acquire) >= limit;
+            if !ahead && !queue_full {
+                return Ok(());
+            }
+            // Replayed deliveries wake it; a queue of other messages is looked at again soon.
+            let wait = if ahead { REPLAY_STALL_CHECK } else { QUEUE_POLL };
+            if tokio::time::timeout(wait, progressed).await.is_ok() {
                 continue;
             }
-            if !self.scx.extends.shared().await.entry(self.id.clone()).is_connected().await {
+            if !entry.is_connected().await {
                 return Err(ReplayError::SubscriberGone);
             }
             if waiting_since.elapsed() > REPLAY_STALL_LIMIT {
                 return Err(ReplayError::SubscriberStalled(REPLAY_STALL_LIMIT));
             }
         }
-        Ok(())
     }
 
     /// Delivers what the gate held back while the replay ran, until it holds nothing and closes.
