@@ -577,3 +577,52 @@ async fn a_spool_on_a_full_disk_loses_nothing_and_keeps_the_order() {
     assert_eq!(order.lines().collect::<Vec<_>>(), expected, "each once, in publish order");
     drop(broker);
 }
+
+// The batch writer has connections of its own: with every other connection of the broker held by
+// subscription statements waiting on a lock (clients connecting with persistent sessions while
+// mqtt_sub is locked), publishes are still written at once, none through the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_subscription_statements_do_not_push_writes_into_the_spool() {
+    use sqlx::Connection;
+    const MESSAGES: i64 = 200;
+    let env = TestEnv::new(Backend::MySql).await;
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("query_timeout = 120s")
+    ));
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut p = Client::connect(env.port, "busy-pub", true).await;
+
+    let mut lock = env.mysql().await;
+    sqlx::raw_sql("LOCK TABLES mqtt_sub WRITE").execute(&mut lock).await.unwrap();
+    let port = env.port;
+    let blocked: Vec<_> = (0..4)
+        .map(|k| tokio::spawn(async move { Client::connect(port, &format!("busy-sub-{k}"), false).await }))
+        .collect();
+    let start = std::time::Instant::now();
+    let waiting = format!(
+        "select count(*) from information_schema.processlist where db = '{}' and state like '%lock%'",
+        env.db_name
+    );
+    loop {
+        let mut c = env.mysql().await;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(waiting.clone())).fetch_one(&mut c).await.unwrap();
+        if n >= 2 {
+            break;
+        }
+        assert!(start.elapsed() < LONG, "the subscription reads never waited on the lock");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    for i in 0..MESSAGES {
+        p.publish("busy/t", QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    env.wait_count("mqtt_msg", MESSAGES, LONG).await;
+    let (_, metrics) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    assert_eq!(common::metric(&metrics, "offline_messages_spooled_total"), 0.0, "written directly");
+    lock.close().await.unwrap();
+    for b in blocked {
+        b.await.unwrap().disconnect().await;
+    }
+}

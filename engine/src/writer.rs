@@ -223,7 +223,7 @@ impl WriterTask {
                 tokio::spawn(async move {
                     sleep(wait + jitter(wait)).await;
                     if store.is_checked() {
-                        store.ping().await.is_ok()
+                        store.ping_writer().await.is_ok()
                     } else {
                         store.check().await.is_ok()
                     }
