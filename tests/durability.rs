@@ -626,3 +626,54 @@ async fn busy_subscription_statements_do_not_push_writes_into_the_spool() {
         b.await.unwrap().disconnect().await;
     }
 }
+
+// A QoS 0 delivery of a stored message is recorded without the subscriber's session waiting for
+// the writer: with the writer stuck on a locked table and its queue full, QoS 0 subscribers to `#`
+// still get other traffic, and once the lock goes every delivery record lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_delivery_records_never_hold_up_the_subscriber() {
+    use sqlx::Connection;
+    const SUBSCRIBERS: usize = 3;
+    const STORED: i64 = 12;
+    let env = TestEnv::new(Backend::MySql).await;
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("batch_size = 2\nmax_buffered = 4\nquery_timeout = 300s")
+    ));
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut subscribers = Vec::new();
+    for k in 0..SUBSCRIBERS {
+        let mut s = Client::connect(env.port, &format!("q0-sub-{k}"), true).await;
+        s.subscribe("#", QoS::AtMostOnce).await;
+        subscribers.push(s);
+    }
+    let stored_pub = Client::connect(env.port, "q0-pub", true).await;
+    let mut live_pub = Client::connect(env.port, "q0-live", true).await;
+
+    let mut lock = env.mysql().await;
+    sqlx::raw_sql("LOCK TABLES mqtt_msg WRITE").execute(&mut lock).await.unwrap();
+    for i in 0..STORED {
+        stored_pub.client.publish("q0/stored", QoS::AtLeastOnce, false, i.to_string()).await.unwrap();
+    }
+    // The writer waits on the lock with its first batch, and its queue fills up.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+        if common::metric(&text, "offline_messages_writer_queue") >= 4.0 {
+            break;
+        }
+        assert!(start.elapsed() < LONG, "the writer's queue never filled");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    live_pub.publish("q0/live", QoS::AtMostOnce, false, "ping").await;
+    for s in &mut subscribers {
+        while !s.recv(1, LONG).await.iter().any(|m| m.topic == "q0/live") {}
+    }
+
+    lock.close().await.unwrap();
+    env.wait_count("mqtt_msg", STORED, LONG).await;
+    env.wait_count("mqtt_delivered", STORED * SUBSCRIBERS as i64, LONG).await;
+    let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    assert_eq!(common::metric(&text, "offline_messages_spooled_total"), 0.0);
+}

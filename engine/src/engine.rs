@@ -298,20 +298,21 @@ impl Engine {
                     AckedMessage { msgid: d.msgid.to_owned(), from: d.from.to_owned(), topic: d.topic.to_owned() };
                 self.writer.delete(row).await;
             }
-            DeliveryMode::Fanout => self.record_delivery(subscriber, d.msgid).await,
+            DeliveryMode::Fanout => self.record_delivery(subscriber, d.msgid),
         }
     }
 
     /// A stored message went out to `subscriber` at QoS 0: no ack will come, so the delivery
-    /// counts as one. The row stays for subscribers that ack; this one does not get it again.
-    pub async fn on_delivered_qos0(&self, subscriber: &str, d: Delivery<'_>) {
+    /// counts as one. The row stays for subscribers that ack; this one does not get it again. Never
+    /// waits (see [`BatchWriter::record_delivery`]).
+    pub fn on_delivered_qos0(&self, subscriber: &str, d: Delivery<'_>) {
         if MessageId::from_base62(d.msgid).is_some() {
-            self.record_delivery(subscriber, d.msgid).await;
+            self.record_delivery(subscriber, d.msgid);
         }
     }
 
-    async fn record_delivery(&self, subscriber: &str, msgid: &str) {
-        self.writer.delivered(DeliveryRecord { client_id: subscriber.to_owned(), msgid: msgid.to_owned() }).await;
+    fn record_delivery(&self, subscriber: &str, msgid: &str) {
+        self.writer.record_delivery(DeliveryRecord { client_id: subscriber.to_owned(), msgid: msgid.to_owned() });
     }
 
     /// A client subscribed: store the subscription.

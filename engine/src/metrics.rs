@@ -27,6 +27,8 @@ pub struct Metrics {
     pub dead_letter_failed: AtomicU64,
     /// Operations still queued when the shutdown's time (`broker.shutdown_timeout`) ran out.
     pub shutdown_lost: AtomicU64,
+    /// Delivery records dropped because the writer's queue was full and as many waited already.
+    pub delivery_records_dropped: AtomicU64,
     /// Bytes waiting in the spool (a gauge).
     pub spool_bytes: AtomicU64,
     /// Batches written again after a transient error.
@@ -168,12 +170,13 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP offline_messages_dropped_total Operations lost, by reason (spool_full: spool_full = drop_newest; dead_letter_failed: a refused row the dead-letter file did not take; shutdown_timeout: still queued when broker.shutdown_timeout ran out).\n# TYPE offline_messages_dropped_total counter"
+            "# HELP offline_messages_dropped_total Operations lost, by reason (spool_full: spool_full = drop_newest; dead_letter_failed: a refused row the dead-letter file did not take; shutdown_timeout: still queued when broker.shutdown_timeout ran out; delivery_record: a QoS 0 delivery or fanout ack not recorded, the writer's queue being full, so that client may get the message again).\n# TYPE offline_messages_dropped_total counter"
         );
         for (reason, v) in [
             ("spool_full", &self.spool_dropped),
             ("dead_letter_failed", &self.dead_letter_failed),
             ("shutdown_timeout", &self.shutdown_lost),
+            ("delivery_record", &self.delivery_records_dropped),
         ] {
             let _ =
                 writeln!(out, "offline_messages_dropped_total{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));

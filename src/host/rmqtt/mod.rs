@@ -374,7 +374,7 @@ impl Handler for HookHandler {
                 let out = delivered.as_ref().unwrap_or(publish);
                 if out.qos == QoS::AtMostOnce {
                     if let Some(d) = delivery_of(from, out) {
-                        hooks.engine.on_delivered_qos0(&session.id.client_id, d).await;
+                        hooks.engine.on_delivered_qos0(&session.id.client_id, d);
                     }
                 }
                 if let Some(p) = delivered {
