@@ -677,3 +677,47 @@ async fn qos0_delivery_records_never_hold_up_the_subscriber() {
     let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
     assert_eq!(common::metric(&text, "offline_messages_spooled_total"), 0.0);
 }
+
+// The subscription queue holds at most `max_buffered` changes: with mqtt_sub locked, clean-session
+// connects (each queues the delete of the client's stored subscriptions) wait for room instead of
+// growing the queue, and once the lock goes every client connects and its subscription is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_queue_is_bounded_and_loses_nothing() {
+    use sqlx::Connection;
+    const CLIENTS: usize = 12;
+    let env = TestEnv::new(Backend::MySql).await;
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("max_buffered = 4\nquery_timeout = 300s")
+    ));
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let queued = || {
+        let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+        common::metric(&text, "offline_messages_subscription_queue")
+    };
+    let mut lock = env.mysql().await;
+    sqlx::raw_sql("LOCK TABLES mqtt_sub WRITE").execute(&mut lock).await.unwrap();
+    let port = env.port;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            tokio::spawn(async move {
+                let mut c = Client::connect(port, &format!("bq-{k}"), true).await;
+                c.subscribe(&format!("bq/{k}"), QoS::AtLeastOnce).await;
+                c
+            })
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    while queued() < 4.0 {
+        assert!(start.elapsed() < LONG, "the subscription queue never filled");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued(), 4.0, "never more than max_buffered");
+    lock.close().await.unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    env.wait_count("mqtt_sub", CLIENTS as i64, LONG).await;
+    assert_eq!(queued(), 0.0);
+}

@@ -143,7 +143,8 @@ impl Engine {
             outage.began(&e.detail);
         }
         let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters, spool, outage.clone());
-        let subscriptions = SubscriptionWriter::spawn(store.clone(), outage.clone());
+        let subscriptions =
+            SubscriptionWriter::spawn(store.clone(), outage.clone(), limits.queue_capacity, metrics.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
         tracing::info!(
             backend = backend.name(),
@@ -332,10 +333,11 @@ impl Engine {
     }
 
     /// A clean start or an ended session: no subscription of the client stays stored. Queued, not
-    /// awaited, so the broker's session teardown never waits on the database.
-    pub fn forget_subscriptions(&self, client_id: &str) {
+    /// awaited, so the broker's session teardown never waits on the database (only, with the
+    /// subscription queue full, for room in it).
+    pub async fn forget_subscriptions(&self, client_id: &str) {
         if self.restore == RestoreSubscriptions::Persistent {
-            self.subscriptions.forget(client_id);
+            self.subscriptions.forget(client_id).await;
         }
     }
 
@@ -404,14 +406,19 @@ impl Engine {
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// The Prometheus text of everything counted so far, with the gauges read now.
     pub fn render_metrics(&self) -> String {
         let (pool_in_use, pool_open) = self.store.connections();
-        self.metrics.render(Gauges { writer_queue: self.writer.queued(), pool_in_use, pool_open })
+        self.metrics.render(Gauges {
+            writer_queue: self.writer.queued(),
+            subscription_queue: self.subscriptions.queued(),
+            pool_in_use,
+            pool_open,
+        })
     }
 
     /// The same samples as [`Engine::render_metrics`], as one JSON object (`"name{labels}": value`),

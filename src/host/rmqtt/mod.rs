@@ -134,12 +134,13 @@ struct OfflineMessagesPlugin {
 impl OfflineMessagesPlugin {
     fn new(scx: ServerContext, engine: Arc<Engine>) -> Self {
         let register = scx.extends.hook_mgr().register();
+        let gates = Gates::new(engine.metrics().clone());
         let hooks = Arc::new(Hooks {
             scx,
             engine,
             windows: Mutex::default(),
             no_replay: Mutex::default(),
-            gates: Gates::default(),
+            gates,
             clients: Mutex::default(),
             next_serial: AtomicU64::new(1),
         });
@@ -562,7 +563,10 @@ impl Hooks {
             return false;
         }
         let live = (from.clone(), publish.clone());
-        self.gates.hold(client_id, &publish.topic, live, || carry::carried(publish).map(str::to_owned)).is_ok()
+        let payload_bytes = publish.payload.len();
+        self.gates
+            .hold(client_id, &publish.topic, payload_bytes, live, || carry::carried(publish).map(str::to_owned))
+            .is_ok()
     }
 
     /// A client connected: a clean start clears its stored subscriptions; a persistent session the
@@ -588,7 +592,7 @@ impl Hooks {
         }
         let always = self.engine.restore_subscriptions() == RestoreSubscriptions::Always;
         if clean_start && !always {
-            self.engine.forget_subscriptions(&client_id);
+            self.engine.forget_subscriptions(&client_id).await;
             return;
         }
         // A resumed session (session present) gets its subscriptions back from the broker itself,
@@ -772,7 +776,7 @@ impl Hooks {
         self.gates.close_client(&session.id.client_id);
         self.end_replays(&session.id.client_id, true);
         tracing::debug!(client_id = %session.id.client_id, "session ended; its stored subscriptions go");
-        self.engine.forget_subscriptions(&session.id.client_id);
+        self.engine.forget_subscriptions(&session.id.client_id).await;
     }
 
     /// Replays in a task of its own: the hook runs on the client's task, which must keep running
