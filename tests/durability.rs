@@ -577,3 +577,147 @@ async fn a_spool_on_a_full_disk_loses_nothing_and_keeps_the_order() {
     assert_eq!(order.lines().collect::<Vec<_>>(), expected, "each once, in publish order");
     drop(broker);
 }
+
+// The batch writer has connections of its own: with every other connection of the broker held by
+// subscription statements waiting on a lock (clients connecting with persistent sessions while
+// mqtt_sub is locked), publishes are still written at once, none through the spool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_subscription_statements_do_not_push_writes_into_the_spool() {
+    use sqlx::Connection;
+    const MESSAGES: i64 = 200;
+    let env = TestEnv::new(Backend::MySql).await;
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("query_timeout = 120s")
+    ));
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut p = Client::connect(env.port, "busy-pub", true).await;
+
+    let mut lock = env.mysql().await;
+    sqlx::raw_sql("LOCK TABLES mqtt_sub WRITE").execute(&mut lock).await.unwrap();
+    let port = env.port;
+    let blocked: Vec<_> = (0..4)
+        .map(|k| tokio::spawn(async move { Client::connect(port, &format!("busy-sub-{k}"), false).await }))
+        .collect();
+    let start = std::time::Instant::now();
+    let waiting = format!(
+        "select count(*) from information_schema.processlist where db = '{}' and state like '%lock%'",
+        env.db_name
+    );
+    loop {
+        let mut c = env.mysql().await;
+        let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(waiting.clone())).fetch_one(&mut c).await.unwrap();
+        if n >= 2 {
+            break;
+        }
+        assert!(start.elapsed() < LONG, "the subscription reads never waited on the lock");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
+    for i in 0..MESSAGES {
+        p.publish("busy/t", QoS::AtLeastOnce, false, i.to_string()).await;
+    }
+    env.wait_count("mqtt_msg", MESSAGES, LONG).await;
+    let (_, metrics) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    assert_eq!(common::metric(&metrics, "offline_messages_spooled_total"), 0.0, "written directly");
+    lock.close().await.unwrap();
+    for b in blocked {
+        b.await.unwrap().disconnect().await;
+    }
+}
+
+// A QoS 0 delivery of a stored message is recorded without the subscriber's session waiting for
+// the writer: with the writer stuck on a locked table and its queue full, QoS 0 subscribers to `#`
+// still get other traffic, and once the lock goes every delivery record lands.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos0_delivery_records_never_hold_up_the_subscriber() {
+    use sqlx::Connection;
+    const SUBSCRIBERS: usize = 3;
+    const STORED: i64 = 12;
+    let env = TestEnv::new(Backend::MySql).await;
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("batch_size = 2\nmax_buffered = 4\nquery_timeout = 300s")
+    ));
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let mut subscribers = Vec::new();
+    for k in 0..SUBSCRIBERS {
+        let mut s = Client::connect(env.port, &format!("q0-sub-{k}"), true).await;
+        s.subscribe("#", QoS::AtMostOnce).await;
+        subscribers.push(s);
+    }
+    let stored_pub = Client::connect(env.port, "q0-pub", true).await;
+    let mut live_pub = Client::connect(env.port, "q0-live", true).await;
+
+    let mut lock = env.mysql().await;
+    sqlx::raw_sql("LOCK TABLES mqtt_msg WRITE").execute(&mut lock).await.unwrap();
+    for i in 0..STORED {
+        stored_pub.client.publish("q0/stored", QoS::AtLeastOnce, false, i.to_string()).await.unwrap();
+    }
+    // The writer waits on the lock with its first batch, and its queue fills up.
+    let start = std::time::Instant::now();
+    loop {
+        let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+        if common::metric(&text, "offline_messages_writer_queue") >= 4.0 {
+            break;
+        }
+        assert!(start.elapsed() < LONG, "the writer's queue never filled");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    live_pub.publish("q0/live", QoS::AtMostOnce, false, "ping").await;
+    for s in &mut subscribers {
+        while !s.recv(1, LONG).await.iter().any(|m| m.topic == "q0/live") {}
+    }
+
+    lock.close().await.unwrap();
+    env.wait_count("mqtt_msg", STORED, LONG).await;
+    env.wait_count("mqtt_delivered", STORED * SUBSCRIBERS as i64, LONG).await;
+    let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+    assert_eq!(common::metric(&text, "offline_messages_spooled_total"), 0.0);
+}
+
+// The subscription queue holds at most `max_buffered` changes: with mqtt_sub locked, clean-session
+// connects (each queues the delete of the client's stored subscriptions) wait for room instead of
+// growing the queue, and once the lock goes every client connects and its subscription is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_subscription_queue_is_bounded_and_loses_nothing() {
+    use sqlx::Connection;
+    const CLIENTS: usize = 12;
+    let env = TestEnv::new(Backend::MySql).await;
+    let metrics_port = common::free_port();
+    let config = env.write_config(&format!(
+        "metrics {{ bind = \"127.0.0.1:{metrics_port}\" }}\n{}",
+        env.backend_block("max_buffered = 4\nquery_timeout = 300s")
+    ));
+    let _broker = common::Broker::start(&config, env.port, env.dir.path().join("broker.log")).await;
+    let queued = || {
+        let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics_port}/metrics"));
+        common::metric(&text, "offline_messages_subscription_queue")
+    };
+    let mut lock = env.mysql().await;
+    sqlx::raw_sql("LOCK TABLES mqtt_sub WRITE").execute(&mut lock).await.unwrap();
+    let port = env.port;
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|k| {
+            tokio::spawn(async move {
+                let mut c = Client::connect(port, &format!("bq-{k}"), true).await;
+                c.subscribe(&format!("bq/{k}"), QoS::AtLeastOnce).await;
+                c
+            })
+        })
+        .collect();
+    let start = std::time::Instant::now();
+    while queued() < 4.0 {
+        assert!(start.elapsed() < LONG, "the subscription queue never filled");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(queued(), 4.0, "never more than max_buffered");
+    lock.close().await.unwrap();
+    for c in clients {
+        c.await.unwrap();
+    }
+    env.wait_count("mqtt_sub", CLIENTS as i64, LONG).await;
+    assert_eq!(queued(), 0.0);
+}

@@ -143,7 +143,8 @@ impl Engine {
             outage.began(&e.detail);
         }
         let writer = BatchWriter::spawn(store.clone(), limits, metrics.clone(), dead_letters, spool, outage.clone());
-        let subscriptions = SubscriptionWriter::spawn(store.clone(), outage.clone());
+        let subscriptions =
+            SubscriptionWriter::spawn(store.clone(), outage.clone(), limits.queue_capacity, metrics.clone());
         let node_id = config.broker.node_id.unwrap_or_else(random_node_id);
         tracing::info!(
             backend = backend.name(),
@@ -298,20 +299,21 @@ impl Engine {
                     AckedMessage { msgid: d.msgid.to_owned(), from: d.from.to_owned(), topic: d.topic.to_owned() };
                 self.writer.delete(row).await;
             }
-            DeliveryMode::Fanout => self.record_delivery(subscriber, d.msgid).await,
+            DeliveryMode::Fanout => self.record_delivery(subscriber, d.msgid),
         }
     }
 
     /// A stored message went out to `subscriber` at QoS 0: no ack will come, so the delivery
-    /// counts as one. The row stays for subscribers that ack; this one does not get it again.
-    pub async fn on_delivered_qos0(&self, subscriber: &str, d: Delivery<'_>) {
+    /// counts as one. The row stays for subscribers that ack; this one does not get it again. Never
+    /// waits (see [`BatchWriter::record_delivery`]).
+    pub fn on_delivered_qos0(&self, subscriber: &str, d: Delivery<'_>) {
         if MessageId::from_base62(d.msgid).is_some() {
-            self.record_delivery(subscriber, d.msgid).await;
+            self.record_delivery(subscriber, d.msgid);
         }
     }
 
-    async fn record_delivery(&self, subscriber: &str, msgid: &str) {
-        self.writer.delivered(DeliveryRecord { client_id: subscriber.to_owned(), msgid: msgid.to_owned() }).await;
+    fn record_delivery(&self, subscriber: &str, msgid: &str) {
+        self.writer.record_delivery(DeliveryRecord { client_id: subscriber.to_owned(), msgid: msgid.to_owned() });
     }
 
     /// A client subscribed: store the subscription.
@@ -331,10 +333,11 @@ impl Engine {
     }
 
     /// A clean start or an ended session: no subscription of the client stays stored. Queued, not
-    /// awaited, so the broker's session teardown never waits on the database.
-    pub fn forget_subscriptions(&self, client_id: &str) {
+    /// awaited, so the broker's session teardown never waits on the database (only, with the
+    /// subscription queue full, for room in it).
+    pub async fn forget_subscriptions(&self, client_id: &str) {
         if self.restore == RestoreSubscriptions::Persistent {
-            self.subscriptions.forget(client_id);
+            self.subscriptions.forget(client_id).await;
         }
     }
 
@@ -403,14 +406,19 @@ impl Engine {
         }
     }
 
-    pub fn metrics(&self) -> &Metrics {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 
     /// The Prometheus text of everything counted so far, with the gauges read now.
     pub fn render_metrics(&self) -> String {
         let (pool_in_use, pool_open) = self.store.connections();
-        self.metrics.render(Gauges { writer_queue: self.writer.queued(), pool_in_use, pool_open })
+        self.metrics.render(Gauges {
+            writer_queue: self.writer.queued(),
+            subscription_queue: self.subscriptions.queued(),
+            pool_in_use,
+            pool_open,
+        })
     }
 
     /// The same samples as [`Engine::render_metrics`], as one JSON object (`"name{labels}": value`),

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::message_id::MessageId;
+use crate::metrics::Metrics;
 use crate::topic::TopicFilter;
 
 /// A message published this long before its gate opened has been routed by then: its row is never
@@ -23,21 +24,19 @@ const ROUTING_MARGIN_MICROS: u64 = 10_000_000;
 /// opening it (an ACL, a limit): it is closed when next met.
 const UNCLAIMED_LIFETIME_MICROS: u64 = 5_000_000;
 
-/// Live messages one gate holds at most. Beyond it, live messages go straight to the subscriber
-/// (out of order with the replay, never lost), and a warning says so.
-pub const MAX_HELD: usize = 50_000;
+/// Bytes of live messages (topic, payload and [`HELD_OVERHEAD`] each) one gate holds at most.
+/// Beyond it, live messages go straight to the subscriber (out of order with the replay, never
+/// lost), a warning says so, and `offline_messages_gate_passed_total` counts them.
+pub const MAX_HELD_BYTES: usize = 16 << 20;
+/// What a held message costs beside its topic and payload (the message itself, its queue slot, its id).
+pub const HELD_OVERHEAD: usize = 128;
 
 /// The open gates of every client, by client id.
 pub struct Gates<T> {
     clients: Mutex<HashMap<String, Vec<Arc<Gate<T>>>>>,
     /// Clients with open gates: every delivery asks, and nearly always none is open.
     open_clients: AtomicUsize,
-}
-
-impl<T> Default for Gates<T> {
-    fn default() -> Self {
-        Gates { clients: Mutex::default(), open_clients: AtomicUsize::new(0) }
-    }
+    metrics: Arc<Metrics>,
 }
 
 pub struct Gate<T> {
@@ -51,6 +50,8 @@ pub struct Gate<T> {
 
 struct Held<T> {
     messages: VecDeque<T>,
+    /// What `messages` cost, as [`MAX_HELD_BYTES`] counts.
+    bytes: usize,
     /// Message ids of held messages that are also stored: the replay skips those rows.
     ids: HashSet<String>,
     /// Message ids the replay delivered that may still arrive live (published around the opening).
@@ -61,6 +62,11 @@ struct Held<T> {
 }
 
 impl<T> Gates<T> {
+    /// No gate open yet; what passes a full gate is counted in `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Gates { clients: Mutex::default(), open_clients: AtomicUsize::new(0), metrics }
+    }
+
     /// Opens a gate for a subscription that is about to be added; a gate already open for the same
     /// client and filter is returned instead. `subscribed` is the filter as subscribed,
     /// `$share/group/` included; `filter` is what the broker matches topics against.
@@ -84,6 +90,7 @@ impl<T> Gates<T> {
             opened_micros,
             state: Mutex::new(Held {
                 messages: VecDeque::new(),
+                bytes: 0,
                 ids: HashSet::new(),
                 replayed: HashSet::new(),
                 claimed: false,
@@ -102,13 +109,14 @@ impl<T> Gates<T> {
         Some(gate)
     }
 
-    /// Holds a live message for `client_id` on `topic` if one of its gates is open for it, or drops
-    /// it if the replay already delivered it; gives it back otherwise (deliver it now). `msgid` is
-    /// the stored row's id, if it was persisted.
+    /// Holds a live message for `client_id` on `topic` (with a payload of `payload_bytes`) if one of
+    /// its gates is open for it, or drops it if the replay already delivered it; gives it back
+    /// otherwise (deliver it now). `msgid` is the stored row's id, if it was persisted.
     pub fn hold(
         &self,
         client_id: &str,
         topic: &str,
+        payload_bytes: usize,
         message: T,
         msgid: impl FnOnce() -> Option<String>,
     ) -> Result<(), T> {
@@ -131,16 +139,19 @@ impl<T> Gates<T> {
         if msgid.as_ref().is_some_and(|id| held.replayed.contains(id)) {
             return Ok(());
         }
-        if held.messages.len() >= MAX_HELD {
+        let bytes = topic.len() + payload_bytes + HELD_OVERHEAD;
+        if held.bytes + bytes > MAX_HELD_BYTES {
+            Metrics::add(&self.metrics.gate_passed, 1);
             if !held.overflowed {
                 held.overflowed = true;
-                tracing::warn!(client_id, topic = %gate.subscribed, held = MAX_HELD, "a replay is slower than live traffic; further live messages go out before the rest of the replay");
+                tracing::warn!(client_id, topic = %gate.subscribed, held_bytes = held.bytes, "a replay is slower than live traffic; further live messages go out before the rest of the replay");
             }
             return Err(message);
         }
         if let Some(id) = msgid {
             held.ids.insert(id);
         }
+        held.bytes += bytes;
         held.messages.push_back(message);
         Ok(())
     }
@@ -157,6 +168,7 @@ impl<T> Gates<T> {
         }
         held.ids.clear();
         held.replayed.clear();
+        held.bytes = 0;
         Some(std::mem::take(&mut held.messages))
     }
 
@@ -212,25 +224,25 @@ mod tests {
     fn holds_only_matching_topics_of_the_gated_client() {
         let ids = crate::message_id::MessageIdGenerator::new(1);
         let (m1, m2) = (ids.next_id().to_base62(), ids.next_id().to_base62());
-        let gates = Gates::default();
+        let gates = Gates::new(Arc::new(Metrics::new()));
         let gate = gates.open("c", "a/+", "a/+");
         assert!(gates.claim("c", "a/+").is_some());
-        assert_eq!(gates.hold("c", "a/1", 1, || Some(m1.clone())), Ok(()));
-        assert_eq!(gates.hold("c", "b/1", 2, || None), Err(2));
-        assert_eq!(gates.hold("other", "a/1", 3, || None), Err(3));
+        assert_eq!(gates.hold("c", "a/1", 0, 1, || Some(m1.clone())), Ok(()));
+        assert_eq!(gates.hold("c", "b/1", 0, 2, || None), Err(2));
+        assert_eq!(gates.hold("other", "a/1", 0, 3, || None), Err(3));
         assert!(gate.replaying(&m1), "the row of a held message is skipped");
         assert!(!gate.replaying(&m2));
-        assert_eq!(gates.hold("c", "a/2", 5, || Some(m2.clone())), Ok(()), "already replayed: dropped");
+        assert_eq!(gates.hold("c", "a/2", 0, 5, || Some(m2.clone())), Ok(()), "already replayed: dropped");
         assert_eq!(gates.drain_or_close(&gate), Some(VecDeque::from([1])));
         assert_eq!(gates.drain_or_close(&gate), None);
         assert_eq!(gates.open_clients.load(Ordering::SeqCst), 0);
-        assert_eq!(gates.hold("c", "a/1", 4, || None), Err(4), "closed");
+        assert_eq!(gates.hold("c", "a/1", 0, 4, || None), Err(4), "closed");
         assert!(gates.claim("c", "a/+").is_none());
     }
 
     #[test]
     fn old_rows_are_not_remembered() {
-        let gates: Gates<u8> = Gates::default();
+        let gates: Gates<u8> = Gates::new(Arc::new(Metrics::new()));
         let gate = gates.open("c", "#", "#");
         let old = crate::message_id::MessageId(((now_micros() - 2 * ROUTING_MARGIN_MICROS) as u128) << 64);
         assert!(!gate.replaying(&old.to_base62()));
@@ -239,31 +251,37 @@ mod tests {
 
     #[test]
     fn an_unclaimed_gate_closes_after_a_while() {
-        let gates = Gates::default();
+        let gates = Gates::new(Arc::new(Metrics::new()));
         let _fresh = gates.open("c", "a/#", "a/#");
-        assert_eq!(gates.hold("c", "a/1", 1, || None), Ok(()), "a fresh gate holds before it is claimed");
-        let gates = Gates::default();
+        assert_eq!(gates.hold("c", "a/1", 0, 1, || None), Ok(()), "a fresh gate holds before it is claimed");
+        let gates = Gates::new(Arc::new(Metrics::new()));
         let _stale = gates.open_at("c", "a/#", "a/#", now_micros() - UNCLAIMED_LIFETIME_MICROS - 1);
-        assert_eq!(gates.hold("c", "a/1", 2, || None), Err(2));
+        assert_eq!(gates.hold("c", "a/1", 0, 2, || None), Err(2));
         assert!(gates.clients.lock().unwrap().is_empty());
         assert_eq!(gates.open_clients.load(Ordering::SeqCst), 0);
     }
 
     #[test]
     fn a_shared_subscription_gates_its_filter() {
-        let gates = Gates::default();
+        let gates = Gates::new(Arc::new(Metrics::new()));
         let _gate = gates.open("c", "$share/g/s/#", "s/#");
-        assert_eq!(gates.hold("c", "s/x", 1, || None), Ok(()));
+        assert_eq!(gates.hold("c", "s/x", 0, 1, || None), Ok(()));
     }
 
     #[test]
-    fn holding_stops_at_the_limit() {
-        let gates = Gates::default();
+    fn holding_stops_at_the_byte_limit_and_counts_what_passes() {
+        let metrics = Arc::new(Metrics::new());
+        let gates = Gates::new(metrics.clone());
         let gate = gates.open("c", "#", "#");
-        for i in 0..MAX_HELD {
-            assert_eq!(gates.hold("c", "t", i, || None), Ok(()));
+        let mib = 1 << 20;
+        let fits = MAX_HELD_BYTES / (mib + 1 + HELD_OVERHEAD);
+        for i in 0..fits {
+            assert_eq!(gates.hold("c", "t", mib, i, || None), Ok(()));
         }
-        assert_eq!(gates.hold("c", "t", 0, || None), Err(0));
-        assert_eq!(gates.drain_or_close(&gate).map(|h| h.len()), Some(MAX_HELD));
+        assert_eq!(gates.hold("c", "t", mib, fits, || None), Err(fits), "1 MiB more does not fit");
+        assert_eq!(gates.hold("c", "t", 0, fits + 1, || None), Ok(()), "a small one still does");
+        assert_eq!(metrics.gate_passed.load(Ordering::Relaxed), 1);
+        assert_eq!(gates.drain_or_close(&gate).map(|h| h.len()), Some(fits + 1));
+        assert_eq!(gates.hold("c", "t", mib, 0, || None), Ok(()), "drained: room again");
     }
 }

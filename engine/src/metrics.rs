@@ -27,6 +27,12 @@ pub struct Metrics {
     pub dead_letter_failed: AtomicU64,
     /// Operations still queued when the shutdown's time (`broker.shutdown_timeout`) ran out.
     pub shutdown_lost: AtomicU64,
+    /// Delivery records dropped because the writer's queue was full and as many waited already.
+    pub delivery_records_dropped: AtomicU64,
+    /// Subscription changes dropped from those kept during an outage (beyond 100,000).
+    pub subscription_changes_dropped: AtomicU64,
+    /// Live messages a full replay gate let through ahead of the rest of the replay.
+    pub gate_passed: AtomicU64,
     /// Bytes waiting in the spool (a gauge).
     pub spool_bytes: AtomicU64,
     /// Batches written again after a transient error.
@@ -110,6 +116,8 @@ impl Default for Histogram {
 pub struct Gauges {
     /// Operations waiting in the writer's queue.
     pub writer_queue: usize,
+    /// Subscription changes waiting in their queue.
+    pub subscription_queue: usize,
     /// Database connections in use, and open, over both pools.
     pub pool_in_use: u32,
     pub pool_open: u32,
@@ -168,12 +176,14 @@ impl Metrics {
         );
         let _ = writeln!(
             out,
-            "# HELP offline_messages_dropped_total Operations lost, by reason (spool_full: spool_full = drop_newest; dead_letter_failed: a refused row the dead-letter file did not take; shutdown_timeout: still queued when broker.shutdown_timeout ran out).\n# TYPE offline_messages_dropped_total counter"
+            "# HELP offline_messages_dropped_total Operations lost, by reason (spool_full: spool_full = drop_newest; dead_letter_failed: a refused row the dead-letter file did not take; shutdown_timeout: still queued when broker.shutdown_timeout ran out; delivery_record: a QoS 0 delivery or fanout ack not recorded, the writer's queue being full, so that client may get the message again; subscription_change: the oldest of the subscription changes kept during an outage, beyond 100,000).\n# TYPE offline_messages_dropped_total counter"
         );
         for (reason, v) in [
             ("spool_full", &self.spool_dropped),
             ("dead_letter_failed", &self.dead_letter_failed),
             ("shutdown_timeout", &self.shutdown_lost),
+            ("delivery_record", &self.delivery_records_dropped),
+            ("subscription_change", &self.subscription_changes_dropped),
         ] {
             let _ =
                 writeln!(out, "offline_messages_dropped_total{{reason=\"{reason}\"}} {}", v.load(Ordering::Relaxed));
@@ -236,6 +246,12 @@ impl Metrics {
         );
         counter(
             &mut out,
+            "offline_messages_gate_passed_total",
+            "Live messages delivered ahead of the rest of a replay because its gate held its limit in bytes.",
+            &self.gate_passed,
+        );
+        counter(
+            &mut out,
             "offline_messages_password_checks_total",
             "Password hashes verified for CONNECTs (unknown usernames included: they cost the same).",
             &self.password_checks,
@@ -260,6 +276,12 @@ impl Metrics {
             "offline_messages_writer_queue",
             "Operations waiting in the writer's queue.",
             gauges.writer_queue as u64,
+        );
+        gauge(
+            &mut out,
+            "offline_messages_subscription_queue",
+            "Subscription changes waiting to be written.",
+            gauges.subscription_queue as u64,
         );
         gauge(
             &mut out,
@@ -297,7 +319,7 @@ mod tests {
         let m = Metrics::new();
         Metrics::add(&m.persisted, 3);
         m.flush_seconds.observe(0.002);
-        let text = m.render(Gauges { writer_queue: 7, pool_in_use: 1, pool_open: 2 });
+        let text = m.render(Gauges { writer_queue: 7, pool_in_use: 1, pool_open: 2, ..Gauges::default() });
         let json = samples_json(&text);
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(json.as_object().unwrap().len(), samples, "{json}");

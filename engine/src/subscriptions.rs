@@ -6,9 +6,13 @@
 //! subscription write goes through the same queue, so a reconnect's subscribe lands after the
 //! ended session's delete, and a read of the stored subscriptions waits for what is queued.
 //!
+//! The queue is bounded (`max_buffered`, as the batch writer's): when it is full, callers wait for
+//! room (a SUBACK, a connect or a session's end), so nothing is dropped and memory stays bounded.
+//!
 //! While the database cannot be reached, changes are kept in memory, in order, and written when it
 //! answers again (retried with backoff), so a subscription made during an outage is stored once the
-//! outage ends. They are not spooled to disk: a broker stopped during the outage loses them (logged).
+//! outage ends. They are not spooled to disk: a broker stopped during the outage loses them (logged);
+//! beyond `MAX_KEPT` the oldest are dropped, logged and counted.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -17,6 +21,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::message::Subscription;
+use crate::metrics::Metrics;
 use crate::outage::OutageLog;
 use crate::store::{Store, StoreError};
 use crate::writer::jitter;
@@ -41,14 +46,25 @@ enum Op {
 /// The handle; cheap to clone. The task ends when every handle is dropped.
 #[derive(Clone)]
 pub struct SubscriptionWriter {
-    tx: mpsc::UnboundedSender<Op>,
+    tx: mpsc::Sender<Op>,
 }
 
 impl SubscriptionWriter {
-    pub fn spawn(store: Arc<dyn Store>, outage: Arc<OutageLog>) -> SubscriptionWriter {
-        let (tx, rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(store, outage, rx));
+    /// Starts the task, with room for `capacity` queued changes.
+    pub fn spawn(
+        store: Arc<dyn Store>,
+        outage: Arc<OutageLog>,
+        capacity: usize,
+        metrics: Arc<Metrics>,
+    ) -> SubscriptionWriter {
+        let (tx, rx) = mpsc::channel(capacity.max(1));
+        tokio::spawn(run(store, outage, rx, metrics));
         SubscriptionWriter { tx }
+    }
+
+    /// Changes waiting in the queue.
+    pub fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Stores a subscription once what was queued before it is written. `Ok` also when the
@@ -62,32 +78,33 @@ impl SubscriptionWriter {
         self.change(Change::Delete(sub)).await
     }
 
-    /// Queues the delete of every subscription of `client_id`; does not wait for it.
-    pub fn forget(&self, client_id: &str) {
-        self.send(Op::Change(Change::Forget(client_id.to_owned()), None));
+    /// Queues the delete of every subscription of `client_id`; does not wait for it (only, with
+    /// the queue full, for room).
+    pub async fn forget(&self, client_id: &str) {
+        self.send(Op::Change(Change::Forget(client_id.to_owned()), None)).await;
     }
 
     /// Returns once everything queued before is written, or kept for when the database answers.
     pub async fn flush(&self) {
         let (done, wait) = oneshot::channel();
-        self.send(Op::Flush(done));
+        self.send(Op::Flush(done)).await;
         let _ = wait.await;
     }
 
     async fn change(&self, change: Change) -> Result<(), StoreError> {
         let (done, result) = oneshot::channel();
-        self.send(Op::Change(change, Some(done)));
+        self.send(Op::Change(change, Some(done))).await;
         result.await.unwrap_or(Ok(()))
     }
 
-    fn send(&self, op: Op) {
-        if self.tx.send(op).is_err() {
+    async fn send(&self, op: Op) {
+        if self.tx.send(op).await.is_err() {
             tracing::error!("the subscription writer has stopped; a subscription change was not stored");
         }
     }
 }
 
-async fn run(store: Arc<dyn Store>, outage: Arc<OutageLog>, mut rx: mpsc::UnboundedReceiver<Op>) {
+async fn run(store: Arc<dyn Store>, outage: Arc<OutageLog>, mut rx: mpsc::Receiver<Op>, metrics: Arc<Metrics>) {
     // Changes that met an unreachable database, oldest first; new ones queue behind them.
     let mut kept: VecDeque<Change> = VecDeque::new();
     let mut backoff = RETRY_FIRST;
@@ -133,6 +150,7 @@ async fn run(store: Arc<dyn Store>, outage: Arc<OutageLog>, mut rx: mpsc::Unboun
             Op::Change(change, done) => {
                 if kept.len() >= MAX_KEPT {
                     kept.pop_front();
+                    Metrics::add(&metrics.subscription_changes_dropped, 1);
                     tracing::error!(
                         kept = MAX_KEPT,
                         "too many subscription changes kept during the outage; the oldest is dropped"

@@ -14,6 +14,7 @@
 
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -35,6 +36,10 @@ const PROBE_MAX: Duration = Duration::from_secs(5);
 /// Attempts at a batch before it goes to the spool when the database answers "try again" (a
 /// deadlock, a lock wait pass quickly); an unreachable database sends it to the spool at once.
 const TRIES_BEFORE_SPOOLING: u32 = 3;
+
+/// Delivery records that may wait for room in a full queue, at least (see
+/// [`BatchWriter::record_delivery`]).
+const RECORDS_WAITING_MIN: usize = 10_000;
 
 enum Op {
     Insert(Message),
@@ -65,6 +70,9 @@ pub struct BatchLimits {
 #[derive(Clone)]
 pub struct BatchWriter {
     tx: mpsc::Sender<Op>,
+    /// Delivery records waiting for room in a full queue (see [`BatchWriter::record_delivery`]).
+    records_waiting: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
 }
 
 impl BatchWriter {
@@ -88,7 +96,7 @@ impl BatchWriter {
         let task = WriterTask {
             store,
             limits,
-            metrics,
+            metrics: metrics.clone(),
             dead_letters,
             spool,
             waiting: Vec::new(),
@@ -98,7 +106,7 @@ impl BatchWriter {
             probe_backoff: PROBE_FIRST,
         };
         tokio::spawn(task.run(rx));
-        BatchWriter { tx }
+        BatchWriter { tx, records_waiting: Arc::default(), metrics }
     }
 
     /// Queues a message; waits only while the queue is full.
@@ -111,9 +119,32 @@ impl BatchWriter {
         self.send(Op::Delete(a)).await
     }
 
-    /// Queues the record that a client has had a message.
-    pub async fn delivered(&self, d: DeliveryRecord) {
-        self.send(Op::Delivered(d)).await
+    /// Queues the record that a client has had a message, without waiting: the session that
+    /// delivered it must not wait for the database. Records ride in the writer's batches (one
+    /// multi-row statement each). When the queue is full, a record waits for room in a task of its
+    /// own, in line behind what was queued before it (its message's insert included); with as many
+    /// records waiting as the queue holds (at least `RECORDS_WAITING_MIN`), a further one is
+    /// dropped and counted
+    /// (`offline_messages_dropped_total{reason="delivery_record"}`): that client may get the message
+    /// again from a later replay, a duplicate rather than a loss.
+    pub fn record_delivery(&self, d: DeliveryRecord) {
+        let op = match self.tx.try_send(Op::Delivered(d)) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                return tracing::error!("the batch writer has stopped; a delivery record was not queued")
+            }
+            Err(mpsc::error::TrySendError::Full(op)) => op,
+        };
+        if self.records_waiting.fetch_add(1, Ordering::Relaxed) >= self.tx.max_capacity().max(RECORDS_WAITING_MIN) {
+            self.records_waiting.fetch_sub(1, Ordering::Relaxed);
+            Metrics::add(&self.metrics.delivery_records_dropped, 1);
+            return;
+        }
+        let (tx, waiting) = (self.tx.clone(), self.records_waiting.clone());
+        tokio::spawn(async move {
+            let _ = tx.send(op).await;
+            waiting.fetch_sub(1, Ordering::Relaxed);
+        });
     }
 
     /// Returns once everything queued before this call is in the database (or given up on).
@@ -223,7 +254,7 @@ impl WriterTask {
                 tokio::spawn(async move {
                     sleep(wait + jitter(wait)).await;
                     if store.is_checked() {
-                        store.ping().await.is_ok()
+                        store.ping_writer().await.is_ok()
                     } else {
                         store.check().await.is_ok()
                     }

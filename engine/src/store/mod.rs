@@ -68,6 +68,9 @@ pub trait Store: Send + Sync {
     /// A trivial request: does the backend answer?
     async fn ping(&self) -> Result<(), StoreError>;
 
+    /// The same through the batch writer's own connections: can the writer write again?
+    async fn ping_writer(&self) -> Result<(), StoreError>;
+
     /// Closes the connections the writer uses, once it is done.
     async fn close(&self);
 }

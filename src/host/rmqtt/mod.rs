@@ -138,12 +138,13 @@ struct OfflineMessagesPlugin {
 impl OfflineMessagesPlugin {
     fn new(scx: ServerContext, engine: Arc<Engine>) -> Self {
         let register = scx.extends.hook_mgr().register();
+        let gates = Gates::new(engine.metrics().clone());
         let hooks = Arc::new(Hooks {
             scx,
             engine,
             windows: Mutex::default(),
             no_replay: Mutex::default(),
-            gates: Gates::default(),
+            gates,
             clients: Mutex::default(),
             next_serial: AtomicU64::new(1),
         });
@@ -378,7 +379,7 @@ impl Handler for HookHandler {
                 let out = delivered.as_ref().unwrap_or(publish);
                 if out.qos == QoS::AtMostOnce {
                     if let Some(d) = delivery_of(from, out) {
-                        hooks.engine.on_delivered_qos0(&session.id.client_id, d).await;
+                        hooks.engine.on_delivered_qos0(&session.id.client_id, d);
                     }
                 }
                 if let Some(p) = delivered {
@@ -566,7 +567,10 @@ impl Hooks {
             return false;
         }
         let live = (from.clone(), publish.clone());
-        self.gates.hold(client_id, &publish.topic, live, || carry::carried(publish).map(str::to_owned)).is_ok()
+        let payload_bytes = publish.payload.len();
+        self.gates
+            .hold(client_id, &publish.topic, payload_bytes, live, || carry::carried(publish).map(str::to_owned))
+            .is_ok()
     }
 
     /// A client connected: a clean start clears its stored subscriptions; a persistent session the
@@ -592,7 +596,7 @@ impl Hooks {
         }
         let always = self.engine.restore_subscriptions() == RestoreSubscriptions::Always;
         if clean_start && !always {
-            self.engine.forget_subscriptions(&client_id);
+            self.engine.forget_subscriptions(&client_id).await;
             return;
         }
         // A resumed session (session present) gets its subscriptions back from the broker itself,
@@ -776,7 +780,7 @@ impl Hooks {
         self.gates.close_client(&session.id.client_id);
         self.end_replays(&session.id.client_id, true);
         tracing::debug!(client_id = %session.id.client_id, "session ended; its stored subscriptions go");
-        self.engine.forget_subscriptions(&session.id.client_id);
+        self.engine.forget_subscriptions(&session.id.client_id).await;
     }
 
     /// Replays in a task of its own: the hook runs on the client's task, which must keep running

@@ -1,8 +1,10 @@
 //! The database (MySQL or SQLite) and the SQL templates run against it.
 //!
-//! Two connection pools: replays stream their rows at the pace of slow subscribers, so they get a
-//! pool of their own (`pool_size`), and can never take the connections the batch writer and the
-//! subscription statements need.
+//! Three connection pools, so that no path can take the connections another needs: the batch
+//! writer's own (a statement that waits for a connection counts as an outage, and would send
+//! writes to the spool while the database is fine); replays, which stream their rows at the pace
+//! of slow subscribers (`pool_size`); and the rest (subscription statements, purge and trim,
+//! `/health`, the schema checks).
 //!
 //! Every value reaches SQL as a bound parameter; template text is the only SQL text, and it comes
 //! from the operator's config, never from message data.
@@ -29,8 +31,11 @@ use crate::template::{
     SELECT_MESSAGE_VARS, SUBSCRIPTION_VARS, TRIM_VARS,
 };
 
-/// Connections for the writer and the subscription statements.
-const WRITE_CONNECTIONS: u32 = 2;
+/// Connections for the batch writer (one task, one transaction at a time; the second covers a
+/// connection dropped by a timeout while it is replaced).
+const WRITER_CONNECTIONS: u32 = 2;
+/// Connections for subscription statements, maintenance, `/health` and the checks.
+const SHARED_CONNECTIONS: u32 = 2;
 /// SQLite serves readers in parallel (WAL); a few are enough on one disk.
 const SQLITE_REPLAY_CONNECTIONS: u32 = 4;
 /// Ids per `delete ... in (...)` statement.
@@ -131,8 +136,10 @@ impl Statements {
 /// One transaction of the batch writer.
 /// A connected database with its checked statements.
 pub struct SqlStore {
-    /// The batch writer, subscription statements, schema checks.
-    writes: Pool,
+    /// The batch writer's alone.
+    writer: Pool,
+    /// Subscription statements, purge and trim, `/health`, schema checks.
+    shared: Pool,
     /// Replays (`select_message_sql`).
     replays: Pool,
     statements: Statements,
@@ -166,19 +173,23 @@ impl SqlStore {
     pub async fn connect(backend: &Backend) -> Result<SqlStore, StoreError> {
         let (name, storage) = (backend.name(), backend.storage());
         let statements = Statements::parse(name, &storage.templates)?;
-        let (writes, replays) = match backend {
-            Backend::MySql(cfg) => {
-                (Pool::MySql(lazy_mysql(cfg, WRITE_CONNECTIONS)?), Pool::MySql(lazy_mysql(cfg, cfg.pool_size)?))
-            }
+        let (writer, shared, replays) = match backend {
+            Backend::MySql(cfg) => (
+                Pool::MySql(lazy_mysql(cfg, WRITER_CONNECTIONS)?),
+                Pool::MySql(lazy_mysql(cfg, SHARED_CONNECTIONS)?),
+                Pool::MySql(lazy_mysql(cfg, cfg.pool_size)?),
+            ),
             Backend::Sqlite(cfg) => (
-                Pool::Sqlite(connect_sqlite(cfg, WRITE_CONNECTIONS).await?),
+                Pool::Sqlite(connect_sqlite(cfg, WRITER_CONNECTIONS).await?),
+                Pool::Sqlite(connect_sqlite(cfg, SHARED_CONNECTIONS).await?),
                 Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?),
             ),
         };
         let insert = &statements.insert_message;
         let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
         let store = SqlStore {
-            writes,
+            writer,
+            shared,
             replays,
             statements,
             rows_per_statement,
@@ -198,7 +209,7 @@ impl SqlStore {
 
     async fn run_checks(&self) -> Result<Checked, StoreError> {
         let (name, storage) = (self.backend.name(), self.backend.storage());
-        let pool = &self.writes;
+        let pool = &self.shared;
         if let (Pool::MySql(p), Backend::MySql(cfg)) = (pool, &self.backend) {
             acquire_mysql(p, cfg).await?;
         }
@@ -269,7 +280,7 @@ impl SqlStore {
     /// Runs one statement; returns the rows it changed.
     async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<u64, StoreError> {
         let err = |cause| StoreError::Query { key: t.key(), cause };
-        with_pool!(&self.writes, p => self.in_time(t.key(), async {
+        with_pool!(&self.shared, p => self.in_time(t.key(), async {
             bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()).map_err(err)
         }).await)
     }
@@ -336,7 +347,7 @@ impl Store for SqlStore {
                 q.execute(&mut *$tx).await.map_err(|cause| StoreError::Query { key: $t.key(), cause })?;
             }};
         }
-        with_pool!(&self.writes, p => self.in_time(insert.key(), async {
+        with_pool!(&self.writer, p => self.in_time(insert.key(), async {
             let err = |cause| StoreError::Query { key: insert.key(), cause };
             let mut tx = p.begin().await.map_err(err)?;
             for chunk in &insert_chunks {
@@ -411,7 +422,7 @@ impl Store for SqlStore {
         let t = &self.statements.select_subscriptions;
         let key = t.key();
         let probe = Subscription { client_id: client_id.to_owned(), filter: String::new(), qos: 0 };
-        with_pool!(&self.writes, p => {
+        with_pool!(&self.shared, p => {
             let fetch = bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, &probe).fetch_all(p);
             let rows = self.in_time(key, async { fetch.await.map_err(|cause| StoreError::Query { key, cause }) }).await?;
             rows.iter()
@@ -437,25 +448,34 @@ impl Store for SqlStore {
         self.execute(&self.statements.trim_topic, &Maintenance { now_ms: 0, limit, topic }).await
     }
 
-    /// Connections in use and open, over both pools.
+    /// Connections in use and open, over the three pools.
     fn connections(&self) -> (u32, u32) {
         let usage = |pool: &Pool| with_pool!(pool, p => (p.size() - p.num_idle() as u32, p.size()));
-        let (w, r) = (usage(&self.writes), usage(&self.replays));
-        (w.0 + r.0, w.1 + r.1)
+        [&self.writer, &self.shared, &self.replays].map(usage).iter().fold((0, 0), |(u, o), (a, b)| (u + a, o + b))
     }
 
-    /// A trivial query on the write pool: does the database answer?
+    /// A trivial query on the shared pool: does the database answer?
     async fn ping(&self) -> Result<(), StoreError> {
-        let err = |cause| StoreError::Query { key: "health", cause };
-        with_pool!(&self.writes, p => self.in_time("health", async { sqlx::query("select 1").execute(p).await.map(drop).map_err(err) }).await)
+        ping(&self.shared, self).await
     }
 
-    /// Closes the write pool, waiting for its connections. Replays in progress are not waited
-    /// for: a stalled one could hold its connection for minutes, and what it has not delivered
-    /// stays stored.
-    async fn close(&self) {
-        with_pool!(&self.writes, p => p.close().await)
+    /// A trivial query on the writer's pool: can the writer write again?
+    async fn ping_writer(&self) -> Result<(), StoreError> {
+        ping(&self.writer, self).await
     }
+
+    /// Closes the writer's and the shared pool, waiting for their connections. Replays in
+    /// progress are not waited for: a stalled one could hold its connection for minutes, and what
+    /// it has not delivered stays stored.
+    async fn close(&self) {
+        with_pool!(&self.writer, p => p.close().await);
+        with_pool!(&self.shared, p => p.close().await)
+    }
+}
+
+async fn ping(pool: &Pool, store: &SqlStore) -> Result<(), StoreError> {
+    let err = |cause| StoreError::Query { key: "health", cause };
+    with_pool!(pool, p => store.in_time("health", async { sqlx::query("select 1").execute(p).await.map(drop).map_err(err) }).await)
 }
 
 /// Binds the template's variables, in placeholder order, from `b`.
