@@ -363,7 +363,7 @@ async fn dispatch(shared: Shared, deliveries: mpsc::Sender<Outgoing>, mut events
                 })
                 .await
             }
-            Event::SessionEnded(client_id) => engine.forget_subscriptions(&client_id),
+            Event::SessionEnded(client_id) => engine.forget_subscriptions(&client_id).await,
         }
         shared.counts.taken.fetch_add(1, Ordering::AcqRel);
         shared.counts.progress.notify_waiters();
@@ -494,7 +494,7 @@ async fn acknowledge(engine: Arc<Engine>, mut accepted: mpsc::UnboundedReceiver<
     while let Some(o) = accepted.recv().await {
         let d = Delivery { msgid: &o.msgid, from: &o.from, topic: &o.topic };
         if o.qos == 0 {
-            engine.on_delivered_qos0(&o.client_id, d).await;
+            engine.on_delivered_qos0(&o.client_id, d);
         } else {
             engine.on_acked(&o.client_id, d).await;
         }
