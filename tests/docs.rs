@@ -289,7 +289,11 @@ async fn the_readme_try_it_stores_and_replays_a_message() {
         if left == 0 {
             break;
         }
-        assert!(start.elapsed() < LONG, "the acknowledged row is still stored: {left}");
+        assert!(
+            start.elapsed() < LONG,
+            "the acknowledged row is still stored: {left}\n{}",
+            std::fs::read_to_string(dir.path().join("broker.log")).unwrap_or_default()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(std::fs::read_to_string(dir.path().join("broker.log")).unwrap().contains("MQTT broker listening"));
