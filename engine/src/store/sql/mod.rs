@@ -179,11 +179,11 @@ impl SqlStore {
                 Pool::MySql(lazy_mysql(cfg, SHARED_CONNECTIONS)?),
                 Pool::MySql(lazy_mysql(cfg, cfg.pool_size)?),
             ),
-            Backend::Sqlite(cfg) => (
-                Pool::Sqlite(connect_sqlite(cfg, WRITER_CONNECTIONS).await?),
-                Pool::Sqlite(connect_sqlite(cfg, SHARED_CONNECTIONS).await?),
-                Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?),
-            ),
+            Backend::Sqlite(cfg) => {
+                let shared = Pool::Sqlite(connect_sqlite(cfg, SHARED_CONNECTIONS).await?);
+                let replays = Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?);
+                (Pool::Sqlite(lazy_sqlite(cfg, WRITER_CONNECTIONS)?), shared, replays)
+            }
         };
         let insert = &statements.insert_message;
         let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
@@ -637,16 +637,34 @@ fn is_tls_failure(e: &sqlx::Error) -> bool {
 }
 
 async fn connect_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::SqlitePool, StoreError> {
+    let opts = sqlite_options(cfg)?;
+    SqlitePoolOptions::new().max_connections(connections).connect_with(opts).await.map_err(|cause| {
+        StoreError::Connect { backend: "sqlite", key: "sqlite.path", target: cfg.path.display().to_string(), cause }
+    })
+}
+
+/// A pool that opens its connections when first used. A SQLite connection opened before the
+/// migrations keeps the schema it read (a prepare then finds no table): the writer's pool opens
+/// only once the checks have run.
+fn lazy_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::SqlitePool, StoreError> {
+    Ok(SqlitePoolOptions::new().max_connections(connections).connect_lazy_with(sqlite_options(cfg)?))
+}
+
+/// The file's options; creates its directory (0700) and the file (0600) if missing.
+fn sqlite_options(cfg: &SqliteConfig) -> Result<SqliteConnectOptions, StoreError> {
     let path = cfg.path.display().to_string();
     if let Some(dir) = cfg.path.parent().filter(|d| !d.as_os_str().is_empty()) {
         private_files::create_dir_all(dir).map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
     }
-    // SQLite gives its WAL and shared-memory files the database file's permissions.
-    private_files::options()
-        .create(true)
-        .append(true)
-        .open(&cfg.path)
-        .map_err(|cause| StoreError::SqliteDir { path: path.clone(), cause })?;
+    // SQLite gives its WAL and shared-memory files the database file's permissions. Only a file
+    // that does not exist yet is opened here: closing a descriptor of a file SQLite has open would
+    // drop the process's locks on it (POSIX), and with them SQLite's guard against corruption.
+    match private_files::options().write(true).create_new(true).open(&cfg.path) {
+        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+            return Err(StoreError::SqliteDir { path, cause: e })
+        }
+        _ => {}
+    }
     let opts = SqliteConnectOptions::from_str("sqlite:")
         .expect("a constant URL")
         .filename(&cfg.path)
@@ -663,9 +681,5 @@ async fn connect_sqlite(cfg: &SqliteConfig, connections: u32) -> Result<sqlx::Sq
         // Lets `topic like 'prefix%'` use the topic index (SQLite's LIKE folds ASCII case otherwise);
         // the exact match is done in Rust either way.
         .pragma("case_sensitive_like", "ON");
-    SqlitePoolOptions::new()
-        .max_connections(connections)
-        .connect_with(opts)
-        .await
-        .map_err(|cause| StoreError::Connect { backend: "sqlite", key: "sqlite.path", target: path, cause })
+    Ok(opts)
 }
