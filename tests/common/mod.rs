@@ -301,6 +301,101 @@ impl Drop for TestEnv {
     }
 }
 
+/// Brokers as one cluster (`broker.cluster`, cargo feature `cluster`) on the test's database: node
+/// `i` (from 1) has its own MQTT port, gRPC and Raft ports, spool, config file and log.
+pub struct Cluster {
+    nodes: Vec<Option<Broker>>,
+    ports: Vec<u16>,
+    configs: Vec<PathBuf>,
+    logs: Vec<PathBuf>,
+}
+
+impl TestEnv {
+    /// Starts `n` nodes in `mode` (`broadcast` or `raft`), one after the other (node 1 first, as an
+    /// operator starts them), each with `extra` keys in its backend block, and waits until every
+    /// node routes to every other.
+    pub async fn start_cluster(&self, mode: &str, n: usize, extra: &str) -> Cluster {
+        assert_eq!(self.backend, Backend::MySql, "a cluster shares one MariaDB database");
+        let list = |ports: &[u16]| {
+            let entries: Vec<String> =
+                ports.iter().enumerate().map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1)).collect();
+            format!("[{}]", entries.join(", "))
+        };
+        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let peers = if mode == "raft" { format!("raft_peers = {}", list(&raft)) } else { String::new() };
+        let mut cluster = Cluster { nodes: Vec::new(), ports: Vec::new(), configs: Vec::new(), logs: Vec::new() };
+        for node in 1..=n {
+            let spool = self.dir.path().join(format!("spool-{node}"));
+            let config = self.dir.path().join(format!("config-{node}.hocon"));
+            let text = format!(
+                "broker.cluster {{\n mode = {mode}\n node_id = {node}\n nodes = {}\n {peers}\n}}\n{}",
+                list(&grpc),
+                self.backend_block(&format!("spool_dir = \"{}\"\n{extra}", spool.display()))
+            );
+            std::fs::write(&config, text).unwrap();
+            cluster.ports.push(free_port());
+            cluster.configs.push(config);
+            cluster.logs.push(self.dir.path().join(format!("broker-{node}.log")));
+            cluster.nodes.push(None);
+            cluster.restart(node).await;
+        }
+        cluster.wait_routing().await;
+        cluster
+    }
+}
+
+impl Cluster {
+    /// Node `node`'s MQTT port.
+    pub fn port(&self, node: usize) -> u16 {
+        self.ports[node - 1]
+    }
+
+    pub fn node(&self, node: usize) -> &Broker {
+        self.nodes[node - 1].as_ref().expect("the node runs")
+    }
+
+    /// SIGKILL to node `node`.
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut broker) = self.nodes[node - 1].take() {
+            broker.kill();
+        }
+    }
+
+    /// Starts node `node` (again), on its ports, config and log.
+    pub async fn restart(&mut self, node: usize) {
+        let i = node - 1;
+        self.nodes[i] = Some(Broker::start(&self.configs[i], self.ports[i], self.logs[i].clone()).await);
+    }
+
+    /// Waits until a QoS 0 publish on every running node reaches a subscriber on every other: the
+    /// cluster routes (raft mode needs a leader and its members first).
+    pub async fn wait_routing(&self) {
+        let running: Vec<usize> = (1..=self.nodes.len()).filter(|&n| self.nodes[n - 1].is_some()).collect();
+        let start = Instant::now();
+        for &to in &running {
+            let mut sub = Client::connect(self.port(to), &format!("probe-sub-{to}"), true).await;
+            sub.subscribe(&format!("probe/{to}"), QoS::AtMostOnce).await;
+            for &from in running.iter().filter(|&&n| n != to) {
+                let publisher = Client::connect(self.port(from), &format!("probe-pub-{from}"), true).await;
+                loop {
+                    publisher.client.publish(format!("probe/{to}"), QoS::AtMostOnce, false, "probe").await.unwrap();
+                    if !sub.drain(Duration::from_millis(300)).await.is_empty() {
+                        break;
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(180),
+                        "node {from} does not route to node {to} after 180 s:\n{}",
+                        self.node(from).log_text()
+                    );
+                }
+                publisher.disconnect().await;
+            }
+            sub.disconnect().await;
+        }
+    }
+}
+
 /// The broker binary, running; stopped with SIGTERM when dropped.
 pub struct Broker {
     child: Child,
@@ -346,7 +441,8 @@ impl Broker {
             if let Ok(Some(status)) = broker.child.try_wait() {
                 panic!("broker exited with {status} at start-up:\n{}", broker.log_text());
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "broker not ready in 60 s:\n{}", broker.log_text());
+            // A cluster node in raft mode serves once it has joined a cluster with a leader.
+            assert!(start.elapsed() < Duration::from_secs(120), "broker not ready in 120 s:\n{}", broker.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -519,6 +615,13 @@ impl Client {
     pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, qos, retain, payload.into()).await.unwrap();
         if qos != QoS::AtMostOnce {
+            self.next_ack("PUBACK/PUBCOMP").await;
+        }
+    }
+
+    /// Waits for `n` PUBACKs (or PUBCOMPs) of publishes sent without waiting.
+    pub async fn wait_acks(&mut self, n: usize) {
+        for _ in 0..n {
             self.next_ack("PUBACK/PUBCOMP").await;
         }
     }

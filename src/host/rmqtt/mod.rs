@@ -19,7 +19,8 @@ use rmqtt::session::Session;
 use rmqtt::subscribe::SharedSubscription;
 use rmqtt::types::{
     AuthResult, ClientId, From, Id, IsOnline, NodeId, Publish, PublishAclResult, QoS, Reason, SharedGroup,
-    SubsSearchResult, Subscribe, SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions, TopicName,
+    SubsSearchParams, SubsSearchResult, Subscribe, SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions,
+    TopicName,
 };
 use tokio::sync::Notify;
 
@@ -33,6 +34,8 @@ use crate::writer::jitter;
 
 mod broker;
 mod carry;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod retain;
 mod takeover;
 pub use broker::{Broker, BrokerError};
@@ -549,15 +552,19 @@ impl Hooks {
         }
     }
 
-    /// True for a shared subscription whose group already has another member on this broker.
+    /// True for a shared subscription whose group already has another member (in a cluster, on
+    /// any node).
     async fn group_has_members(&self, session: &Session, sub: &Subscribe) -> bool {
         let Some(group) = sub.opts.shared_group() else { return false };
-        let router = self.scx.extends.router().await;
-        router.relations().get(&sub.topic_filter).is_some_and(|members| {
-            members
-                .iter()
-                .any(|(client_id, (_, opts))| *client_id != session.id.client_id && opts.shared_group() == Some(group))
-        })
+        // Asked of the broker's shared state, which in a cluster asks the other nodes too.
+        let query = SubsSearchParams {
+            _limit: 2,
+            topic: Some(sub.topic_filter.to_string()),
+            share: Some(group.clone()),
+            ..SubsSearchParams::default()
+        };
+        let members = self.scx.extends.shared().await.query_subscriptions(&query).await;
+        members.iter().any(|m| m.clientid != session.id.client_id)
     }
 
     /// A live delivery to `client_id`: true if a running replay holds it back.
