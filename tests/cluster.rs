@@ -186,7 +186,7 @@ async fn a_killed_node_loses_nothing_and_rejoins(mode: &str) {
 
     // Its client comes back on node 1 and gets what is stored for it, in order per publisher
     // (again, what it may have had without its ack being recorded).
-    let mut sub = Client::connect(cluster.port(1), "kill-sub", false).await;
+    let mut sub = Client::connect_retrying(cluster.port(1), "kill-sub", false, Duration::from_secs(120)).await;
     let start = std::time::Instant::now();
     let mut per_publisher: HashMap<char, Vec<usize>> = HashMap::new();
     while seen.len() < 2 * N {

@@ -124,6 +124,22 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free port below Linux's ephemeral range (32768 and up), for a server that must get the same
+/// port back when restarted: a port from [`free_port`] may meanwhile be the local end of some
+/// outgoing connection.
+pub fn free_fixed_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let hash = unique_name().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let port = 10_000 + (hash % 22_000) as u16;
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 fn mysql_url(db: &str) -> String {
     format!("mysql://root@{MYSQL_SERVER}/{db}")
 }
@@ -321,8 +337,8 @@ impl TestEnv {
                 ports.iter().enumerate().map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1)).collect();
             format!("[{}]", entries.join(", "))
         };
-        let grpc: Vec<u16> = (0..n).map(|_| free_port()).collect();
-        let raft: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let grpc: Vec<u16> = (0..n).map(|_| free_fixed_port()).collect();
+        let raft: Vec<u16> = (0..n).map(|_| free_fixed_port()).collect();
         let peers = if mode == "raft" { format!("raft_peers = {}", list(&raft)) } else { String::new() };
         let mut cluster = Cluster { nodes: Vec::new(), ports: Vec::new(), configs: Vec::new(), logs: Vec::new() };
         for node in 1..=n {
@@ -334,7 +350,7 @@ impl TestEnv {
                 self.backend_block(&format!("spool_dir = \"{}\"\n{extra}", spool.display()))
             );
             std::fs::write(&config, text).unwrap();
-            cluster.ports.push(free_port());
+            cluster.ports.push(free_fixed_port());
             cluster.configs.push(config);
             cluster.logs.push(self.dir.path().join(format!("broker-{node}.log")));
             cluster.nodes.push(None);
@@ -518,17 +534,19 @@ impl Client {
 
     /// With `manual_acks`, received QoS 1/2 messages are never acknowledged (a stuck subscriber).
     pub async fn connect_with(port: u16, id: &str, clean: bool, manual_acks: bool) -> Client {
-        Client::connect_opts(port, id, clean, manual_acks, 1 << 20, None).await
+        Client::connect_opts(port, id, clean, manual_acks, 1 << 20, None).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A clean-start client that may send and receive packets up to `max_packet` bytes.
     pub async fn connect_with_max_packet(port: u16, id: &str, max_packet: usize) -> Client {
-        Client::connect_opts(port, id, true, false, max_packet, None).await
+        Client::connect_opts(port, id, true, false, max_packet, None).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A clean-start client that logs in.
     pub async fn connect_as(port: u16, id: &str, username: &str, password: &str) -> Client {
-        Client::connect_opts(port, id, true, false, 1 << 20, Some((username, password))).await
+        Client::connect_opts(port, id, true, false, 1 << 20, Some((username, password)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn connect_opts(
@@ -538,7 +556,7 @@ impl Client {
         manual_acks: bool,
         max_packet: usize,
         credentials: Option<(&str, &str)>,
-    ) -> Client {
+    ) -> Result<Client, String> {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         if let Some((user, password)) = credentials {
             opts.set_credentials(user, password);
@@ -576,10 +594,25 @@ impl Client {
         let mut c = Client { client, publishes, acks: mpsc::unbounded_channel().1, task };
         match tokio::time::timeout(CONNACK_WAIT, acks.recv()).await {
             Ok(Some(Packet::ConnAck(_))) => {}
-            other => panic!("no CONNACK for {id}: {other:?}"),
+            other => {
+                c.task.abort();
+                return Err(format!("no CONNACK for {id}: {other:?}"));
+            }
         }
         c.acks = acks;
-        c
+        Ok(c)
+    }
+
+    /// Connects again and again, as a real client does, until the broker accepts within `within`.
+    pub async fn connect_retrying(port: u16, id: &str, clean: bool, within: Duration) -> Client {
+        let start = Instant::now();
+        loop {
+            match Client::connect_opts(port, id, clean, false, 1 << 20, None).await {
+                Ok(c) => return c,
+                Err(e) => assert!(start.elapsed() < within, "{e} within {within:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn next_ack(&mut self, what: &str) -> Packet {
