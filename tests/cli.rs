@@ -252,6 +252,8 @@ async fn a_parameter_of_the_templates_own_stops_start_up() {
         line.contains("sqlite.select_subscriptions_sql: the database sees 2 parameters in this template, which has 1"),
         "{line}"
     );
+}
+
 /// `broker.cluster` needs a binary built with the `cluster` feature: one built without it says how.
 #[cfg(not(feature = "cluster"))]
 #[tokio::test]

@@ -639,6 +639,7 @@ impl Hooks {
             qos: 0,
             gate: None,
             limits,
+            delivered_up_to: 0,
             yield_to: Vec::new(),
         }
     }
@@ -821,6 +822,7 @@ impl Hooks {
             .running
             .insert(sub.filter.clone(), run.clone());
         tokio::spawn(async move {
+            let delivered_up_to = limits.after_row;
             let mut sink = SessionSink {
                 scx: hooks.scx.clone(),
                 id,
@@ -830,6 +832,7 @@ impl Hooks {
                 qos: sub.qos,
                 gate,
                 limits,
+                delivered_up_to,
                 yield_to,
             };
             let mut result = hooks.engine.replay(&sub, &mut sink).await;
@@ -851,6 +854,7 @@ impl Hooks {
                 if !sink.still_subscribed(&sub.filter).await {
                     break;
                 }
+                sink.limits.after_row = sink.delivered_up_to;
                 result = hooks.engine.replay(&sub, &mut sink).await;
                 log_replay(&sub, &result);
             }
@@ -859,6 +863,7 @@ impl Hooks {
                 // comes back to it (what was published after the subscribe reaches it anyway).
                 let limits = ReplayLimits {
                     published_before_us: Some(sink.limits.published_before_us.unwrap_or(started_us)),
+                    after_row: sink.delivered_up_to,
                     ..sink.limits
                 };
                 hooks.owe(OwedReplay { sub: sub.clone(), limits }, &sink.run);
@@ -992,10 +997,13 @@ struct SessionSink {
     run: Arc<ReplayRun>,
     qos: u8,
     gate: Option<Arc<Gate<Live>>>,
-    /// Which rows this replay leaves out; `after_row` follows what it has delivered.
+    /// Which rows this replay leaves out.
     limits: ReplayLimits,
     /// Rows these match are left to another replay.
     yield_to: Vec<TopicFilter>,
+    /// The largest table id delivered: where a retry starts (an attempt may deliver a row with a
+    /// smaller id after a larger one, when it reads again for rows other nodes committed late).
+    delivered_up_to: i64,
 }
 
 impl ReplaySink for SessionSink {
@@ -1022,7 +1030,7 @@ impl ReplaySink for SessionSink {
         let publish = carry::stamp_replayed(&publish, &m.msgid, self.run.serial);
         self.forward(&m.from, publish).await?;
         if let Some(id) = m.id {
-            self.limits.after_row = self.limits.after_row.max(id);
+            self.delivered_up_to = self.delivered_up_to.max(id);
         }
         Ok(())
     }
