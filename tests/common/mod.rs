@@ -738,6 +738,11 @@ pub struct PrivateMariaDb {
 impl PrivateMariaDb {
     /// Starts it with `extra` server options (TLS files, say) and waits until it answers.
     pub async fn start(extra: &[String], client_args: &[String]) -> PrivateMariaDb {
+        PrivateMariaDb::start_in(PrivateMariaDb::install(), extra, client_args).await
+    }
+
+    /// A temporary directory with a new data directory in `data/`.
+    pub fn install() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -752,6 +757,12 @@ impl PrivateMariaDb {
             String::from_utf8_lossy(&install.stdout),
             String::from_utf8_lossy(&install.stderr)
         );
+        dir
+    }
+
+    /// Starts a server on the data directory of `dir` (from [`PrivateMariaDb::install`]).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[String], client_args: &[String]) -> PrivateMariaDb {
+        let data = dir.path().join("data");
         let port = free_port();
         let mut server_args = vec![
             "--no-defaults".to_owned(),
@@ -777,7 +788,14 @@ impl PrivateMariaDb {
     async fn wait_ready(&mut self) {
         let start = Instant::now();
         while !self.sql("select 1").status.success() {
-            assert!(start.elapsed() < Duration::from_secs(60), "private MariaDB did not start");
+            if start.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.dir.path().join("mariadbd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "private MariaDB did not start; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
