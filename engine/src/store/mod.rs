@@ -159,6 +159,7 @@ impl StoreError {
             | StoreError::Parameters { .. }
             | StoreError::Timeout { .. }
             | StoreError::NoId { .. }
+            | StoreError::MigrationLocked { .. }
             | StoreError::Unavailable => self.to_string(),
         }
     }
