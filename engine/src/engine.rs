@@ -36,7 +36,8 @@ const REPLAY_FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// a smaller id, and the last page may come before a row another node still holds in its writer.
 /// So once the last page is read, the replay waits `settle` and reads again from the last row it
 /// read that was published more than `window` before the replay began (ids are handed out in time
-/// order, so a row committed late has a larger id), skipping the rows it already read since.
+/// order, so a row committed late has a larger id), skipping the rows it already read since. A
+/// row read only then comes after newer ones it read before.
 #[derive(Clone, Copy, Debug)]
 struct ReplayRecheck {
     settle: Duration,
@@ -396,6 +397,7 @@ impl Engine {
         text: &str,
         sink: &mut S,
     ) -> Result<u64, ReplayError> {
+        let started_us = now_ms().saturating_mul(1000) as u64;
         // While the database is away the writer's flush waits for it: the replay fails instead
         // (and is retried), so that the subscriber's live messages are not held meanwhile.
         if tokio::time::timeout(REPLAY_FLUSH_WAIT, self.writer.flush()).await.is_err() {
@@ -406,7 +408,6 @@ impl Engine {
         let pages = self.store.replay_pages();
         let (mut after_id, mut delivered) = (0, 0);
         let recheck = self.recheck.filter(|_| pages);
-        let started_us = now_ms().saturating_mul(1000) as u64;
         // For the read again: where it starts, and the rows read since that it skips.
         let (mut low_water, mut read_since, mut rechecking) = (0, HashSet::new(), false);
         loop {
