@@ -684,10 +684,13 @@ fn cluster(t: &Table<'_>) -> Result<Option<ClusterConfig>, ConfigError> {
         }
         None => return Err(t.invalid("mode", "is required in broker.cluster: broadcast or raft".into())),
     };
-    let node_id = t
-        .int("node_id", 1, u32::MAX.into())?
-        .ok_or_else(|| t.invalid("node_id", "is required in broker.cluster: this node's id, e.g. 1".into()))?
-        as u32;
+    let Some(node_id) = t.int("node_id", 1, u32::MAX.into())? else {
+        if t.get("node_id")?.is_none() {
+            return Err(t.invalid("node_id", "is required in broker.cluster: this node's id, e.g. 1".into()));
+        }
+        return Ok(None); // a wrong value, recorded already
+    };
+    let node_id = node_id as u32;
     let nodes = node_addrs(t, "nodes", node_id)?
         .ok_or_else(|| t.invalid("nodes", "is required in broker.cluster: every node's gRPC address, e.g. [\"1@127.0.0.1:5363\", \"2@127.0.0.1:5364\"]".into()))?;
     let raft_peers = node_addrs(t, "raft_peers", node_id)?;
