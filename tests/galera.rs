@@ -149,7 +149,7 @@ async fn a_broker_per_galera_node_loses_nothing_when_a_database_node_is_killed()
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     galera.nodes[1].kill();
-    brokers[1].wait_for_log("operations go to the spool until it answers").await;
+    brokers[1].wait_for_log("writes go to the on-disk spool").await;
     for p in publishers {
         p.await.unwrap();
     }
