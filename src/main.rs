@@ -195,7 +195,6 @@ async fn run(args: RunArgs, logging: logging::Logging) -> anyhow::Result<()> {
         tracing::info!(addr = %listener.local_addr()?, "metrics endpoint listening (/metrics, /health)");
         tokio::spawn(http::serve(listener, engine.clone()));
     }
-    tracing::info!(%addr, "MQTT broker listening");
     let shutdown_timeout = config.broker.shutdown_timeout;
     let stop = async {
         use tokio::signal::unix::{signal, SignalKind};

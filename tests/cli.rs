@@ -253,3 +253,35 @@ async fn a_parameter_of_the_templates_own_stops_start_up() {
         "{line}"
     );
 }
+
+/// `broker.cluster` needs a binary built with the `cluster` feature: one built without it says how.
+#[cfg(not(feature = "cluster"))]
+#[tokio::test]
+async fn a_cluster_config_without_the_cluster_feature_says_how_to_build_it() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let config = env.write_config(&format!(
+        "broker.cluster {{ mode = broadcast, node_id = 1, nodes = [\"1@127.0.0.1:{}\"] }}\n{}",
+        common::free_port(),
+        env.backend_block("")
+    ));
+    let line = error_line(&run_with(&config, &format!("127.0.0.1:{}", env.port)));
+    assert!(
+        line.contains("broker.cluster") && line.contains("--features cluster") && line.contains("protobuf-compiler"),
+        "{line}"
+    );
+}
+
+/// With the feature, a taken gRPC port names the key to change.
+#[cfg(feature = "cluster")]
+#[tokio::test]
+async fn a_taken_cluster_port_names_the_key() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let config = env.write_config(&format!(
+        "broker.cluster {{ mode = broadcast, node_id = 1, nodes = [\"1@{addr}\", \"2@127.0.0.1:1\"] }}\n{}",
+        env.backend_block("")
+    ));
+    let line = error_line(&run_with(&config, &format!("127.0.0.1:{}", env.port)));
+    assert!(line.contains("broker.cluster.nodes: cannot listen on") && line.contains(&addr.to_string()), "{line}");
+}

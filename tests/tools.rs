@@ -62,6 +62,38 @@ async fn migrate_applies_each_migration_once(backend: Backend) {
     assert_eq!(env.count("mqtt_msg").await, 0, "the tables exist");
 }
 
+/// Several nodes starting at once on one MySQL database: the migrations run once, under a lock.
+#[tokio::test]
+async fn migrations_started_at_once_by_several_processes_run_once() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let config = env.write_config(&bare_block(&env, ""));
+    let children: Vec<_> = (0..4)
+        .map(|_| {
+            Command::new(BIN)
+                .args(["migrate", "--config"])
+                .arg(&config)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<Output> = children.into_iter().map(|c| c.wait_with_output().unwrap()).collect();
+    for out in &outs {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let mut applied: Vec<String> = outs
+        .iter()
+        .flat_map(|o| stdout(o).lines().filter(|l| l.starts_with("applied")).map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let files = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/engine/migrations/mysql")).unwrap().count();
+    applied.sort();
+    applied.dedup();
+    assert_eq!(applied.len(), files, "each migration: {applied:?}");
+    let total: usize = outs.iter().map(|o| stdout(o).lines().filter(|l| l.starts_with("applied")).count()).sum();
+    assert_eq!(total, files, "each migration once: {applied:?}");
+}
+
 on_both_backends!(check_config_passes_a_good_config_and_names_what_is_wrong);
 async fn check_config_passes_a_good_config_and_names_what_is_wrong(backend: Backend) {
     let env = TestEnv::new(backend).await;

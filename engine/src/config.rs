@@ -138,6 +138,8 @@ pub struct BrokerConfig {
     /// its client disconnects (`broker.session_expiry_interval`, rmqtt's name; zero: it ends with
     /// the connection). MQTT 5 clients ask for their own in CONNECT.
     pub session_expiry_interval: Duration,
+    /// Several brokers as one (`broker.cluster`); a single broker when absent.
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl BrokerConfig {
@@ -145,6 +147,47 @@ impl BrokerConfig {
     /// `message_ttl` (zero, for ever, without one).
     pub fn message_expiry_interval(&self, backend: &Backend) -> Duration {
         self.message_expiry_interval.or(backend.storage().message_ttl).unwrap_or(Duration::ZERO)
+    }
+}
+
+/// `broker.cluster`: rmqtt's cluster plugins, with rmqtt's meanings. The node id is also the node
+/// in this broker's message ids, so `broker.node_id`, when set, must be the same.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterConfig {
+    pub mode: ClusterMode,
+    /// This node's id (`broker.cluster.node_id`), 1 or more.
+    pub node_id: u32,
+    /// Every node's gRPC address, this one's included (`broker.cluster.nodes`).
+    pub nodes: Vec<NodeAddr>,
+    /// Every node's Raft address (`broker.cluster.raft_peers`); raft mode only.
+    pub raft_peers: Vec<NodeAddr>,
+}
+
+impl ClusterConfig {
+    /// This node's entry in `nodes`: where its gRPC server listens.
+    pub fn this_node(&self) -> &NodeAddr {
+        self.nodes.iter().find(|n| n.id == self.node_id).expect("checked when the config was read")
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClusterMode {
+    /// Every node tells every other (rmqtt-cluster-broadcast).
+    Broadcast,
+    /// Routes and sessions agreed through Raft (rmqtt-cluster-raft).
+    Raft,
+}
+
+/// `"ID@HOST:PORT"`, as rmqtt writes node addresses.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeAddr {
+    pub id: u32,
+    pub addr: String,
+}
+
+impl std::fmt::Display for NodeAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}@{}", self.id, self.addr)
     }
 }
 
@@ -376,11 +419,13 @@ const BROKER_KEYS: &[&str] = &[
     "max_mqueue_len",
     "message_expiry_interval",
     "session_expiry_interval",
+    "cluster",
 ];
 /// rmqtt's defaults for the broker's session settings.
 pub const DEFAULT_MAX_MQUEUE_LEN: usize = 1000;
 pub const DEFAULT_SESSION_EXPIRY_INTERVAL: Duration = Duration::from_secs(2 * 3600);
 const MAX_MQUEUE_LEN: i64 = 100_000_000;
+const CLUSTER_KEYS: &[&str] = &["mode", "node_id", "nodes", "raft_peers"];
 const TLS_LISTENER_KEYS: &[&str] = &["bind", "certfile", "keyfile"];
 const STORAGE_KEYS: &[&str] = &[
     "enable",
@@ -485,7 +530,16 @@ impl Config {
             (true, _, _) => Ok(Backend::MySql(mysql)),
             (_, true, _) => Ok(Backend::Sqlite(sqlite)),
         })?;
-        Some(Config { broker: broker?, log: log?, backend, metrics: metrics?, auth: auth? })
+        let broker = broker?;
+        if broker.cluster.is_some() && matches!(backend, Backend::Sqlite(_)) {
+            root.kept::<()>(Err(ConfigError::Invalid {
+                key: "broker.cluster".into(),
+                reason: "needs the mysql backend: every node of a cluster stores into and replays from one database; \
+                         enable the mysql block"
+                    .into(),
+            }))?;
+        }
+        Some(Config { broker, log: log?, backend, metrics: metrics?, auth: auth? })
     }
 
     /// Start-up warnings a valid config still deserves (the caller logs them).
@@ -526,6 +580,7 @@ pub fn known_keys() -> Vec<String> {
     keys.extend(block("broker", BROKER_KEYS));
     keys.extend(block("broker.tls", TLS_LISTENER_KEYS));
     keys.extend(block("log", LOG_KEYS));
+    keys.extend(block("broker.cluster", CLUSTER_KEYS));
     keys.extend(block("metrics", METRICS_KEYS));
     keys.extend(block("auth", AUTH_KEYS));
     keys.extend(block("auth.users[]", USER_KEYS));
@@ -582,9 +637,26 @@ fn metrics(t: &Table<'_>) -> Result<MetricsConfig, ConfigError> {
 }
 
 fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
+    let cluster = cluster(&t.table("cluster", CLUSTER_KEYS)?)?;
+    let mut node_id = t.int("node_id", 0, u32::MAX.into())?.map(|n| n as u32);
+    if let Some(c) = &cluster {
+        match node_id {
+            Some(id) if id != c.node_id => {
+                return Err(t.invalid(
+                    "node_id",
+                    format!(
+                        "is {id} but broker.cluster.node_id is {}: in a cluster the node id in message ids is the \
+                         cluster's; remove broker.node_id or make them equal",
+                        c.node_id
+                    ),
+                ))
+            }
+            _ => node_id = Some(c.node_id),
+        }
+    }
     Ok(BrokerConfig {
         bind: t.addr("bind", "127.0.0.1:1883")?.unwrap_or(SocketAddr::from(([127, 0, 0, 1], 1883))),
-        node_id: t.int("node_id", 0, u32::MAX.into())?.map(|n| n as u32),
+        node_id,
         max_packet_size: t
             .int("max_packet_size", 64, MQTT_MAX_PACKET_SIZE)?
             .map_or(DEFAULT_MAX_PACKET_SIZE, |n| n as u32),
@@ -595,7 +667,77 @@ fn broker(t: &Table<'_>) -> Result<BrokerConfig, ConfigError> {
         session_expiry_interval: t
             .duration("session_expiry_interval", Unit::Seconds)?
             .unwrap_or(DEFAULT_SESSION_EXPIRY_INTERVAL),
+        cluster,
     })
+}
+
+/// `broker.cluster`: absent for a single broker.
+fn cluster(t: &Table<'_>) -> Result<Option<ClusterConfig>, ConfigError> {
+    if t.map.is_none() {
+        return Ok(None);
+    }
+    let mode = match t.string("mode")?.as_deref() {
+        Some("broadcast") => ClusterMode::Broadcast,
+        Some("raft") => ClusterMode::Raft,
+        Some(other) => {
+            return Err(t.invalid("mode", format!("{other:?} is not a cluster mode; write broadcast or raft")))
+        }
+        None => return Err(t.invalid("mode", "is required in broker.cluster: broadcast or raft".into())),
+    };
+    let Some(node_id) = t.int("node_id", 1, u32::MAX.into())? else {
+        if t.get("node_id")?.is_none() {
+            return Err(t.invalid("node_id", "is required in broker.cluster: this node's id, e.g. 1".into()));
+        }
+        return Ok(None); // a wrong value, recorded already
+    };
+    let node_id = node_id as u32;
+    let nodes = node_addrs(t, "nodes", node_id)?
+        .ok_or_else(|| t.invalid("nodes", "is required in broker.cluster: every node's gRPC address, e.g. [\"1@127.0.0.1:5363\", \"2@127.0.0.1:5364\"]".into()))?;
+    let raft_peers = node_addrs(t, "raft_peers", node_id)?;
+    let raft_peers = match (mode, raft_peers) {
+        (ClusterMode::Raft, None) => {
+            return Err(t.invalid(
+                "raft_peers",
+                "is required with mode = raft: every node's Raft address, e.g. [\"1@127.0.0.1:6003\", \"2@127.0.0.1:6004\"]".into(),
+            ))
+        }
+        (ClusterMode::Broadcast, Some(_)) => {
+            return Err(t.invalid("raft_peers", "is for mode = raft only; remove it or set mode = raft".into()))
+        }
+        (ClusterMode::Raft, Some(peers)) => {
+            let ids = |l: &[NodeAddr]| l.iter().map(|n| n.id).collect::<std::collections::BTreeSet<_>>();
+            if ids(&peers) != ids(&nodes) {
+                return Err(t.invalid("raft_peers", "must name the same node ids as broker.cluster.nodes".into()));
+            }
+            peers
+        }
+        (ClusterMode::Broadcast, None) => Vec::new(),
+    };
+    Ok(Some(ClusterConfig { mode, node_id, nodes, raft_peers }))
+}
+
+/// A list of `"ID@HOST:PORT"`, ids unique, `node_id` among them.
+fn node_addrs(t: &Table<'_>, key: &str, node_id: u32) -> Result<Option<Vec<NodeAddr>>, ConfigError> {
+    let Some(items) = t.string_list(key)? else { return Ok(None) };
+    let mut addrs: Vec<NodeAddr> = Vec::with_capacity(items.len());
+    for (i, item) in items.iter().enumerate() {
+        let entry = format!("{key}[{i}]");
+        let bad = || t.invalid(&entry, format!("{item:?} is not \"ID@HOST:PORT\"; write e.g. \"1@127.0.0.1:5363\""));
+        let (id, addr) = item.split_once('@').ok_or_else(bad)?;
+        let id: u32 = id.trim().parse().ok().filter(|&id| id > 0).ok_or_else(bad)?;
+        let (host, port) = addr.rsplit_once(':').ok_or_else(bad)?;
+        if host.is_empty() || port.parse::<u16>().is_err() {
+            return Err(bad());
+        }
+        if addrs.iter().any(|a| a.id == id) {
+            return Err(t.invalid(&entry, format!("node id {id} appears twice; give every node its own id")));
+        }
+        addrs.push(NodeAddr { id, addr: addr.to_owned() });
+    }
+    if !addrs.iter().any(|a| a.id == node_id) {
+        return Err(t.invalid(key, format!("has no entry for this node (broker.cluster.node_id = {node_id})")));
+    }
+    Ok(Some(addrs))
 }
 
 /// `broker.tls`: off without `bind`; with it, a certificate chain and its key, both readable now.
@@ -1275,6 +1417,78 @@ mod tests {
         assert!(err("sqlite.enable = true\nredis { redis_type = ring }").starts_with("redis.redis_type"));
         assert!(err("sqlite.enable = true\nredis { ssl { verfy = 1 } }").starts_with("redis.ssl.verfy: unknown key"));
         assert!(err("sqlite.enable = true\nredis { message_ttl = forever }").starts_with("redis.message_ttl: expected"));
+    }
+
+    const NODES: &str = r#"nodes = ["1@127.0.0.1:5363", "2@127.0.0.1:5364", "3@node3.local:5365"]"#;
+    const PEERS: &str = r#"raft_peers = ["1@127.0.0.1:6003", "2@127.0.0.1:6004", "3@node3.local:6005"]"#;
+
+    fn cluster_err(cluster: &str) -> String {
+        err(&format!("broker {{ cluster {{ {cluster} }} }}\nmysql.enable = true"))
+    }
+
+    #[test]
+    fn cluster_block_in_both_modes() {
+        let c = Config::parse_str(&format!(
+            "broker.cluster {{ mode = raft, node_id = 2\n{NODES}\n{PEERS} }}\nmysql.enable = true"
+        ))
+        .unwrap();
+        let cluster = c.broker.cluster.as_ref().unwrap();
+        assert_eq!(
+            (cluster.mode, cluster.node_id, cluster.nodes.len(), cluster.raft_peers.len()),
+            (ClusterMode::Raft, 2, 3, 3)
+        );
+        assert_eq!(cluster.this_node().to_string(), "2@127.0.0.1:5364");
+        assert_eq!(cluster.nodes[2], NodeAddr { id: 3, addr: "node3.local:5365".into() });
+        // The cluster's node id is the node in message ids.
+        assert_eq!(c.broker.node_id, Some(2));
+        let c = Config::parse_str(&format!(
+            "broker {{ node_id = 3, cluster {{ mode = broadcast, node_id = 3\n{NODES} }} }}\nmysql.enable = true"
+        ))
+        .unwrap();
+        assert_eq!((c.broker.cluster.unwrap().mode, c.broker.node_id), (ClusterMode::Broadcast, Some(3)));
+        assert_eq!(Config::parse_str("mysql.enable = true").unwrap().broker.cluster, None);
+    }
+
+    #[test]
+    fn cluster_mistakes_name_the_key() {
+        let cases = [
+            (format!("node_id = 1\n{NODES}"), "broker.cluster.mode: is required"),
+            (format!("mode = ring, node_id = 1\n{NODES}"), "broker.cluster.mode: \"ring\" is not a cluster mode"),
+            (format!("mode = broadcast\n{NODES}"), "broker.cluster.node_id: is required"),
+            (format!("mode = broadcast, node_id = 0\n{NODES}"), "broker.cluster.node_id: 0 is out of range"),
+            ("mode = broadcast, node_id = 1".into(), "broker.cluster.nodes: is required"),
+            (format!("mode = broadcast, node_id = 4\n{NODES}"), "broker.cluster.nodes: has no entry for this node"),
+            (
+                r#"mode = broadcast, node_id = 1, nodes = ["127.0.0.1:5363"]"#.into(),
+                "broker.cluster.nodes[0]: \"127.0.0.1:5363\" is not \"ID@HOST:PORT\"",
+            ),
+            (r#"mode = broadcast, node_id = 1, nodes = ["1@127.0.0.1"]"#.into(), "broker.cluster.nodes[0]: "),
+            (r#"mode = broadcast, node_id = 1, nodes = ["x@127.0.0.1:1"]"#.into(), "broker.cluster.nodes[0]: "),
+            (
+                r#"mode = broadcast, node_id = 1, nodes = ["1@a:1", "1@b:2"]"#.into(),
+                "broker.cluster.nodes[1]: node id 1 appears twice",
+            ),
+            (format!("mode = raft, node_id = 1\n{NODES}"), "broker.cluster.raft_peers: is required with mode = raft"),
+            (
+                format!("mode = broadcast, node_id = 1\n{NODES}\n{PEERS}"),
+                "broker.cluster.raft_peers: is for mode = raft only",
+            ),
+            (
+                format!("mode = raft, node_id = 1\n{NODES}\nraft_peers = [\"1@a:1\", \"2@b:2\"]"),
+                "broker.cluster.raft_peers: must name the same node ids",
+            ),
+            (format!("mode = raft, node_id = 1, leader = 1\n{NODES}\n{PEERS}"), "broker.cluster.leader: unknown key"),
+        ];
+        for (cluster, expected) in cases {
+            let e = cluster_err(&cluster);
+            assert!(e.starts_with(expected), "{cluster}: {e}");
+        }
+        let e = err(&format!(
+            "broker {{ node_id = 7, cluster {{ mode = broadcast, node_id = 1\n{NODES} }} }}\nmysql.enable = true"
+        ));
+        assert!(e.starts_with("broker.node_id: is 7 but broker.cluster.node_id is 1"), "{e}");
+        let e = err(&format!("broker.cluster {{ mode = broadcast, node_id = 1\n{NODES} }}\nsqlite.enable = true"));
+        assert!(e.starts_with("broker.cluster: needs the mysql backend"), "{e}");
     }
 
     #[test]

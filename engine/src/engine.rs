@@ -31,6 +31,28 @@ const MAINTENANCE_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a replay waits for the writer to write what it holds before reading.
 const REPLAY_FLUSH_WAIT: Duration = Duration::from_secs(10);
 
+/// A replay with several writers (a cluster of nodes on one database). `id` order is commit order
+/// per node, not across nodes: a page may pass a row that another node commits a moment later with
+/// a smaller id, and the last page may come before a row another node still holds in its writer.
+/// So once the last page is read, the replay waits `settle` and reads again from the last row it
+/// read that was published more than `window` before the replay began (ids are handed out in time
+/// order, so a row committed late has a larger id), skipping the rows it already read since. A
+/// row read only then comes after newer ones it read before.
+#[derive(Clone, Copy, Debug)]
+struct ReplayRecheck {
+    settle: Duration,
+    window: Duration,
+}
+
+impl ReplayRecheck {
+    /// Another node holds a message in its writer for up to `batch_time` (the same config on
+    /// every node), then commits it; on a loaded machine a commit may take a few hundred ms.
+    fn for_batch_time(batch_time: Duration) -> ReplayRecheck {
+        let settle = batch_time * 2 + Duration::from_millis(500);
+        ReplayRecheck { settle, window: settle + Duration::from_secs(2) }
+    }
+}
+
 /// Rows per purge statement: short transactions, short locks.
 const PURGE_BATCH: i64 = 1000;
 
@@ -110,6 +132,9 @@ pub struct Engine {
     shared_subscriptions: AtomicBool,
     message_ttl: Option<Duration>,
     page_size: u32,
+    /// With several writers (`broker.cluster`): how a replay reads again for rows other nodes
+    /// committed late.
+    recheck: Option<ReplayRecheck>,
     /// Topics written since the last trim, when `max_messages_per_topic` is set.
     written_topics: Option<Mutex<HashSet<String>>>,
     maintenance: Mutex<Option<tokio::task::JoinHandle<()>>>,
@@ -171,6 +196,7 @@ impl Engine {
             shared_subscriptions: AtomicBool::new(true),
             message_ttl: storage.message_ttl,
             page_size: storage.replay_page_size,
+            recheck: config.broker.cluster.as_ref().map(|_| ReplayRecheck::for_batch_time(storage.batch_time)),
             written_topics: storage.max_messages_per_topic.map(|_| Mutex::default()),
             maintenance: Mutex::default(),
             auth: RwLock::new(Arc::new(config.auth.clone())),
@@ -371,6 +397,7 @@ impl Engine {
         text: &str,
         sink: &mut S,
     ) -> Result<u64, ReplayError> {
+        let started_us = now_ms().saturating_mul(1000) as u64;
         // While the database is away the writer's flush waits for it: the replay fails instead
         // (and is retried), so that the subscriber's live messages are not held meanwhile.
         if tokio::time::timeout(REPLAY_FLUSH_WAIT, self.writer.flush()).await.is_err() {
@@ -380,6 +407,9 @@ impl Engine {
         let limit = i64::from(self.page_size);
         let pages = self.store.replay_pages();
         let (mut after_id, mut delivered) = (0, 0);
+        let recheck = self.recheck.filter(|_| pages);
+        // For the read again: where it starts, and the rows read since that it skips.
+        let (mut low_water, mut read_since, mut rechecking) = (0, HashSet::new(), false);
         loop {
             let query =
                 ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after_id, limit };
@@ -392,6 +422,17 @@ impl Engine {
                     None if pages => return Err(ReplayError::Store(StoreError::NoId { key: self.store.replay_key() })),
                     None => {}
                 }
+                if let (Some(r), Some(id)) = (recheck, m.id) {
+                    if rechecking {
+                        if read_since.contains(&id) {
+                            continue;
+                        }
+                    } else if published_us(&m.msgid).is_some_and(|p| p + r.window.as_micros() as u64 <= started_us) {
+                        low_water = low_water.max(id);
+                    } else {
+                        read_since.insert(id);
+                    }
+                }
                 let now = now_ms();
                 if !filter.matches(&m.topic) || m.expiry_ms.is_some_and(|e| e <= now) || sink.skip(&m) {
                     continue;
@@ -401,7 +442,14 @@ impl Engine {
                 delivered += 1;
             }
             if !pages || read < limit {
-                return Ok(delivered);
+                match recheck {
+                    Some(r) if !rechecking => {
+                        tokio::time::sleep(r.settle).await;
+                        rechecking = true;
+                        after_id = low_water;
+                    }
+                    _ => return Ok(delivered),
+                }
             }
         }
     }
@@ -563,6 +611,11 @@ async fn maintain(engine: std::sync::Weak<Engine>, max_per_topic: Option<u64>) {
             }
         }
     }
+}
+
+/// When a stored message was published (unix microseconds), from its message id.
+fn published_us(msgid: &str) -> Option<u64> {
+    MessageId::from_base62(msgid).map(|id| id.micros())
 }
 
 pub fn now_ms() -> i64 {

@@ -124,6 +124,22 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// A free port below Linux's ephemeral range (32768 and up), for a server that must get the same
+/// port back when restarted: a port from [`free_port`] may meanwhile be the local end of some
+/// outgoing connection.
+pub fn free_fixed_port() -> u16 {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    loop {
+        let hash = unique_name().bytes().fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b.into()));
+        let port = 10_000 + (hash % 22_000) as u16;
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) && TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.push(port);
+            return port;
+        }
+    }
+}
+
 fn mysql_url(db: &str) -> String {
     format!("mysql://root@{MYSQL_SERVER}/{db}")
 }
@@ -301,6 +317,101 @@ impl Drop for TestEnv {
     }
 }
 
+/// Brokers as one cluster (`broker.cluster`, cargo feature `cluster`) on the test's database: node
+/// `i` (from 1) has its own MQTT port, gRPC and Raft ports, spool, config file and log.
+pub struct Cluster {
+    nodes: Vec<Option<Broker>>,
+    ports: Vec<u16>,
+    configs: Vec<PathBuf>,
+    logs: Vec<PathBuf>,
+}
+
+impl TestEnv {
+    /// Starts `n` nodes in `mode` (`broadcast` or `raft`), one after the other (node 1 first, as an
+    /// operator starts them), each with `extra` keys in its backend block, and waits until every
+    /// node routes to every other.
+    pub async fn start_cluster(&self, mode: &str, n: usize, extra: &str) -> Cluster {
+        assert_eq!(self.backend, Backend::MySql, "a cluster shares one MariaDB database");
+        let list = |ports: &[u16]| {
+            let entries: Vec<String> =
+                ports.iter().enumerate().map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1)).collect();
+            format!("[{}]", entries.join(", "))
+        };
+        let grpc: Vec<u16> = (0..n).map(|_| free_fixed_port()).collect();
+        let raft: Vec<u16> = (0..n).map(|_| free_fixed_port()).collect();
+        let peers = if mode == "raft" { format!("raft_peers = {}", list(&raft)) } else { String::new() };
+        let mut cluster = Cluster { nodes: Vec::new(), ports: Vec::new(), configs: Vec::new(), logs: Vec::new() };
+        for node in 1..=n {
+            let spool = self.dir.path().join(format!("spool-{node}"));
+            let config = self.dir.path().join(format!("config-{node}.hocon"));
+            let text = format!(
+                "broker.cluster {{\n mode = {mode}\n node_id = {node}\n nodes = {}\n {peers}\n}}\n{}",
+                list(&grpc),
+                self.backend_block(&format!("spool_dir = \"{}\"\n{extra}", spool.display()))
+            );
+            std::fs::write(&config, text).unwrap();
+            cluster.ports.push(free_fixed_port());
+            cluster.configs.push(config);
+            cluster.logs.push(self.dir.path().join(format!("broker-{node}.log")));
+            cluster.nodes.push(None);
+            cluster.restart(node).await;
+        }
+        cluster.wait_routing().await;
+        cluster
+    }
+}
+
+impl Cluster {
+    /// Node `node`'s MQTT port.
+    pub fn port(&self, node: usize) -> u16 {
+        self.ports[node - 1]
+    }
+
+    pub fn node(&self, node: usize) -> &Broker {
+        self.nodes[node - 1].as_ref().expect("the node runs")
+    }
+
+    /// SIGKILL to node `node`.
+    pub fn kill(&mut self, node: usize) {
+        if let Some(mut broker) = self.nodes[node - 1].take() {
+            broker.kill();
+        }
+    }
+
+    /// Starts node `node` (again), on its ports, config and log.
+    pub async fn restart(&mut self, node: usize) {
+        let i = node - 1;
+        self.nodes[i] = Some(Broker::start(&self.configs[i], self.ports[i], self.logs[i].clone()).await);
+    }
+
+    /// Waits until a QoS 0 publish on every running node reaches a subscriber on every other: the
+    /// cluster routes (raft mode needs a leader and its members first).
+    pub async fn wait_routing(&self) {
+        let running: Vec<usize> = (1..=self.nodes.len()).filter(|&n| self.nodes[n - 1].is_some()).collect();
+        let start = Instant::now();
+        for &to in &running {
+            let mut sub = Client::connect(self.port(to), &format!("probe-sub-{to}"), true).await;
+            sub.subscribe(&format!("probe/{to}"), QoS::AtMostOnce).await;
+            for &from in running.iter().filter(|&&n| n != to) {
+                let publisher = Client::connect(self.port(from), &format!("probe-pub-{from}"), true).await;
+                loop {
+                    publisher.client.publish(format!("probe/{to}"), QoS::AtMostOnce, false, "probe").await.unwrap();
+                    if !sub.drain(Duration::from_millis(300)).await.is_empty() {
+                        break;
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(180),
+                        "node {from} does not route to node {to} after 180 s:\n{}",
+                        self.node(from).log_text()
+                    );
+                }
+                publisher.disconnect().await;
+            }
+            sub.disconnect().await;
+        }
+    }
+}
+
 /// The broker binary, running; stopped with SIGTERM when dropped.
 pub struct Broker {
     child: Child,
@@ -346,7 +457,8 @@ impl Broker {
             if let Ok(Some(status)) = broker.child.try_wait() {
                 panic!("broker exited with {status} at start-up:\n{}", broker.log_text());
             }
-            assert!(start.elapsed() < Duration::from_secs(60), "broker not ready in 60 s:\n{}", broker.log_text());
+            // A cluster node in raft mode serves once it has joined a cluster with a leader.
+            assert!(start.elapsed() < Duration::from_secs(120), "broker not ready in 120 s:\n{}", broker.log_text());
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -422,17 +534,19 @@ impl Client {
 
     /// With `manual_acks`, received QoS 1/2 messages are never acknowledged (a stuck subscriber).
     pub async fn connect_with(port: u16, id: &str, clean: bool, manual_acks: bool) -> Client {
-        Client::connect_opts(port, id, clean, manual_acks, 1 << 20, None).await
+        Client::connect_opts(port, id, clean, manual_acks, 1 << 20, None).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A clean-start client that may send and receive packets up to `max_packet` bytes.
     pub async fn connect_with_max_packet(port: u16, id: &str, max_packet: usize) -> Client {
-        Client::connect_opts(port, id, true, false, max_packet, None).await
+        Client::connect_opts(port, id, true, false, max_packet, None).await.unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A clean-start client that logs in.
     pub async fn connect_as(port: u16, id: &str, username: &str, password: &str) -> Client {
-        Client::connect_opts(port, id, true, false, 1 << 20, Some((username, password))).await
+        Client::connect_opts(port, id, true, false, 1 << 20, Some((username, password)))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
     }
 
     async fn connect_opts(
@@ -442,7 +556,7 @@ impl Client {
         manual_acks: bool,
         max_packet: usize,
         credentials: Option<(&str, &str)>,
-    ) -> Client {
+    ) -> Result<Client, String> {
         let mut opts = MqttOptions::new(id, "127.0.0.1", port);
         if let Some((user, password)) = credentials {
             opts.set_credentials(user, password);
@@ -480,10 +594,25 @@ impl Client {
         let mut c = Client { client, publishes, acks: mpsc::unbounded_channel().1, task };
         match tokio::time::timeout(CONNACK_WAIT, acks.recv()).await {
             Ok(Some(Packet::ConnAck(_))) => {}
-            other => panic!("no CONNACK for {id}: {other:?}"),
+            other => {
+                c.task.abort();
+                return Err(format!("no CONNACK for {id}: {other:?}"));
+            }
         }
         c.acks = acks;
-        c
+        Ok(c)
+    }
+
+    /// Connects again and again, as a real client does, until the broker accepts within `within`.
+    pub async fn connect_retrying(port: u16, id: &str, clean: bool, within: Duration) -> Client {
+        let start = Instant::now();
+        loop {
+            match Client::connect_opts(port, id, clean, false, 1 << 20, None).await {
+                Ok(c) => return c,
+                Err(e) => assert!(start.elapsed() < within, "{e} within {within:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
     }
 
     async fn next_ack(&mut self, what: &str) -> Packet {
@@ -519,6 +648,13 @@ impl Client {
     pub async fn publish(&mut self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
         self.client.publish(topic, qos, retain, payload.into()).await.unwrap();
         if qos != QoS::AtMostOnce {
+            self.next_ack("PUBACK/PUBCOMP").await;
+        }
+    }
+
+    /// Waits for `n` PUBACKs (or PUBCOMPs) of publishes sent without waiting.
+    pub async fn wait_acks(&mut self, n: usize) {
+        for _ in 0..n {
             self.next_ack("PUBACK/PUBCOMP").await;
         }
     }
@@ -602,6 +738,11 @@ pub struct PrivateMariaDb {
 impl PrivateMariaDb {
     /// Starts it with `extra` server options (TLS files, say) and waits until it answers.
     pub async fn start(extra: &[String], client_args: &[String]) -> PrivateMariaDb {
+        PrivateMariaDb::start_in(PrivateMariaDb::install(), extra, client_args).await
+    }
+
+    /// A temporary directory with a new data directory in `data/`.
+    pub fn install() -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
@@ -616,6 +757,12 @@ impl PrivateMariaDb {
             String::from_utf8_lossy(&install.stdout),
             String::from_utf8_lossy(&install.stderr)
         );
+        dir
+    }
+
+    /// Starts a server on the data directory of `dir` (from [`PrivateMariaDb::install`]).
+    pub async fn start_in(dir: tempfile::TempDir, extra: &[String], client_args: &[String]) -> PrivateMariaDb {
+        let data = dir.path().join("data");
         let port = free_port();
         let mut server_args = vec![
             "--no-defaults".to_owned(),
@@ -641,7 +788,14 @@ impl PrivateMariaDb {
     async fn wait_ready(&mut self) {
         let start = Instant::now();
         while !self.sql("select 1").status.success() {
-            assert!(start.elapsed() < Duration::from_secs(60), "private MariaDB did not start");
+            if start.elapsed() > Duration::from_secs(60) {
+                let log = std::fs::read_to_string(self.dir.path().join("mariadbd.log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(30).collect();
+                panic!(
+                    "private MariaDB did not start; its log ends:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

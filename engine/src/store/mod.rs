@@ -122,6 +122,11 @@ pub enum StoreError {
     Parameters { key: &'static str, placeholders: usize, database: usize },
     #[error("schema migration {file} failed: {cause}")]
     Migrate { file: &'static str, cause: sqlx::Error },
+    #[error(
+        "schema migrations: another broker held the lock `{lock}` (GET_LOCK) for {waited_s} s while applying them; \
+         check that broker's log, or apply them once with `mqtt-offline-messages migrate`"
+    )]
+    MigrationLocked { lock: &'static str, waited_s: i64 },
     #[error("{key}: {cause}")]
     Query { key: &'static str, cause: sqlx::Error },
     #[error("{key}: the database did not answer within {after:?} ({backend}.query_timeout); it counts as unavailable until it does")]
@@ -154,6 +159,7 @@ impl StoreError {
             | StoreError::Parameters { .. }
             | StoreError::Timeout { .. }
             | StoreError::NoId { .. }
+            | StoreError::MigrationLocked { .. }
             | StoreError::Unavailable => self.to_string(),
         }
     }

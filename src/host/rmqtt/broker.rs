@@ -1,6 +1,7 @@
 //! The broker the binary runs: rmqtt with its retainer and this plugin, on the listeners the
 //! config names. Its listeners are bound before the database is touched (a taken port is the
-//! most common start-up failure and needs no database); it serves once the engine runs.
+//! most common start-up failure and needs no database); it serves once the engine runs and, with
+//! `broker.cluster`, once this node has joined its cluster.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -27,12 +28,16 @@ pub enum BrokerError {
     Start { what: &'static str, cause: String },
     #[error("the MQTT server stopped: {0}")]
     Stopped(String),
+    #[error("{0}")]
+    Cluster(String),
 }
 
 /// rmqtt's context and the bound listeners, not serving yet.
 pub struct Broker {
     scx: ServerContext,
     listeners: Vec<Listener>,
+    #[cfg(feature = "cluster")]
+    cluster: Option<crate::config::ClusterConfig>,
 }
 
 impl Broker {
@@ -40,8 +45,22 @@ impl Broker {
     /// `broker.tls`).
     pub async fn bind(config: &Config, addr: SocketAddr) -> Result<Broker, BrokerError> {
         // The retainer keeps retained messages in memory, without limits (its defaults).
-        let scx =
-            ServerContext::new().plugins_config_map_add("rmqtt-retainer", "max_retained_messages = 0").build().await;
+        let builder = ServerContext::new().plugins_config_map_add("rmqtt-retainer", "max_retained_messages = 0");
+        #[cfg(feature = "cluster")]
+        let builder = match &config.broker.cluster {
+            Some(cluster) => super::cluster::configure(builder, cluster),
+            None => builder,
+        };
+        #[cfg(not(feature = "cluster"))]
+        if config.broker.cluster.is_some() {
+            return Err(BrokerError::Cluster(
+                "broker.cluster is set, but this binary was built without the cluster feature: build it with \
+                 `cargo build --release --features cluster` (which needs protoc: Debian's protobuf-compiler), \
+                 or remove broker.cluster to run a single broker"
+                    .into(),
+            ));
+        }
+        let scx = builder.build().await;
         // How long the broker keeps a message queued for an offline persistent session when the
         // message sets no MQTT 5 expiry: by default as long as the plugin keeps its row
         // (`message_ttl`; zero, for ever, when it has none), not rmqtt's 5 minutes, so that a
@@ -74,21 +93,34 @@ impl Broker {
             listeners.push(listener);
         }
         super::enable_shared_subscriptions(&scx).await;
-        Ok(Broker { scx, listeners })
+        Ok(Broker {
+            scx,
+            listeners,
+            #[cfg(feature = "cluster")]
+            cluster: config.broker.cluster.clone(),
+        })
     }
 
-    /// Starts rmqtt's retainer and the plugin on `engine`, then serves until `stop` completes.
+    /// Joins the cluster (with `broker.cluster`), starts rmqtt's retainer and the plugin on
+    /// `engine`, then serves until `stop` completes.
     pub async fn serve(self, engine: Arc<Engine>, stop: impl Future<Output = ()>) -> Result<(), BrokerError> {
         let start = |what| move |e: rmqtt::Error| BrokerError::Start { what, cause: format!("{e:#}") };
+        #[cfg(feature = "cluster")]
+        if let Some(cluster) = &self.cluster {
+            super::cluster::start(&self.scx, cluster).await?;
+        }
         rmqtt_retainer::register(&self.scx, true, false).await.map_err(start("rmqtt's retainer"))?;
         super::keep_retained_without_expiry(&self.scx).await;
         super::take_over_ending_sessions(&self.scx).await;
         super::register(&self.scx, engine).await.map_err(start("the offline-messages plugin"))?;
         let mut server = MqttServer::new(self.scx);
+        // The plain TCP listener comes first.
+        let addr = self.listeners[0].cfg.laddr;
         for listener in self.listeners {
             tracing::info!(addr = %listener.cfg.laddr, name = %listener.cfg.name, "MQTT listener serving");
             server = server.listener(listener);
         }
+        tracing::info!(%addr, "MQTT broker listening");
         tokio::select! {
             res = server.build().run() => res.map_err(|e| BrokerError::Stopped(format!("{e:#}"))),
             () = stop => Ok(()),

@@ -19,7 +19,8 @@ use rmqtt::session::Session;
 use rmqtt::subscribe::SharedSubscription;
 use rmqtt::types::{
     AuthResult, ClientId, From, Id, IsOnline, NodeId, Publish, PublishAclResult, QoS, Reason, SharedGroup,
-    SubsSearchResult, Subscribe, SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions, TopicName,
+    SubsSearchParams, SubsSearchResult, Subscribe, SubscribeReturn, SubscriptionIdentifier, SubscriptionOptions,
+    TopicName,
 };
 use tokio::sync::Notify;
 
@@ -33,6 +34,8 @@ use crate::writer::jitter;
 
 mod broker;
 mod carry;
+#[cfg(feature = "cluster")]
+mod cluster;
 mod retain;
 mod takeover;
 pub use broker::{Broker, BrokerError};
@@ -549,15 +552,19 @@ impl Hooks {
         }
     }
 
-    /// True for a shared subscription whose group already has another member on this broker.
+    /// True for a shared subscription whose group already has another member (in a cluster, on
+    /// any node).
     async fn group_has_members(&self, session: &Session, sub: &Subscribe) -> bool {
         let Some(group) = sub.opts.shared_group() else { return false };
-        let router = self.scx.extends.router().await;
-        router.relations().get(&sub.topic_filter).is_some_and(|members| {
-            members
-                .iter()
-                .any(|(client_id, (_, opts))| *client_id != session.id.client_id && opts.shared_group() == Some(group))
-        })
+        // Asked of the broker's shared state, which in a cluster asks the other nodes too.
+        let query = SubsSearchParams {
+            _limit: 2,
+            topic: Some(sub.topic_filter.to_string()),
+            share: Some(group.clone()),
+            ..SubsSearchParams::default()
+        };
+        let members = self.scx.extends.shared().await.query_subscriptions(&query).await;
+        members.iter().any(|m| m.clientid != session.id.client_id)
     }
 
     /// A live delivery to `client_id`: true if a running replay holds it back.
@@ -632,6 +639,7 @@ impl Hooks {
             qos: 0,
             gate: None,
             limits,
+            delivered_up_to: 0,
             yield_to: Vec::new(),
         }
     }
@@ -814,6 +822,7 @@ impl Hooks {
             .running
             .insert(sub.filter.clone(), run.clone());
         tokio::spawn(async move {
+            let delivered_up_to = limits.after_row;
             let mut sink = SessionSink {
                 scx: hooks.scx.clone(),
                 id,
@@ -823,6 +832,7 @@ impl Hooks {
                 qos: sub.qos,
                 gate,
                 limits,
+                delivered_up_to,
                 yield_to,
             };
             let mut result = hooks.engine.replay(&sub, &mut sink).await;
@@ -844,6 +854,7 @@ impl Hooks {
                 if !sink.still_subscribed(&sub.filter).await {
                     break;
                 }
+                sink.limits.after_row = sink.delivered_up_to;
                 result = hooks.engine.replay(&sub, &mut sink).await;
                 log_replay(&sub, &result);
             }
@@ -852,6 +863,7 @@ impl Hooks {
                 // comes back to it (what was published after the subscribe reaches it anyway).
                 let limits = ReplayLimits {
                     published_before_us: Some(sink.limits.published_before_us.unwrap_or(started_us)),
+                    after_row: sink.delivered_up_to,
                     ..sink.limits
                 };
                 hooks.owe(OwedReplay { sub: sub.clone(), limits }, &sink.run);
@@ -985,10 +997,13 @@ struct SessionSink {
     run: Arc<ReplayRun>,
     qos: u8,
     gate: Option<Arc<Gate<Live>>>,
-    /// Which rows this replay leaves out; `after_row` follows what it has delivered.
+    /// Which rows this replay leaves out.
     limits: ReplayLimits,
     /// Rows these match are left to another replay.
     yield_to: Vec<TopicFilter>,
+    /// The largest table id delivered: where a retry starts (an attempt may deliver a row with a
+    /// smaller id after a larger one, when it reads again for rows other nodes committed late).
+    delivered_up_to: i64,
 }
 
 impl ReplaySink for SessionSink {
@@ -1015,7 +1030,7 @@ impl ReplaySink for SessionSink {
         let publish = carry::stamp_replayed(&publish, &m.msgid, self.run.serial);
         self.forward(&m.from, publish).await?;
         if let Some(id) = m.id {
-            self.limits.after_row = self.limits.after_row.max(id);
+            self.delivered_up_to = self.delivered_up_to.max(id);
         }
         Ok(())
     }

@@ -228,6 +228,27 @@ impl Shared for TakeOver {
         self.0.retain_load_with(topic_filter, cb).await
     }
 
+    // rmqtt's `msgstore` feature, which its cluster plugins turn on (our `cluster` feature).
+    #[cfg(feature = "cluster")]
+    async fn message_load(
+        &self,
+        client_id: &str,
+        topic_filter: &str,
+        group: Option<&rmqtt::types::SharedGroup>,
+    ) -> rmqtt::Result<Vec<(MsgID, From, Publish)>> {
+        self.0.message_load(client_id, topic_filter, group).await
+    }
+
+    #[cfg(feature = "cluster")]
+    async fn message_mark_forwarded(
+        &self,
+        from_node_id: NodeId,
+        msg_id: MsgID,
+        recipients: ForwardedRecipients,
+    ) -> rmqtt::Result<()> {
+        self.0.message_mark_forwarded(from_node_id, msg_id, recipients).await
+    }
+
     async fn retain_set_broadcast(
         &self,
         topic: &TopicName,

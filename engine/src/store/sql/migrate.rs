@@ -61,9 +61,56 @@ where
     usize: sqlx::ColumnIndex<DB::Row>,
     DB::Arguments: sqlx::IntoArguments<DB>,
 {
-    const TABLE: &str = "offline_messages_schema";
     let err = |file| move |cause| StoreError::Migrate { file, cause };
     let mut conn = pool.acquire().await.map_err(err(TABLE))?;
+    // Several brokers starting at once on one MySQL database (a cluster): one applies the
+    // migrations, the others wait for it, then find them applied. The lock is the connection's.
+    let locked = DB::NAME == "MySQL";
+    if locked {
+        let got: Option<i64> = sqlx::query_scalar("SELECT GET_LOCK(?, ?)")
+            .bind(LOCK)
+            .bind(LOCK_WAIT_S)
+            .fetch_one(&mut *conn)
+            .await
+            .map_err(err(TABLE))?;
+        if got != Some(1) {
+            return Err(StoreError::MigrationLocked { lock: LOCK, waited_s: LOCK_WAIT_S });
+        }
+    }
+    let result = apply_locked(&mut *conn, migrations, on_start).await;
+    if locked {
+        // A pooled connection would keep the lock: released whatever happened.
+        let released =
+            sqlx::query_scalar::<_, Option<i64>>("SELECT RELEASE_LOCK(?)").bind(LOCK).fetch_one(&mut *conn).await;
+        if released.is_err() {
+            conn.detach();
+        }
+    }
+    result
+}
+
+/// Where the applied migrations are recorded.
+const TABLE: &str = "offline_messages_schema";
+
+/// The name of the lock that migrations take on MySQL (`GET_LOCK`), and how long a broker waits
+/// for another that holds it.
+const LOCK: &str = "mqtt_offline_messages.migrate";
+const LOCK_WAIT_S: i64 = 120;
+
+async fn apply_locked<DB>(
+    conn: &mut DB::Connection,
+    migrations: &'static [Migration],
+    on_start: OnMigration<'_>,
+) -> Result<Vec<&'static str>, StoreError>
+where
+    DB: Database,
+    for<'c> &'c mut DB::Connection: Executor<'c, Database = DB>,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB> + sqlx::Decode<'t, DB>,
+    for<'t> &'t str: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    usize: sqlx::ColumnIndex<DB::Row>,
+    DB::Arguments: sqlx::IntoArguments<DB>,
+{
+    let err = |file| move |cause| StoreError::Migrate { file, cause };
     sqlx::raw_sql(
         "CREATE TABLE IF NOT EXISTS offline_messages_schema (version BIGINT NOT NULL PRIMARY KEY, file VARCHAR(255) NOT NULL)",
     )
