@@ -746,9 +746,13 @@ impl PrivateMariaDb {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
         std::fs::create_dir_all(&data).unwrap();
+        // A temporary directory of its own: servers bootstrapping at once in the shared /tmp failed
+        // now and then ("Could not remove temporary table", then "Unknown table").
+        std::fs::create_dir_all(dir.path().join("tmp")).unwrap();
         let install = Command::new("mariadb-install-db")
             .args(["--no-defaults", "--user=root", "--auth-root-authentication-method=normal", "--skip-test-db"])
             .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--tmpdir={}", dir.path().join("tmp").display()))
             .output()
             .expect("mariadb-install-db (Debian package mariadb-server)");
         assert!(
@@ -770,6 +774,7 @@ impl PrivateMariaDb {
             "--bind-address=127.0.0.1".into(),
             "--skip-log-bin".into(),
             format!("--datadir={}", data.display()),
+            format!("--tmpdir={}", dir.path().join("tmp").display()),
             format!("--socket={}", dir.path().join("sock").display()),
             format!("--port={port}"),
         ];
