@@ -379,16 +379,16 @@ impl Engine {
         let query_sub = Subscription { filter: text.to_owned(), ..sub.clone() };
         let limit = i64::from(self.page_size);
         let pages = self.store.replay_pages();
-        let (mut after_id, mut delivered) = (0, 0);
+        let (mut after, mut delivered) = (0, 0);
         loop {
             let query =
-                ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after_id, limit };
+                ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after, limit };
             let mut rows = self.store.select_messages(&query);
             let mut read = 0;
             while let Some(m) = rows.next().await.transpose()? {
                 read += 1;
-                match m.id {
-                    Some(id) => after_id = after_id.max(id),
+                match m.position {
+                    Some(position) => after = after.max(position),
                     None if pages => return Err(ReplayError::Store(StoreError::NoId { key: self.store.replay_key() })),
                     None => {}
                 }

@@ -299,8 +299,8 @@ struct ReplayLimits {
     /// Only messages published before this (unix microseconds, from the message id): later ones
     /// reached the session live, or in the broker's own queue while the client was away.
     published_before_us: Option<u64>,
-    /// Only rows after this table id: an earlier attempt delivered up to it.
-    after_row: i64,
+    /// Only messages after this position in the store's order: an earlier attempt delivered up to it.
+    after: u128,
     /// Only messages with ids in this range (inclusive): those a full session queue dropped.
     ids: Option<(MessageId, MessageId)>,
 }
@@ -985,7 +985,7 @@ struct SessionSink {
     run: Arc<ReplayRun>,
     qos: u8,
     gate: Option<Arc<Gate<Live>>>,
-    /// Which rows this replay leaves out; `after_row` follows what it has delivered.
+    /// Which rows this replay leaves out; `after` follows what it has delivered.
     limits: ReplayLimits,
     /// Rows these match are left to another replay.
     yield_to: Vec<TopicFilter>,
@@ -1014,15 +1014,15 @@ impl ReplaySink for SessionSink {
         .create_time(timestamp_ms);
         let publish = carry::stamp_replayed(&publish, &m.msgid, self.run.serial);
         self.forward(&m.from, publish).await?;
-        if let Some(id) = m.id {
-            self.limits.after_row = self.limits.after_row.max(id);
+        if let Some(position) = m.position {
+            self.limits.after = self.limits.after.max(position);
         }
         Ok(())
     }
 
     fn skip(&mut self, m: &StoredMessage) -> bool {
         let limits = self.limits;
-        m.id.is_some_and(|id| id <= limits.after_row)
+        m.position.is_some_and(|position| position <= limits.after)
             || limits
                 .ids
                 .is_some_and(|(first, last)| MessageId::from_base62(&m.msgid).is_none_or(|id| id < first || id > last))
