@@ -452,7 +452,7 @@ async fn a_frozen_redis_is_an_outage_after_query_timeout() {
     for i in 0..5 {
         assert!(p.try_publish("frozen/t", format!("during-{i}")).await, "acknowledged from the spool");
     }
-    broker.wait_for_log("operations go to the spool").await;
+    broker.wait_for_log("writes go to the on-disk spool").await;
     env.redis().signal("CONT");
     let start = Instant::now();
     while env.count("mqtt_msg").await < 6 {

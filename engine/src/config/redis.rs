@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{check_host_port, ssl, storage, ConfigError, Secret, SslConfig, StorageConfig, Table, Templates, Unit};
+use super::{check_host_port, ssl, storage, ConfigError, Secret, SslConfig, StorageConfig, Table, Templates};
 use super::{MAX_POOL_SIZE, SSL_KEYS, STORAGE_KEYS};
 
 /// The reference's keys.
@@ -124,7 +124,7 @@ pub(super) fn redis(t: &Table<'_>) -> Result<(Option<bool>, RedisConfig), Config
     };
     let mut storage = storage(t, Templates::mysql_default())?;
     // The reference's default TTL; 0 keeps messages until acknowledged.
-    if t.duration("message_ttl", Unit::Seconds)?.is_none() {
+    if t.get("message_ttl")?.is_none() {
         storage.message_ttl = Some(DEFAULT_REDIS_MESSAGE_TTL);
     }
     let config = RedisConfig {
