@@ -473,6 +473,12 @@ impl Store for RedisStore {
         self.read_one::<String>(redis::cmd("PING")).await.map(drop)
     }
 
+    /// The writer shares the multiplexed connections (a busy one never makes another request
+    /// wait for a connection), so its ping is the ping.
+    async fn ping_writer(&self) -> Result<(), StoreError> {
+        self.ping().await
+    }
+
     /// Connections close when the store is dropped; nothing is left to flush.
     async fn close(&self) {}
 }
