@@ -3,7 +3,8 @@
 //!
 //! `cargo bench --bench load` runs the comparison on MariaDB (127.0.0.1:3306, root) and SQLite and
 //! prints a table; `-- --sweep` adds the batch_size sweep behind the plot; `-- --quick` is a short
-//! smoke run; `-- --backend mysql|sqlite` picks one. Results also go to
+//! smoke run; `-- --backend mysql|sqlite|redis` picks one (Redis: a `redis-server` of the bench's
+//! own, no snapshots, no AOF). Results also go to
 //! `target/bench/results.csv` (read by `benches/plot.py`). The load can be changed with
 //! `--publishers N --inflight N --messages N --payload BYTES --topics N --qos 1|2 --subscribers N`
 //! (QoS 2 with `--inflight 16` or less, the broker's receive maximum)
@@ -28,6 +29,7 @@ const MYSQL: &str = "127.0.0.1:3306";
 enum Db {
     MySql,
     Sqlite,
+    Redis,
 }
 
 /// One MQTT load: `publishers` connections, each with up to `inflight` unacknowledged publishes,
@@ -95,7 +97,7 @@ struct Outcome {
     p99_ms: f64,
     max_ms: f64,
     cpu_us_per_msg: f64,
-    /// CPU of the MariaDB server per message (0 for SQLite, which runs inside the broker).
+    /// CPU of the database server per message (MariaDB, Redis; 0 for SQLite, which runs inside the broker).
     db_cpu_us_per_msg: f64,
     /// Share of the machine's cores busy in broker + database + this load generator.
     cores_busy: f64,
@@ -110,6 +112,53 @@ struct Store {
     db: Db,
     name: String,
     dir: PathBuf,
+    redis: Option<RedisServer>,
+}
+
+/// A `redis-server` of the bench's own on a free port, killed when dropped.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    async fn start(dir: &Path) -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let server = RedisServer { child, port };
+        let start = Instant::now();
+        while server.conn().is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "redis-server did not start");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        server
+    }
+
+    fn conn(&self) -> redis::RedisResult<redis::Connection> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut c)?;
+        Ok(c)
+    }
+
+    /// Stored messages: the ids in the topics' sorted sets (written with their hashes).
+    fn count(&self) -> i64 {
+        let mut c = self.conn().unwrap();
+        let topics: Vec<String> = redis::cmd("SMEMBERS").arg("mqtt:msg:#topics").query(&mut c).unwrap();
+        topics.iter().map(|t| redis::cmd("ZCARD").arg(format!("mqtt:msg:{t}")).query::<i64>(&mut c).unwrap()).sum()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 impl Store {
@@ -124,7 +173,8 @@ impl Store {
         }
         let dir = dir.join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        Store { db, name, dir }
+        let redis = if db == Db::Redis { Some(RedisServer::start(&dir).await) } else { None };
+        Store { db, name, dir, redis }
     }
 
     fn block(&self, extra: &str) -> String {
@@ -142,6 +192,19 @@ impl Store {
                 "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n {extra}\n}}\n",
                 self.dir.join("bench.db").display()
             ),
+            Db::Redis => format!(
+                "redis {{\n enable = true\n servers = \"127.0.0.1:{}\"\n topics = [\"#\"]\n {extra}\n}}\nsqlite {{ enable = false }}\n",
+                self.redis.as_ref().expect("a redis store").port
+            ),
+        }
+    }
+
+    /// CPU seconds of the database server: MariaDB's, this store's Redis, none for SQLite.
+    fn server_cpu_seconds(&self) -> f64 {
+        match (self.db, &self.redis) {
+            (Db::MySql, _) => mariadb_cpu_seconds(),
+            (Db::Redis, Some(r)) => cpu_seconds(&r.child.id().to_string()),
+            _ => 0.0,
         }
     }
 
@@ -157,6 +220,7 @@ impl Store {
                 let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
                 sqlx::query_scalar("select count(*) from mqtt_msg").fetch_one(&mut c).await.unwrap()
             }
+            Db::Redis => self.redis.as_ref().expect("a redis store").count(),
         }
     }
 
@@ -349,13 +413,13 @@ async fn through_broker(
         if load.subscribers > 0 && persists { format!("{extra}\ndelivery_mode = fanout") } else { extra.to_owned() };
     let broker = Broker::start(&store, &extra).await;
     let subscribers = subscribe_all(broker.port, load.subscribers).await;
-    let (cpu_before, db_before, self_before) = (broker.cpu_seconds(), mariadb_cpu_seconds(), cpu_seconds("self"));
+    let (cpu_before, db_before, self_before) = (broker.cpu_seconds(), store.server_cpu_seconds(), cpu_seconds("self"));
     let start = Instant::now();
     let (elapsed, lat) = publish(broker.port, load).await;
     let persisted = if persists { store.wait_rows(load.messages, start).await } else { elapsed };
     let wall = start.elapsed().as_secs_f64();
     let cpu = broker.cpu_seconds() - cpu_before;
-    let db_cpu = if db == Db::MySql { mariadb_cpu_seconds() - db_before } else { 0.0 };
+    let db_cpu = store.server_cpu_seconds() - db_before;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let cores_busy = (cpu + db_cpu + cpu_seconds("self") - self_before) / wall / cores;
     let outcome = Outcome {
@@ -392,12 +456,16 @@ fn name(db: Db) -> &'static str {
     match db {
         Db::MySql => "mariadb",
         Db::Sqlite => "sqlite",
+        Db::Redis => "redis",
     }
 }
 
 /// Writes `rows` messages straight into the default schema with 1000-row INSERTs from one
 /// connection (the schema made by the broker's own migrations); returns rows/s.
 async fn fill_directly(store: &Store, load: Load) -> f64 {
+    if let Some(redis) = &store.redis {
+        return fill_redis_directly(redis, load);
+    }
     let rows = load.messages;
     // The schema comes from the broker's migrations: start it once, stop it.
     let broker = Broker::start(store, "").await;
@@ -441,18 +509,48 @@ async fn fill_directly(store: &Store, load: Load) -> f64 {
                 .await
                 .unwrap())
         }
+        Db::Redis => unreachable!("filled above"),
     }
     rows as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The plugin's keys written straight into Redis from one connection, one `MULTI`/`EXEC` of 1000
+/// messages at a time (what the plugin sends per batch); returns messages/s.
+fn fill_redis_directly(redis: &RedisServer, load: Load) -> f64 {
+    const CHUNK: usize = 1000;
+    let ids = mqtt_offline_messages::message_id::MessageIdGenerator::new(1);
+    let payload = vec![b'x'; load.payload];
+    let mut c = redis.conn().unwrap();
+    let start = Instant::now();
+    for chunk in 0..load.messages / CHUNK {
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for i in 0..CHUNK {
+            let n = chunk * CHUNK + i;
+            let id = ids.next_id();
+            let (msgid, ts) = (id.to_base62(), (id.micros() / 1000) as i64);
+            let topic = format!("bench/{}/{}", n % load.publishers, n % load.topics);
+            let key = format!("mqtt:msg:{msgid}");
+            pipe.cmd("HSET").arg(&key).arg("id").arg(&msgid).arg("from").arg("bench").arg("qos").arg(1);
+            pipe.arg("topic").arg(&topic).arg("payload").arg(&payload).arg("ts").arg(ts).arg("retain").arg(0);
+            pipe.arg("expiry").arg(ts + 7_200_000).ignore();
+            pipe.cmd("PEXPIREAT").arg(&key).arg(ts + 7_200_000).ignore();
+            pipe.cmd("ZADD").arg(format!("mqtt:msg:{topic}")).arg(ts).arg(&msgid).ignore();
+            pipe.cmd("SADD").arg("mqtt:msg:#topics").arg(&topic).ignore();
+        }
+        pipe.query::<()>(&mut c).unwrap();
+    }
+    load.messages as f64 / start.elapsed().as_secs_f64()
 }
 
 async fn ceiling(db: Db, dir: &Path, n: usize, load: Load) -> Outcome {
     let rows = load.messages;
     let store = Store::new(db, dir, n).await;
-    let (db_before, self_before) = (mariadb_cpu_seconds(), cpu_seconds("self"));
+    let (db_before, self_before) = (store.server_cpu_seconds(), cpu_seconds("self"));
     let start = Instant::now();
     let rate = fill_directly(&store, load).await;
     let wall = start.elapsed().as_secs_f64();
-    let db_cpu = if db == Db::MySql { mariadb_cpu_seconds() - db_before } else { 0.0 };
+    let db_cpu = store.server_cpu_seconds() - db_before;
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     store.drop_db().await;
     Outcome {
@@ -622,9 +720,9 @@ async fn main() {
     let quick = args.iter().any(|a| a == "--quick");
     let sweep = args.iter().any(|a| a == "--sweep");
     let only = args.iter().position(|a| a == "--backend").and_then(|i| args.get(i + 1)).cloned();
-    let dbs: Vec<Db> = [Db::MySql, Db::Sqlite]
+    let dbs: Vec<Db> = [Db::MySql, Db::Sqlite, Db::Redis]
         .into_iter()
-        .filter(|d| only.as_deref().is_none_or(|o| (o == "mysql") == (*d == Db::MySql)))
+        .filter(|d| only.as_deref().is_none_or(|o| o == name(*d) || (o == "mysql" && *d == Db::MySql)))
         .collect();
     let scale = if quick { 20 } else { 1 };
     let defaults = Load {
@@ -691,7 +789,7 @@ async fn main() {
         }
     }
     print_table(&rows);
-    for db in ["mariadb", "sqlite"] {
+    for db in ["mariadb", "sqlite", "redis"] {
         ratios(&rows, db);
     }
     println!("\nresults: {}", write_csv(&rows).display());

@@ -8,11 +8,16 @@ use futures_util::StreamExt;
 
 use mqtt_offline_messages::config::{Backend, Config, DeliveryMode};
 use mqtt_offline_messages::encode::{base64, iso_time};
-use mqtt_offline_messages::store::{Admin, HistoryQuery, HistoryRow, Statements};
+use mqtt_offline_messages::store::redis::RedisStore;
+use mqtt_offline_messages::store::{Admin, HistoryQuery, HistoryRow, Statements, Store};
 use mqtt_offline_messages::topic::TopicFilter;
 
 /// `migrate`: applies the schema migrations and says what it applied.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    if let Backend::Redis(_) = &config.backend {
+        println!("redis keeps no schema: nothing to migrate (its keys are made as messages are stored)");
+        return Ok(());
+    }
     let admin = Admin::connect(&config.backend).await?;
     // Which migration runs since when, drawn as each starts and every half second while it runs,
     // so that a long one (an index on a large table) shows it is still going.
@@ -90,6 +95,41 @@ pub async fn check_config(path: &Path) -> bool {
             line(Some(false), &format!("{}.topics", backend.name()), &format!("{filter:?}: {e}"));
         }
     }
+    if let Backend::Redis(cfg) = backend {
+        match RedisStore::connect(cfg).await {
+            Ok(store) => match store.check().await {
+                Ok(()) => line(Some(true), "connect", &target(backend)),
+                Err(e) => line(Some(false), "connect", &e.to_string()),
+            },
+            Err(e) => line(Some(false), "connect", &e.to_string()),
+        }
+    } else {
+        check_sql(backend, &mut line).await;
+    }
+    for (key, dir) in [
+        ("dead_letter_file", storage.dead_letter_file.parent().filter(|d| !d.as_os_str().is_empty())),
+        ("spool_dir", Some(storage.spool_dir.as_path())),
+    ] {
+        let dir = dir.unwrap_or(std::path::Path::new("."));
+        match writable(dir) {
+            Ok(()) => line(Some(true), &format!("{}.{key}", backend.name()), &format!("{} is writable", dir.display())),
+            Err(e) => line(
+                Some(false),
+                &format!("{}.{key}", backend.name()),
+                &format!(
+                    "{} is not writable ({e}); point {}.{key} at a directory the broker may write",
+                    dir.display(),
+                    backend.name()
+                ),
+            ),
+        }
+    }
+    !failed
+}
+
+/// The SQL backends' checks: templates, connection, schema, indexes, keys.
+async fn check_sql(backend: &Backend, line: &mut impl FnMut(Option<bool>, &str, &str)) {
+    let storage = backend.storage();
     let statements = match Statements::parse(backend.name(), &storage.templates) {
         Ok(s) => Some(s),
         Err(e) => {
@@ -104,7 +144,7 @@ pub async fn check_config(path: &Path) -> bool {
         }
         Err(e) => {
             line(Some(false), "connect", &e.to_string());
-            return false;
+            return;
         }
     };
     match admin.pending_migrations().await {
@@ -162,25 +202,6 @@ pub async fn check_config(path: &Path) -> bool {
             Err(e) => line(Some(false), &format!("unique key {table}"), &e.to_string()),
         }
     }
-    for (key, dir) in [
-        ("dead_letter_file", storage.dead_letter_file.parent().filter(|d| !d.as_os_str().is_empty())),
-        ("spool_dir", Some(storage.spool_dir.as_path())),
-    ] {
-        let dir = dir.unwrap_or(std::path::Path::new("."));
-        match writable(dir) {
-            Ok(()) => line(Some(true), &format!("{}.{key}", backend.name()), &format!("{} is writable", dir.display())),
-            Err(e) => line(
-                Some(false),
-                &format!("{}.{key}", backend.name()),
-                &format!(
-                    "{} is not writable ({e}); point {}.{key} at a directory the broker may write",
-                    dir.display(),
-                    backend.name()
-                ),
-            ),
-        }
-    }
-    !failed
 }
 
 /// Creates `dir` if needed and a file in it, then removes the file.
@@ -195,6 +216,7 @@ fn target(backend: &Backend) -> String {
     match backend {
         Backend::MySql(m) => format!("mysql at {} (database {})", m.server, m.database),
         Backend::Sqlite(s) => format!("sqlite at {}", s.path.display()),
+        Backend::Redis(r) => format!("redis ({:?}) at {}", r.redis_type, r.servers.join(",")).to_lowercase(),
     }
 }
 
@@ -219,6 +241,12 @@ pub async fn history(config: &Config, args: &HistoryArgs) -> anyhow::Result<()> 
         args.since.as_deref().map(|s| parse_time(s, now).map_err(|e| anyhow::anyhow!("--since: {e}"))).transpose()?;
     let until =
         args.until.as_deref().map(|s| parse_time(s, now).map_err(|e| anyhow::anyhow!("--until: {e}"))).transpose()?;
+    if let Backend::Redis(r) = &config.backend {
+        anyhow::bail!(
+            "history reads the SQL tables; with redis, read the keys with redis-cli: ZRANGE {p}:<topic> 0 -1 lists a topic's message ids in publish order, HGETALL {p}:<message id> shows one (see the README's Redis section)",
+            p = r.message_key_prefix
+        );
+    }
     if config.backend.storage().delivery_mode == DeliveryMode::Queue {
         eprintln!("note: delivery_mode = queue: the table holds only what no subscriber has acknowledged yet");
     }

@@ -33,7 +33,7 @@ async fn start(env: &TestEnv, extra: &str) -> Broker {
     Broker::start(&config, env.port, env.dir.path().join("broker.log")).await
 }
 
-on_both_backends!(only_known_users_connect_and_the_acl_decides_what_is_stored_and_replayed);
+on_every_backend!(only_known_users_connect_and_the_acl_decides_what_is_stored_and_replayed);
 async fn only_known_users_connect_and_the_acl_decides_what_is_stored_and_replayed(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker = start(&env, "").await;
@@ -83,7 +83,7 @@ async fn only_known_users_connect_and_the_acl_decides_what_is_stored_and_replaye
 async fn a_stored_subscription_the_acl_refuses_is_not_restored() {
     let env = TestEnv::new(Backend::Sqlite).await;
     let broker = start(&env, "restore_subscriptions = always").await;
-    env.exec("insert into mqtt_sub(clientid, topic, qos) values('r2', '#', 1)").await;
+    env.provision_subscription("r2", "#", 1).await;
     let mut s = Client::connect_as(env.port, "s3", "sensor", "sensor-pw").await;
     s.publish("sensors/s3/temp", QoS::AtLeastOnce, false, "1").await;
     env.wait_count("mqtt_msg", 1, LONG).await;

@@ -9,7 +9,7 @@ use common::{Backend, Client, TestEnv, LONG};
 use rumqttc::QoS;
 
 // `sync`: the PUBACK comes once the row is committed, not `batch_time` later.
-on_both_backends!(sync_mode_acknowledges_a_publish_once_it_is_committed);
+on_every_backend!(sync_mode_acknowledges_a_publish_once_it_is_committed);
 async fn sync_mode_acknowledges_a_publish_once_it_is_committed(backend: Backend) {
     let env = TestEnv::new(backend).await;
     // A writer that would otherwise hold rows for 30 s.
@@ -31,7 +31,7 @@ async fn sync_mode_acknowledges_a_publish_once_it_is_committed(backend: Backend)
 
 // A broker killed with SIGKILL under load, in `sync` mode: every acknowledged message is stored,
 // once.
-on_both_backends!(sigkill_in_sync_mode_loses_no_acknowledged_message);
+on_every_backend!(sigkill_in_sync_mode_loses_no_acknowledged_message);
 async fn sigkill_in_sync_mode_loses_no_acknowledged_message(backend: Backend) {
     const PUBLISHERS: usize = 8;
     let env = TestEnv::new(backend).await;
@@ -75,7 +75,7 @@ async fn sigkill_in_sync_mode_loses_no_acknowledged_message(backend: Backend) {
 
 // A batch written again (a commit whose answer was lost, then a retry) stores each message once:
 // the default insert ignores a message id already stored.
-on_both_backends!(a_batch_written_twice_stores_each_message_once);
+on_every_backend!(a_batch_written_twice_stores_each_message_once);
 async fn a_batch_written_twice_stores_each_message_once(backend: Backend) {
     use mqtt_offline_messages::message::{Message, Publish};
     use mqtt_offline_messages::message_id::MessageIdGenerator;
@@ -370,7 +370,7 @@ on_both_backends!(a_restore_that_fails_on_a_database_error_is_retried);
 async fn a_restore_that_fails_on_a_database_error_is_retried(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let broker = env.start("restore_subscriptions = always").await;
-    env.exec("insert into mqtt_sub(clientid, topic, qos) values('rr', 'rr/#', 1)").await;
+    env.provision_subscription("rr", "rr/#", 1).await;
     let mut p = Client::connect(env.port, "rr-pub", true).await;
     for m in ["a", "b"] {
         p.publish("rr/t", QoS::AtLeastOnce, false, m).await;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use common::{mosquitto, payload, Backend, Client, TestEnv, LONG};
 use rumqttc::QoS;
 
-on_both_backends!(publishes_are_stored_with_every_field);
+on_every_backend!(publishes_are_stored_with_every_field);
 async fn publishes_are_stored_with_every_field(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
@@ -38,7 +38,7 @@ async fn publishes_are_stored_with_every_field(backend: Backend) {
 }
 
 // Weakness 4: no ORDER BY, so replay order was whatever the database returned.
-on_both_backends!(replay_of_a_large_backlog_in_order_then_acks_delete);
+on_every_backend!(replay_of_a_large_backlog_in_order_then_acks_delete);
 async fn replay_of_a_large_backlog_in_order_then_acks_delete(backend: Backend) {
     // Far more than rmqtt's per-session queue (max_mqueue_len = 1000): the replay must be paced.
     const N: usize = 5000;
@@ -67,7 +67,7 @@ async fn replay_of_a_large_backlog_in_order_then_acks_delete(backend: Backend) {
 }
 
 // Weakness 9: a persistent session got a message from its own queue and again from the replay.
-on_both_backends!(subscriptions_are_stored_restored_and_cleared);
+on_every_backend!(subscriptions_are_stored_restored_and_cleared);
 async fn subscriptions_are_stored_restored_and_cleared(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let mut broker = env.start("").await;
@@ -120,7 +120,7 @@ async fn subscriptions_are_stored_restored_and_cleared(backend: Backend) {
 
 // MQTT allows client ids and topics of 65,535 bytes; the reference's MySQL schema stopped at 64
 // and 180 characters, dead-lettering such messages and losing such subscriptions.
-on_both_backends!(long_client_ids_and_topics_are_stored_replayed_and_restored);
+on_every_backend!(long_client_ids_and_topics_are_stored_replayed_and_restored);
 async fn long_client_ids_and_topics_are_stored_replayed_and_restored(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let topic = format!("long/{}", "t".repeat(395));
@@ -151,7 +151,7 @@ async fn long_client_ids_and_topics_are_stored_replayed_and_restored(backend: Ba
     assert!(env.dead_letters().is_empty(), "{:?}", env.dead_letters());
 }
 
-on_both_backends!(only_matching_qos1_and_2_non_sys_topics_are_stored);
+on_every_backend!(only_matching_qos1_and_2_non_sys_topics_are_stored);
 async fn only_matching_qos1_and_2_non_sys_topics_are_stored(backend: Backend) {
     let env = TestEnv::new(backend).await;
     // `$SYS/#` matches the $SYS publish below: only the plugin's own rule keeps it out.
@@ -171,7 +171,7 @@ async fn only_matching_qos1_and_2_non_sys_topics_are_stored(backend: Backend) {
 // Topics and client ids are case-sensitive in MQTT, and so are the stored rows: `case/A` and
 // `case/a` are two subscriptions, clients `Dev1` and `dev1` two subscribers (MariaDB's default
 // collation made each pair one row).
-on_both_backends!(topics_and_client_ids_differing_in_case_are_different_rows);
+on_every_backend!(topics_and_client_ids_differing_in_case_are_different_rows);
 async fn topics_and_client_ids_differing_in_case_are_different_rows(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
@@ -192,7 +192,7 @@ async fn topics_and_client_ids_differing_in_case_are_different_rows(backend: Bac
     assert_eq!(env.subscriptions().await.len(), 2, "unsubscribing case/A leaves case/a");
 }
 
-on_both_backends!(hostile_topic_and_client_id_are_stored_verbatim);
+on_every_backend!(hostile_topic_and_client_id_are_stored_verbatim);
 async fn hostile_topic_and_client_id_are_stored_verbatim(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
@@ -221,6 +221,7 @@ async fn a_users_own_insert_template_is_used(backend: Backend) {
     match backend {
         Backend::MySql => env.exec("create table my_log (topic varchar(200) not null, body blob)").await,
         Backend::Sqlite => env.exec("create table my_log (topic text not null, body blob)").await,
+        Backend::Redis => unreachable!("an SQL-only test"),
     };
     let _broker =
         env.start(r#"insert_message_sql = "insert into my_log (topic, body) values (${topic}, ${payload})""#).await;
@@ -236,7 +237,7 @@ async fn a_users_own_insert_template_is_used(backend: Backend) {
     assert_eq!(env.count("mqtt_msg").await, 0, "the default table is not written");
 }
 
-on_both_backends!(a_retained_message_reaches_a_new_subscriber_once);
+on_every_backend!(a_retained_message_reaches_a_new_subscriber_once);
 async fn a_retained_message_reaches_a_new_subscriber_once(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
@@ -280,7 +281,7 @@ async fn mosquitto_clients_publish_and_receive_the_replay() {
     env.wait_count("mqtt_sub", 0, LONG).await;
 }
 
-on_both_backends!(an_ack_before_the_flush_still_deletes);
+on_every_backend!(an_ack_before_the_flush_still_deletes);
 async fn an_ack_before_the_flush_still_deletes(backend: Backend) {
     let env = TestEnv::new(backend).await;
     // The writer holds messages for up to 3 s, so the live subscriber acks long before the insert.
@@ -298,7 +299,7 @@ async fn an_ack_before_the_flush_still_deletes(backend: Backend) {
     assert_eq!(env.count("mqtt_msg").await, 0);
 }
 
-on_both_backends!(sigterm_flushes_what_the_writer_holds);
+on_every_backend!(sigterm_flushes_what_the_writer_holds);
 async fn sigterm_flushes_what_the_writer_holds(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let mut broker = env.start(r#"batch_time = 60s"#).await;
@@ -316,7 +317,7 @@ async fn sigterm_flushes_what_the_writer_holds(backend: Backend) {
 }
 
 // Weakness 3: `topic = ${topic}` compared the filter text, so wildcards replayed nothing.
-on_both_backends!(wildcard_subscriptions_replay_every_matching_message_in_order);
+on_every_backend!(wildcard_subscriptions_replay_every_matching_message_in_order);
 async fn wildcard_subscriptions_replay_every_matching_message_in_order(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
@@ -371,7 +372,7 @@ async fn a_stuck_subscriber_does_not_stop_the_writer() {
 }
 
 // Weakness 9: a re-subscribe replayed the backlog a second time.
-on_both_backends!(a_resubscribe_does_not_replay_the_backlog_again);
+on_every_backend!(a_resubscribe_does_not_replay_the_backlog_again);
 async fn a_resubscribe_does_not_replay_the_backlog_again(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let _broker = env.start("").await;
@@ -439,7 +440,7 @@ async fn a_missing_table_is_an_outage_not_a_bad_row(backend: Backend) {
 }
 
 // Reference weakness 9: a publish racing a subscribe came twice, or before older stored messages.
-on_both_backends!(messages_published_during_a_replay_follow_it_once_each);
+on_every_backend!(messages_published_during_a_replay_follow_it_once_each);
 async fn messages_published_during_a_replay_follow_it_once_each(backend: Backend) {
     const BACKLOG: usize = 3000;
     let env = TestEnv::new(backend).await;

@@ -1,4 +1,5 @@
-//! TLS to MySQL: a MariaDB started by the test with TLS required and certificates the test makes.
+//! TLS to MySQL and to Redis: servers started by the test with TLS required and certificates the
+//! test makes.
 
 #[macro_use]
 mod common;
@@ -6,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Backend, Broker, Client, PrivateMariaDb, TestEnv, BIN, LONG};
+use common::{free_port, Backend, Broker, Client, PrivateMariaDb, PrivateRedis, TestEnv, BIN, LONG};
 use rumqttc::QoS;
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -176,4 +177,52 @@ async fn mqtt_over_tls_reaches_the_store() {
     assert!(!refused.status.success(), "a client that does not trust the certificate does not connect");
     env.wait_count("mqtt_msg", 1, LONG).await;
     assert_eq!(env.messages().await[0].payload, b"secured");
+}
+
+/// Redis with TLS on a port of its own that requires client certificates: the plugin verifies the
+/// server against `cacertfile` and presents its certificate; another CA fails `check-config`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_redis_verifies_the_server_and_presents_a_client_certificate() {
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let p = |f: &str| certs.path().join(f).display().to_string();
+    let tls_port = free_port().to_string();
+    let (cert, key, ca) = (p("server.pem"), p("server.key"), p("ca.pem"));
+    let redis = PrivateRedis::start(
+        &certs.path().join("redis"),
+        &["--tls-port", &tls_port, "--tls-cert-file", &cert, "--tls-key-file", &key, "--tls-ca-cert-file", &ca],
+    );
+    let block = |ca: &str, verify: &str| {
+        format!(
+            "redis {{ enable = true, servers = \"127.0.0.1:{tls_port}\", topics = [\"#\"], spool_dir = \"{}\", \
+             dead_letter_file = \"{}\", ssl {{ enable = true, verify = {verify}, cacertfile = \"{ca}\", certfile = \"{}\", keyfile = \"{}\" }} }}",
+            certs.path().join("spool").display(),
+            certs.path().join("dead.jsonl").display(),
+            p("client.pem"),
+            p("client.key")
+        )
+    };
+    let good = certs.path().join("good.hocon");
+    std::fs::write(&good, block(&p("ca.pem"), "verify_peer")).unwrap();
+    let (ok, text) = check(&good);
+    assert!(ok, "{text}");
+    let port = free_port();
+    let broker = Broker::start(&good, port, certs.path().join("broker.log")).await;
+    let mut c = Client::connect(port, "tls-redis-pub", true).await;
+    c.publish("tlsr/t", QoS::AtLeastOnce, false, "secured").await;
+    let start = std::time::Instant::now();
+    while redis.payloads() != ["secured"] {
+        assert!(start.elapsed() < LONG, "stored over TLS");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    drop(broker);
+
+    let wrong = certs.path().join("wrong.hocon");
+    std::fs::write(&wrong, block(&p("other-ca.pem"), "verify_peer")).unwrap();
+    let (ok, text) = check(&wrong);
+    assert!(!ok && text.contains("FAIL connect"), "{text}");
+    // verify_none encrypts without checking the certificate.
+    std::fs::write(&wrong, block(&p("other-ca.pem"), "verify_none")).unwrap();
+    let (ok, text) = check(&wrong);
+    assert!(ok, "{text}");
 }

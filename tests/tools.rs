@@ -142,6 +142,7 @@ async fn check_config_passes_a_good_config_and_names_what_is_wrong(backend: Back
             env.execute("create table sub_copy as select * from mqtt_sub; drop table mqtt_sub; alter table sub_copy rename to mqtt_sub")
                 .await
         }
+        Backend::Redis => unreachable!("an SQL-only test"),
     }
     let config = env.write_config(&bare_block(&env, ""));
     let out = tool(&["check-config"], &config);
@@ -234,7 +235,7 @@ async fn history_streams_stored_messages_as_a_table_or_json_lines(backend: Backe
     assert!(table.contains("base64:/wAB") && table.contains("21.5"), "{table}");
 }
 
-on_both_backends!(the_metrics_endpoint_counts_real_traffic_and_reports_health);
+on_every_backend!(the_metrics_endpoint_counts_real_traffic_and_reports_health);
 async fn the_metrics_endpoint_counts_real_traffic_and_reports_health(backend: Backend) {
     let env = TestEnv::new(backend).await;
     let metrics_port = free_port();

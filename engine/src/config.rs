@@ -16,6 +16,9 @@ use hocon::{Hocon, HoconLoader};
 use crate::auth::{AclRule, Action, AuthConfig, User};
 pub use crate::spool::SpoolFull;
 
+mod redis;
+pub use redis::{RedisConfig, RedisType, DEFAULT_REDIS_MESSAGE_TTL};
+
 type Map = linked_hash_map::LinkedHashMap<String, Hocon>;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,15 +42,10 @@ pub enum ConfigError {
          or write ${{?{var}}} to keep the default when it is unset"
     )]
     Unresolved { key: String, var: String },
-    #[error("no backend enabled: set `mysql.enable = true` or `sqlite.enable = true`")]
+    #[error("no backend enabled: set `mysql.enable = true`, `sqlite.enable = true` or `redis.enable = true`")]
     NoBackend,
-    #[error("both `mysql.enable` and `sqlite.enable` are true: enable exactly one backend block")]
-    TwoBackends,
-    #[error(
-        "redis.enable = true: the Redis backend is not built yet; set redis.enable = false and enable `mysql` or \
-         `sqlite`"
-    )]
-    RedisNotBuilt,
+    #[error("{0} are true: enable exactly one backend block")]
+    TwoBackends(String),
     /// Every problem of one file, found in one run, in file order.
     #[error("{} problems; fix them all, then run again:\n{}", .0.len(), list(.0))]
     Several(Vec<ConfigError>),
@@ -208,6 +206,7 @@ const MQTT_MAX_PACKET_SIZE: i64 = 268_435_455;
 pub enum Backend {
     MySql(MySqlConfig),
     Sqlite(SqliteConfig),
+    Redis(RedisConfig),
 }
 
 impl Backend {
@@ -215,6 +214,7 @@ impl Backend {
         match self {
             Backend::MySql(c) => &c.storage,
             Backend::Sqlite(c) => &c.storage,
+            Backend::Redis(c) => &c.storage,
         }
     }
 
@@ -222,6 +222,7 @@ impl Backend {
         match self {
             Backend::MySql(c) => &mut c.storage,
             Backend::Sqlite(c) => &mut c.storage,
+            Backend::Redis(c) => &mut c.storage,
         }
     }
 
@@ -230,6 +231,7 @@ impl Backend {
         match self {
             Backend::MySql(_) => "mysql",
             Backend::Sqlite(_) => "sqlite",
+            Backend::Redis(_) => "redis",
         }
     }
 }
@@ -458,23 +460,6 @@ const STORAGE_KEYS: &[&str] = &[
 const MYSQL_KEYS: &[&str] = &["server", "username", "password", "database", "pool_size", "ssl"];
 const SQLITE_KEYS: &[&str] = &["path"];
 const SSL_KEYS: &[&str] = &["enable", "server_name_indication", "verify", "cacertfile", "certfile", "keyfile"];
-const REDIS_KEYS: &[&str] = &[
-    "enable",
-    "servers",
-    "redis_type",
-    "sentinel",
-    "username",
-    "password",
-    "database",
-    "pool_size",
-    "topics",
-    "message_key_prefix",
-    "subscription_key_prefix",
-    "message_ttl",
-    "batch_size",
-    "batch_time",
-    "ssl",
-];
 
 impl Config {
     /// Reads and checks the file; every error but [`ConfigError::Read`] is wrapped in
@@ -519,16 +504,23 @@ impl Config {
             let enable = t.enable()?;
             Ok((enable, sqlite(&t)?))
         }));
-        let redis = root.kept(root.table("redis", REDIS_KEYS).and_then(|t| check_redis(&t)));
+        let redis = root.kept(root.table("redis", &redis::redis_keys()).and_then(|t| redis::redis(&t)));
         let auth = root.kept(root.table("auth", AUTH_KEYS).and_then(|t| auth(&t)));
         // Which backend is enabled cannot be told from a broken block: its errors are recorded.
-        let ((mysql_on, mysql), (sqlite_on, sqlite)) = (mysql?, sqlite?);
-        let backend = root.kept(match (mysql_on?, sqlite_on?, redis?) {
-            (_, _, true) => Err(ConfigError::RedisNotBuilt),
-            (true, true, _) => Err(ConfigError::TwoBackends),
-            (false, false, _) => Err(ConfigError::NoBackend),
-            (true, _, _) => Ok(Backend::MySql(mysql)),
-            (_, true, _) => Ok(Backend::Sqlite(sqlite)),
+        let ((mysql_on, mysql), (sqlite_on, sqlite), (redis_on, redis)) = (mysql?, sqlite?, redis?);
+        let enabled = [
+            mysql_on?.then_some(("mysql", Backend::MySql(mysql))),
+            sqlite_on?.then_some(("sqlite", Backend::Sqlite(sqlite))),
+            redis_on?.then_some(("redis", Backend::Redis(redis))),
+        ];
+        let mut enabled: Vec<_> = enabled.into_iter().flatten().collect();
+        let backend = root.kept(match enabled.len() {
+            0 => Err(ConfigError::NoBackend),
+            1 => Ok(enabled.remove(0).1),
+            _ => {
+                let names: Vec<_> = enabled.iter().map(|(name, _)| format!("`{name}.enable`")).collect();
+                Err(ConfigError::TwoBackends(names.join(" and ")))
+            }
         })?;
         let broker = broker?;
         if broker.cluster.is_some() && matches!(backend, Backend::Sqlite(_)) {
@@ -555,6 +547,9 @@ impl Config {
             if m.ssl.server_name_indication.is_some() {
                 w.push("mysql.ssl.server_name_indication is accepted but not used: the name checked is the host of mysql.server".into());
             }
+        }
+        if let Backend::Redis(r) = &self.backend {
+            w.extend(redis::warnings(r));
         }
         if s.topics.is_empty() {
             w.push(format!("{name}.topics is empty: no message will be stored (add filters, e.g. [\"#\"])"));
@@ -588,7 +583,7 @@ pub fn known_keys() -> Vec<String> {
     keys.extend(block("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat()));
     keys.extend(block("mysql.ssl", SSL_KEYS));
     keys.extend(block("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat()));
-    keys.extend(block("redis", REDIS_KEYS));
+    keys.extend(block("redis", &redis::redis_keys()));
     keys.extend(block("redis.ssl", SSL_KEYS));
     keys
 }
@@ -772,38 +767,6 @@ fn sqlite(t: &Table<'_>) -> Result<SqliteConfig, ConfigError> {
         path: t.non_empty_string("path")?.map(PathBuf::from).unwrap_or_else(|| "data/offline-messages.db".into()),
         storage: storage(t, Templates::sqlite_default())?,
     })
-}
-
-/// Checks the types of the reference's Redis keys (accepted so a reference config moves over);
-/// returns `redis.enable`.
-fn check_redis(t: &Table<'_>) -> Result<bool, ConfigError> {
-    match t.get("servers")? {
-        None => {}
-        Some(Hocon::String(s)) => {
-            for server in s.split(',') {
-                check_host_port(t, "servers", server.trim())?;
-            }
-        }
-        Some(Hocon::Array(_)) => {
-            for server in t.string_list("servers")?.unwrap_or_default() {
-                check_host_port(t, "servers", &server)?;
-            }
-        }
-        Some(other) => return Err(t.type_error("servers", "\"host:port,host:port\" or a list of them", other)),
-    }
-    t.choice("redis_type", &[("single", ()), ("sentinel", ()), ("cluster", ())])?;
-    for key in ["sentinel", "username", "message_key_prefix", "subscription_key_prefix"] {
-        t.string(key)?;
-    }
-    t.secret("password")?;
-    t.int("database", 0, i64::from(u32::MAX))?;
-    t.int("pool_size", 1, MAX_POOL_SIZE)?;
-    t.string_list("topics")?;
-    t.duration("message_ttl", Unit::Seconds)?;
-    t.int("batch_size", 1, MAX_BATCH_SIZE)?;
-    t.positive_duration("batch_time")?;
-    ssl(&t.table("ssl", SSL_KEYS)?)?;
-    Ok(t.bool("enable")?.unwrap_or(false))
 }
 
 fn storage(t: &Table<'_>, defaults: Templates) -> Result<StorageConfig, ConfigError> {
@@ -1403,20 +1366,53 @@ mod tests {
     }
 
     #[test]
-    fn redis_is_accepted_but_not_built() {
-        assert!(err("sqlite { enable = true }\nredis { enable = true }").starts_with("redis.enable = true: the Redis"));
-        assert!(err("redis { enable = true }").contains("not built yet"));
-        Config::parse_str(
-            r##"sqlite { enable = true }
-            redis { enable = false, servers = "a:6379,b:6379", redis_type = sentinel, sentinel = mymaster,
-                    username = u, password = "p", database = 0, pool_size = 8, topics = ["#"],
-                    message_key_prefix = "mqtt:msg", subscription_key_prefix = "mqtt:sub", message_ttl = 7200,
-                    batch_size = 1, batch_time = 100, ssl { enable = false, verify = verify_none } }"##,
+    fn the_redis_block() {
+        let e = err("sqlite { enable = true }\nredis { enable = true }");
+        assert!(e.starts_with("`sqlite.enable` and `redis.enable` are true"), "{e}");
+        let c = Config::parse_str(
+            r##"redis { enable = true, servers = "a:6379, b:6380", redis_type = sentinel, sentinel = mymaster,
+                    username = u, password = "p", database = 2, pool_size = 4, topics = ["#"],
+                    message_key_prefix = "m", subscription_key_prefix = "s", message_ttl = 60,
+                    batch_size = 10, batch_time = 100, write_mode = sync, delivery_mode = fanout,
+                    replay_page_size = 7, ssl { enable = false, verify = verify_none } }"##,
         )
         .unwrap();
+        let Backend::Redis(r) = &c.backend else { panic!("redis expected") };
+        assert_eq!(r.servers, ["a:6379", "b:6380"]);
+        assert_eq!(
+            (r.redis_type, r.sentinel.as_str(), r.username.as_deref()),
+            (RedisType::Sentinel, "mymaster", Some("u"))
+        );
+        assert_eq!((r.password.expose(), r.database, r.pool_size), ("p", 2, 4));
+        assert_eq!((r.message_key_prefix.as_str(), r.subscription_key_prefix.as_str()), ("m", "s"));
+        let s = &r.storage;
+        assert_eq!(
+            (s.message_ttl, s.batch_size, s.batch_time),
+            (Some(Duration::from_secs(60)), 10, Duration::from_millis(100))
+        );
+        assert_eq!((s.write_mode, s.delivery_mode, s.replay_page_size), (WriteMode::Sync, DeliveryMode::Fanout, 7));
+
+        let c = Config::parse_str("redis { enable = true }").unwrap();
+        let Backend::Redis(r) = &c.backend else { panic!("redis expected") };
+        assert_eq!((r.servers.as_slice(), r.redis_type), (&["127.0.0.1:6379".to_owned()][..], RedisType::Single));
+        assert_eq!((r.message_key_prefix.as_str(), r.subscription_key_prefix.as_str()), ("mqtt:msg", "mqtt:sub"));
+        assert_eq!(r.storage.message_ttl, Some(DEFAULT_REDIS_MESSAGE_TTL), "the reference's default");
+        let c = Config::parse_str("redis { enable = true, message_ttl = 0 }").unwrap();
+        assert_eq!(c.backend.storage().message_ttl, None, "0 keeps messages until acknowledged");
+        let c = Config::parse_str("redis { enable = true, redis_type = cluster, servers = \"a:1,b:2\", database = 3 }")
+            .unwrap();
+        assert!(c.warnings().iter().any(|w| w.starts_with("redis.database = 3 is ignored")), "{:?}", c.warnings());
+
         assert!(err("sqlite.enable = true\nredis { redis_type = ring }").starts_with("redis.redis_type"));
+        assert!(err("redis { enable = true, redis_type = sentinel }").starts_with("redis.sentinel: is required"));
+        assert!(err("redis { enable = true, servers = \"a:1,b:2\" }").starts_with("redis.servers: lists 2 servers"));
+        assert!(err("redis { enable = true, message_key_prefix = \"m#\" }").starts_with("redis.message_key_prefix"));
+        assert!(
+            err("redis { enable = true, select_message_sql = x }").starts_with("redis.select_message_sql: unknown key")
+        );
         assert!(err("sqlite.enable = true\nredis { ssl { verfy = 1 } }").starts_with("redis.ssl.verfy: unknown key"));
         assert!(err("sqlite.enable = true\nredis { message_ttl = forever }").starts_with("redis.message_ttl: expected"));
+        assert!(err("sqlite.enable = true\nredis { servers = \"a:b\" }").starts_with("redis.servers"));
     }
 
     const NODES: &str = r#"nodes = ["1@127.0.0.1:5363", "2@127.0.0.1:5364", "3@node3.local:5365"]"#;

@@ -406,31 +406,31 @@ impl Engine {
         let query_sub = Subscription { filter: text.to_owned(), ..sub.clone() };
         let limit = i64::from(self.page_size);
         let pages = self.store.replay_pages();
-        let (mut after_id, mut delivered) = (0, 0);
+        let (mut after, mut delivered) = (0, 0);
         let recheck = self.recheck.filter(|_| pages);
         // For the read again: where it starts, and the rows read since that it skips.
         let (mut low_water, mut read_since, mut rechecking) = (0, HashSet::new(), false);
         loop {
             let query =
-                ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after_id, limit };
+                ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after, limit };
             let mut rows = self.store.select_messages(&query);
             let mut read = 0;
             while let Some(m) = rows.next().await.transpose()? {
                 read += 1;
-                match m.id {
-                    Some(id) => after_id = after_id.max(id),
+                match m.position {
+                    Some(position) => after = after.max(position),
                     None if pages => return Err(ReplayError::Store(StoreError::NoId { key: self.store.replay_key() })),
                     None => {}
                 }
-                if let (Some(r), Some(id)) = (recheck, m.id) {
+                if let (Some(r), Some(position)) = (recheck, m.position) {
                     if rechecking {
-                        if read_since.contains(&id) {
+                        if read_since.contains(&position) {
                             continue;
                         }
                     } else if published_us(&m.msgid).is_some_and(|p| p + r.window.as_micros() as u64 <= started_us) {
-                        low_water = low_water.max(id);
+                        low_water = low_water.max(position);
                     } else {
-                        read_since.insert(id);
+                        read_since.insert(position);
                     }
                 }
                 let now = now_ms();
@@ -446,7 +446,7 @@ impl Engine {
                     Some(r) if !rechecking => {
                         tokio::time::sleep(r.settle).await;
                         rechecking = true;
-                        after_id = low_water;
+                        after = low_water;
                     }
                     _ => return Ok(delivered),
                 }

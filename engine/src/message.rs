@@ -126,8 +126,10 @@ mod hex_bytes {
 /// A message read back from the store for replay. Its id is the text of the `msgid` column.
 #[derive(Clone, Debug)]
 pub struct StoredMessage {
-    /// The `id` column (publish order), if the select returns it; replays page by it.
-    pub id: Option<i64>,
+    /// Where the message stands in its store's publish order, if the store tells: SQL's `id`
+    /// column (when the select returns it), Redis's message id as a number. A replay reads the
+    /// next page after the greatest position it has read.
+    pub position: Option<u128>,
     pub msgid: String,
     pub from: String,
     pub topic: String,
@@ -164,8 +166,8 @@ pub struct ReplayQuery<'a> {
     /// [`crate::topic::TopicFilter::like_pattern`] of the filter (`${topic_like}`).
     pub topic_like: String,
     pub now_ms: i64,
-    /// The last `id` read (`${after_id}`), 0 for the first page.
-    pub after_id: i64,
+    /// The greatest [`StoredMessage::position`] read so far, 0 for the first page (`${after_id}`).
+    pub after: u128,
     /// Rows per page (`${limit}`).
     pub limit: i64,
 }
@@ -175,7 +177,8 @@ impl Bindings for ReplayQuery<'_> {
         match var {
             Var::TopicLike => Value::Text(&self.topic_like),
             Var::Now => Value::Int(self.now_ms),
-            Var::AfterId => Value::Int(self.after_id),
+            // SQL positions come from its i64 `id` column.
+            Var::AfterId => Value::Int(i64::try_from(self.after).unwrap_or(i64::MAX)),
             Var::Limit => Value::Int(self.limit),
             other => self.sub.value(other),
         }

@@ -640,10 +640,13 @@ impl DeadLetters {
 }
 
 /// The database refused what a row holds (a value out of range or too long, a constraint, a
-/// payload beyond `max_allowed_packet`), as opposed to failing to do the work at all (unreachable,
+/// payload beyond `max_allowed_packet`, a Redis key of another type in the way), as opposed to failing to do the work at all (unreachable,
 /// timed out, read-only, a missing table, a refused login, a full disk): that row is dead-lettered,
 /// where any other failure sends the batch to the spool.
 fn refuses_a_row(e: &StoreError) -> bool {
+    if let StoreError::Redis { cause, .. } = e {
+        return crate::store::redis::refuses_content(cause);
+    }
     let StoreError::Query { cause: sqlx::Error::Database(db), .. } = e else { return false };
     if let Some(mysql) = db.try_downcast_ref::<sqlx::mysql::MySqlDatabaseError>() {
         // null in a not-null column, duplicate key, packet too large, truncated / out of range /

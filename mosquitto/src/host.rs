@@ -397,7 +397,7 @@ async fn replay(
         session,
         sessions: sessions.clone(),
         deliveries,
-        after_row: 0,
+        after: 0,
         handed: 0,
         taken: Arc::default(),
     };
@@ -452,8 +452,8 @@ struct BrokerSink {
     session: u64,
     sessions: Arc<Sessions>,
     deliveries: mpsc::Sender<Outgoing>,
-    /// The last row handed over: a retry after a database error starts after it.
-    after_row: i64,
+    /// The position of the last message handed over: a retry after a database error starts after it.
+    after: u128,
     /// Messages handed over, and how many of them the broker thread has taken.
     handed: u64,
     taken: Arc<AtomicU64>,
@@ -476,14 +476,14 @@ impl ReplaySink for BrokerSink {
         };
         self.deliveries.send(o).await.map_err(|_| ReplayError::SubscriberGone)?;
         self.handed += 1;
-        if let Some(id) = m.id {
-            self.after_row = self.after_row.max(id);
+        if let Some(position) = m.position {
+            self.after = self.after.max(position);
         }
         Ok(())
     }
 
     fn skip(&mut self, m: &StoredMessage) -> bool {
-        m.id.is_some_and(|id| id <= self.after_row)
+        m.position.is_some_and(|position| position <= self.after)
     }
 }
 

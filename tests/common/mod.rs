@@ -1,5 +1,5 @@
-//! Test harness: a real database (its own MariaDB database or SQLite file per test), the real
-//! broker binary on a free port, and real MQTT clients.
+//! Test harness: a real database (its own MariaDB database, SQLite file or Redis server per test),
+//! the real broker binary on a free port, and real MQTT clients.
 #![allow(dead_code)]
 
 use std::io::Read;
@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use redis::Commands;
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
 use sqlx::{Connection, Row};
 use tokio::sync::mpsc;
@@ -30,6 +31,27 @@ macro_rules! on_both_backends {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
                 super::$name(super::Backend::Sqlite).await
+            }
+        }
+    };
+}
+
+/// Runs one scenario against MariaDB, SQLite and a Redis server of its own, as three tests.
+#[macro_export]
+macro_rules! on_every_backend {
+    ($name:ident) => {
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn mysql() {
+                super::$name(super::Backend::MySql).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::Backend::Sqlite).await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                super::$name(super::Backend::Redis).await
             }
         }
     };
@@ -75,6 +97,7 @@ pub fn metric(text: &str, name: &str) -> f64 {
 pub enum Backend {
     MySql,
     Sqlite,
+    Redis,
 }
 
 /// A row of `mqtt_msg` as a test sees it.
@@ -101,6 +124,7 @@ macro_rules! with_conn {
                 let mut $c = $env.sqlite().await;
                 $body
             }
+            Backend::Redis => panic!("an SQL statement on the redis backend"),
         }
     };
 }
@@ -111,6 +135,8 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     pub db_name: String,
     pub port: u16,
+    /// The test's Redis server, on the redis backend.
+    pub redis: Option<PrivateRedis>,
 }
 
 fn unique_name() -> String {
@@ -146,7 +172,14 @@ fn mysql_url(db: &str) -> String {
 
 impl TestEnv {
     pub async fn new(backend: Backend) -> TestEnv {
-        let env = TestEnv { backend, dir: tempfile::tempdir().unwrap(), db_name: unique_name(), port: free_port() };
+        TestEnv::with_redis(backend, &[]).await
+    }
+
+    /// On the redis backend, its server gets `redis_args` (`--appendonly yes`, say).
+    pub async fn with_redis(backend: Backend, redis_args: &[&str]) -> TestEnv {
+        let dir = tempfile::tempdir().unwrap();
+        let redis = (backend == Backend::Redis).then(|| PrivateRedis::start(&dir.path().join("redis"), redis_args));
+        let env = TestEnv { backend, dir, db_name: unique_name(), port: free_port(), redis };
         if backend == Backend::MySql {
             let mut c = sqlx::MySqlConnection::connect(&mysql_url("mysql"))
                 .await
@@ -188,6 +221,34 @@ impl TestEnv {
                 self.dead_letter_path().display(),
                 self.dir.path().join("spool").display()
             ),
+            Backend::Redis => format!(
+                "redis {{\n enable = true\n servers = \"127.0.0.1:{}\"\n topics = [\"#\"]\n batch_time = 5ms\n dead_letter_file = \"{}\"\n spool_dir = \"{}\"\n {extra}\n}}\nsqlite {{ enable = false }}\n",
+                self.redis().port,
+                self.dead_letter_path().display(),
+                self.dir.path().join("spool").display()
+            ),
+        }
+    }
+
+    pub fn redis(&self) -> &PrivateRedis {
+        self.redis.as_ref().expect("the redis backend")
+    }
+
+    /// Stores a subscription as an operator provisions one, without the broker.
+    pub async fn provision_subscription(&self, client_id: &str, filter: &str, qos: i64) {
+        match self.backend {
+            Backend::Redis => {
+                let _: () = self.redis().conn().hset(format!("mqtt:sub:{client_id}"), filter, qos).unwrap();
+            }
+            _ => with_conn!(self, c => {
+                sqlx::query("insert into mqtt_sub(clientid, topic, qos) values(?, ?, ?)")
+                    .bind(client_id)
+                    .bind(filter)
+                    .bind(qos)
+                    .execute(&mut c)
+                    .await
+                    .unwrap();
+            }),
         }
     }
 
@@ -214,9 +275,12 @@ impl TestEnv {
     }
 
     pub async fn messages(&self) -> Vec<MsgRow> {
+        if self.backend == Backend::Redis {
+            return self.redis().messages();
+        }
         let sql = match self.backend {
             Backend::MySql => "select msgid, topic, sender, qos, retain, payload, CAST(UNIX_TIMESTAMP(arrived) * 1000 AS SIGNED) as arrived_ms from mqtt_msg order by id",
-            Backend::Sqlite => "select msgid, topic, sender, qos, retain, payload, arrived as arrived_ms from mqtt_msg order by id",
+            _ => "select msgid, topic, sender, qos, retain, payload, arrived as arrived_ms from mqtt_msg order by id",
         };
         with_conn!(self, c => sqlx::query(sql).fetch_all(&mut c).await.unwrap().iter().map(|r| MsgRow {
             msgid: r.get("msgid"),
@@ -231,6 +295,9 @@ impl TestEnv {
 
     /// `(clientid, topic, qos)` of every stored subscription, sorted.
     pub async fn subscriptions(&self) -> Vec<(String, String, i64)> {
+        if self.backend == Backend::Redis {
+            return self.redis().subscriptions();
+        }
         const SQL: &str = "select clientid, topic, qos from mqtt_sub order by clientid, topic";
         with_conn!(self, c => sqlx::query(SQL).fetch_all(&mut c).await.unwrap().iter().map(|r| (r.get(0), r.get(1), r.get(2))).collect())
     }
@@ -245,7 +312,7 @@ impl TestEnv {
     pub async fn rename_table(&self, from: &str, to: &str) {
         let sql = match self.backend {
             Backend::MySql => format!("rename table {from} to {to}"),
-            Backend::Sqlite => format!("alter table {from} rename to {to}"),
+            _ => format!("alter table {from} rename to {to}"),
         };
         with_conn!(self, c => { sqlx::raw_sql(sqlx::AssertSqlSafe(sql)).execute(&mut c).await.unwrap(); })
     }
@@ -255,7 +322,12 @@ impl TestEnv {
         with_conn!(self, c => { sqlx::raw_sql(sql).execute(&mut c).await.unwrap(); })
     }
 
+    /// Rows of `mqtt_msg`, `mqtt_sub` or `mqtt_delivered`; on Redis, what holds the same: message
+    /// hashes, subscription hash fields, delivery-set members.
     pub async fn count(&self, table: &str) -> i64 {
+        if self.backend == Backend::Redis {
+            return self.redis().count(table);
+        }
         let sql: &'static str = match table {
             "mqtt_msg" => "select count(*) from mqtt_msg",
             "mqtt_sub" => "select count(*) from mqtt_sub",
@@ -975,5 +1047,198 @@ impl Client5 {
     pub async fn disconnect(self) {
         let _ = self.client.disconnect().await;
         let _ = tokio::time::timeout(Duration::from_secs(5), self.task).await;
+    }
+}
+
+/// A `redis-server` of the test's own, in a temporary directory on a free port (never the shared
+/// one). Killed when dropped.
+pub struct PrivateRedis {
+    pub dir: PathBuf,
+    pub port: u16,
+    child: Child,
+    args: Vec<String>,
+}
+
+impl PrivateRedis {
+    /// Starts it with `extra` options (`--appendonly yes`, `--replicaof ...`) and waits until it answers.
+    pub fn start(dir: &std::path::Path, extra: &[&str]) -> PrivateRedis {
+        Self::start_on(dir, free_port(), extra)
+    }
+
+    pub fn start_on(dir: &std::path::Path, port: u16, extra: &[&str]) -> PrivateRedis {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut args: Vec<String> = vec![
+            "--port".into(),
+            port.to_string(),
+            "--bind".into(),
+            "127.0.0.1".into(),
+            "--dir".into(),
+            dir.display().to_string(),
+            "--save".into(),
+            "".into(),
+            "--logfile".into(),
+            dir.join("redis.log").display().to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let child = Self::spawn(&args);
+        let redis = PrivateRedis { dir: dir.to_owned(), port, child, args };
+        redis.wait_ready();
+        redis
+    }
+
+    /// A sentinel (`redis-server --sentinel`) watching the master at `master_port` as `mymaster`,
+    /// quick to fail over: down after 1 s, a quorum of 2.
+    pub fn sentinel(dir: &std::path::Path, master_port: u16) -> PrivateRedis {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let conf = dir.join("sentinel.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "port {port}\nbind 127.0.0.1\ndir {}\nlogfile {}\nsentinel monitor mymaster 127.0.0.1 {master_port} 2\n\
+                 sentinel down-after-milliseconds mymaster 1000\nsentinel failover-timeout mymaster 10000\n",
+                dir.display(),
+                dir.join("sentinel.log").display()
+            ),
+        )
+        .unwrap();
+        let args = vec![conf.display().to_string(), "--sentinel".to_owned()];
+        let redis = PrivateRedis { dir: dir.to_owned(), port, child: Self::spawn(&args), args };
+        redis.wait_ready();
+        redis
+    }
+
+    fn spawn(args: &[String]) -> Child {
+        Command::new("redis-server")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian package redis-server)")
+    }
+
+    fn wait_ready(&self) {
+        let start = Instant::now();
+        while self.cli(&["PING"]).trim() != "PONG" {
+            assert!(start.elapsed() < Duration::from_secs(30), "redis-server on {} did not start", self.port);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// SIGKILL: the server is gone until [`PrivateRedis::restart`].
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a signal (`STOP`, `CONT`) to the server.
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status().unwrap();
+        assert!(ok.success());
+    }
+
+    /// A new server with the same options, directory and port.
+    pub fn restart(&mut self) {
+        self.child = Self::spawn(&self.args);
+        self.wait_ready();
+    }
+
+    /// `redis-cli` against it: what another system reading the keys sees (stdout, trimmed of nothing).
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian package redis-tools)");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn conn(&self) -> redis::Connection {
+        redis::Client::open(format!("redis://127.0.0.1:{}/", self.port)).unwrap().get_connection().unwrap()
+    }
+
+    /// Keys matching `pattern` of one type.
+    pub fn keys(&self, pattern: &str, kind: &str) -> Vec<String> {
+        let mut c = self.conn();
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor = 0u64;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .arg("TYPE")
+                .arg(kind)
+                .query(&mut c)
+                .unwrap();
+            keys.extend(batch);
+            if next == 0 {
+                keys.sort();
+                return keys;
+            }
+            cursor = next;
+        }
+    }
+
+    /// Every message hash as a row, in publish order (their ids sort so).
+    pub fn messages(&self) -> Vec<MsgRow> {
+        let mut c = self.conn();
+        let mut rows: Vec<MsgRow> = self
+            .keys("mqtt:msg:*", "hash")
+            .iter()
+            .map(|key| {
+                let h: std::collections::HashMap<String, Vec<u8>> = c.hgetall(key).unwrap();
+                let text =
+                    |f: &str| String::from_utf8(h.get(f).unwrap_or_else(|| panic!("{key}: no {f}")).clone()).unwrap();
+                MsgRow {
+                    msgid: text("id"),
+                    topic: text("topic"),
+                    sender: text("from"),
+                    qos: text("qos").parse().unwrap(),
+                    retain: text("retain").parse().unwrap(),
+                    payload: h["payload"].clone(),
+                    arrived_ms: text("ts").parse().unwrap(),
+                }
+            })
+            .collect();
+        rows.sort_by(|a, b| a.msgid.cmp(&b.msgid));
+        rows
+    }
+
+    /// The payloads of every message hash, as text.
+    pub fn payloads(&self) -> Vec<String> {
+        self.messages().into_iter().map(|r| String::from_utf8_lossy(&r.payload).into_owned()).collect()
+    }
+
+    pub fn subscriptions(&self) -> Vec<(String, String, i64)> {
+        let mut c = self.conn();
+        let mut subs = Vec::new();
+        for key in self.keys("mqtt:sub:*", "hash") {
+            let h: std::collections::HashMap<String, i64> = c.hgetall(&key).unwrap();
+            subs.extend(h.into_iter().map(|(topic, qos)| (key["mqtt:sub:".len()..].to_owned(), topic, qos)));
+        }
+        subs.sort();
+        subs
+    }
+
+    pub fn count(&self, table: &str) -> i64 {
+        let mut c = self.conn();
+        match table {
+            "mqtt_msg" => self.keys("mqtt:msg:*", "hash").len() as i64,
+            "mqtt_sub" => self.keys("mqtt:sub:*", "hash").iter().map(|k| c.hlen::<_, i64>(k).unwrap()).sum(),
+            "mqtt_delivered" => {
+                self.keys("mqtt:msg:#delivered:*", "set").iter().map(|k| c.scard::<_, i64>(k).unwrap()).sum()
+            }
+            other => panic!("no redis count for {other}"),
+        }
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -3,7 +3,9 @@
 //! backend at start-up and never asks which it has.
 //!
 //! - [`sql`]: MySQL and SQLite, through the operator's SQL templates.
+//! - [`redis`]: Redis (a server, sentinels, a cluster), with the reference plugin's keys.
 
+pub mod redis;
 pub mod sql;
 
 use std::sync::Arc;
@@ -43,7 +45,8 @@ pub trait Store: Send + Sync {
     /// The config key a replay's errors name.
     fn replay_key(&self) -> &'static str;
 
-    /// True when a replay reads page by page, from `after_id` on; false when one read returns all.
+    /// True when a replay reads page by page, after the greatest [`StoredMessage::position`] read;
+    /// false when one read returns all.
     fn replay_pages(&self) -> bool;
 
     /// One page of a replay, in publish order; each row arrives within `query_timeout`.
@@ -78,7 +81,10 @@ pub trait Store: Send + Sync {
 /// Connects to the configured backend (see [`Store::check`] for a backend that cannot be reached
 /// yet: it starts unchecked).
 pub async fn connect(backend: &Backend) -> Result<Arc<dyn Store>, StoreError> {
-    Ok(Arc::new(sql::SqlStore::connect(backend).await?))
+    Ok(match backend {
+        Backend::Redis(cfg) => Arc::new(redis::RedisStore::connect(cfg).await?),
+        Backend::MySql(_) | Backend::Sqlite(_) => Arc::new(sql::SqlStore::connect(backend).await?),
+    })
 }
 
 /// Why a store's checks have not passed: `reason` in words for `/health` (see
@@ -139,6 +145,12 @@ pub enum StoreError {
     Unavailable,
     #[error("cannot create sqlite.path {path} or its directory: {cause}; give a path the broker may write")]
     SqliteDir { path: String, cause: std::io::Error },
+    #[error("redis keeps no SQL tables: this needs the mysql or sqlite backend")]
+    NotSql,
+    #[error("cannot connect to redis at {target} (redis.servers): {cause}{}", redis::hint(cause))]
+    RedisConnect { target: String, cause: ::redis::RedisError },
+    #[error("{key}: {cause}{}", redis::hint(cause))]
+    Redis { key: &'static str, cause: ::redis::RedisError },
 }
 
 impl StoreError {
@@ -155,11 +167,15 @@ impl StoreError {
             StoreError::Query { key, .. } => format!("{key}: the database refused the statement"),
             StoreError::Column { key, column, .. } => format!("{key}: the result has no usable column `{column}`"),
             StoreError::SqliteDir { .. } => "cannot create sqlite.path or its directory".into(),
+            StoreError::RedisConnect { .. } => "cannot connect to redis (redis.servers)".into(),
+            StoreError::Redis { key, .. } if self.is_unreachable() => format!("{key}: redis cannot be reached"),
+            StoreError::Redis { key, .. } => format!("{key}: redis refused the request"),
             StoreError::Template(_)
             | StoreError::Parameters { .. }
             | StoreError::Timeout { .. }
             | StoreError::NoId { .. }
             | StoreError::MigrationLocked { .. }
+            | StoreError::NotSql
             | StoreError::Unavailable => self.to_string(),
         }
     }
@@ -173,6 +189,9 @@ impl StoreError {
             | StoreError::Prepare { cause, .. }
             | StoreError::Migrate { cause, .. } => cause,
             StoreError::Unavailable | StoreError::Timeout { .. } => return true,
+            StoreError::RedisConnect { cause, .. } | StoreError::Redis { cause, .. } => {
+                return redis::is_unreachable(cause)
+            }
             _ => return false,
         };
         matches!(

@@ -302,8 +302,8 @@ struct ReplayLimits {
     /// Only messages published before this (unix microseconds, from the message id): later ones
     /// reached the session live, or in the broker's own queue while the client was away.
     published_before_us: Option<u64>,
-    /// Only rows after this table id: an earlier attempt delivered up to it.
-    after_row: i64,
+    /// Only messages after this position in the store's order: an earlier attempt delivered up to it.
+    after_row: u128,
     /// Only messages with ids in this range (inclusive): those a full session queue dropped.
     ids: Option<(MessageId, MessageId)>,
 }
@@ -1003,7 +1003,7 @@ struct SessionSink {
     yield_to: Vec<TopicFilter>,
     /// The largest table id delivered: where a retry starts (an attempt may deliver a row with a
     /// smaller id after a larger one, when it reads again for rows other nodes committed late).
-    delivered_up_to: i64,
+    delivered_up_to: u128,
 }
 
 impl ReplaySink for SessionSink {
@@ -1029,15 +1029,15 @@ impl ReplaySink for SessionSink {
         .create_time(timestamp_ms);
         let publish = carry::stamp_replayed(&publish, &m.msgid, self.run.serial);
         self.forward(&m.from, publish).await?;
-        if let Some(id) = m.id {
-            self.delivered_up_to = self.delivered_up_to.max(id);
+        if let Some(position) = m.position {
+            self.delivered_up_to = self.delivered_up_to.max(position);
         }
         Ok(())
     }
 
     fn skip(&mut self, m: &StoredMessage) -> bool {
         let limits = self.limits;
-        m.id.is_some_and(|id| id <= limits.after_row)
+        m.position.is_some_and(|position| position <= limits.after_row)
             || limits
                 .ids
                 .is_some_and(|(first, last)| MessageId::from_base62(&m.msgid).is_none_or(|id| id < first || id > last))

@@ -59,6 +59,7 @@ impl Admin {
         let pool = match backend {
             Backend::MySql(cfg) => Pool::MySql(connect_mysql(cfg, 1).await?),
             Backend::Sqlite(cfg) => Pool::Sqlite(connect_sqlite(cfg, 1).await?),
+            Backend::Redis(_) => return Err(StoreError::NotSql),
         };
         Ok(Admin { pool, backend: backend.name() })
     }

@@ -184,6 +184,7 @@ impl SqlStore {
                 let replays = Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?);
                 (Pool::Sqlite(lazy_sqlite(cfg, WRITER_CONNECTIONS)?), shared, replays)
             }
+            Backend::Redis(_) => return Err(StoreError::NotSql),
         };
         let insert = &statements.insert_message;
         let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
@@ -382,7 +383,7 @@ impl Store for SqlStore {
             .map(move |row| {
                 let row = row.map_err(|cause| StoreError::Query { key, cause })?;
                 Ok(StoredMessage {
-                    id: int_column(&row, key, "id")?,
+                    position: int_column(&row, key, "id")?.map(|id| id.max(0) as u128),
                     msgid: column(&row, key, "msgid")?,
                     topic: column(&row, key, "topic")?,
                     from: optional_column::<_, String>(&row, key, "sender")?.unwrap_or_default(),

@@ -1,0 +1,465 @@
+//! The Redis backend beyond what every backend shares: the keys as another system reads them
+//! (`redis-cli`), a user granted exactly the README's commands, a Redis killed mid-stream, a
+//! sentinel failover, a cluster being resharded, and the tools. Each test runs its own
+//! `redis-server` processes on free ports.
+
+#[macro_use]
+mod common;
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{free_port, Backend, Broker, Client, PrivateRedis, TestEnv, BIN, LONG};
+use rumqttc::QoS;
+
+/// Every command the plugin sends to Redis: the README's list, granted alone to the ACL user below.
+const COMMANDS: &[&str] = &[
+    "HSET",
+    "HDEL",
+    "HGETALL",
+    "DEL",
+    "EXPIRE",
+    "PEXPIREAT",
+    "ZADD",
+    "ZRANGE",
+    "ZREM",
+    "ZREMRANGEBYSCORE",
+    "ZCARD",
+    "SADD",
+    "SREM",
+    "SMEMBERS",
+    "SSCAN",
+    "SMISMEMBER",
+    "MULTI",
+    "EXEC",
+    "PING",
+];
+
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().collect()
+}
+
+/// `HGETALL` as redis-cli prints it: field, value, field, value, one a line.
+fn hash(redis: &PrivateRedis, key: &str) -> std::collections::HashMap<String, String> {
+    let out = redis.cli(&["HGETALL", key]);
+    let l = lines(&out);
+    l.chunks(2).map(|kv| (kv[0].to_owned(), kv.get(1).unwrap_or(&"").to_string())).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_and_fields_are_the_references_as_redis_cli_reads_them() {
+    let env = TestEnv::new(Backend::Redis).await;
+    let redis = env.redis();
+    let _broker = env.start("message_ttl = 100s").await;
+    // Never acks: what it is sent stays stored.
+    let mut sub = Client::connect_with(env.port, "lay-sub", false, true).await;
+    sub.subscribe("lay/#", QoS::AtLeastOnce).await;
+    let before = mqtt_offline_messages::engine::now_ms();
+    let mut p = Client::connect(env.port, "lay-pub", true).await;
+    p.publish("lay/a", QoS::AtLeastOnce, true, "first").await;
+    p.publish("lay/a", QoS::ExactlyOnce, false, "second").await;
+    // A topic with the shape of a message id.
+    let idlike = "AbCdEfGhIjKlMnOpQrSt";
+    p.publish(idlike, QoS::AtLeastOnce, false, "idlike").await;
+    let after = mqtt_offline_messages::engine::now_ms();
+    env.wait_count("mqtt_msg", 3, LONG).await;
+
+    // The per-topic sorted set: ids in publish order, scored by publish time in milliseconds.
+    let zset = redis.cli(&["ZRANGE", "mqtt:msg:lay/a", "0", "-1", "WITHSCORES"]);
+    let z = lines(&zset);
+    assert_eq!(z.len(), 4, "two ids with their scores: {zset}");
+    for score in [z[1], z[3]] {
+        let score: i64 = score.parse().unwrap();
+        assert!((before..=after).contains(&score), "score {score} in {before}..{after}");
+    }
+    let (first, second) = (z[0], z[2]);
+    assert!(first < second, "publish order");
+
+    let h = hash(redis, &format!("mqtt:msg:{first}"));
+    assert_eq!(h["id"], first);
+    assert_eq!((h["from"].as_str(), h["topic"].as_str(), h["qos"].as_str()), ("lay-pub", "lay/a", "1"));
+    assert_eq!((h["payload"].as_str(), h["retain"].as_str()), ("first", "1"));
+    let ts: i64 = h["ts"].parse().unwrap();
+    assert!((before..=after).contains(&ts));
+    let expiry: i64 = h["expiry"].parse().unwrap();
+    assert_eq!(expiry, ts + 100_000, "ours: when it expires (message_ttl)");
+    let ttl: i64 = redis.cli(&["TTL", &format!("mqtt:msg:{first}")]).trim().parse().unwrap();
+    assert!((90..=100).contains(&ttl), "EXPIRE from message_ttl: {ttl}");
+    let h2 = hash(redis, &format!("mqtt:msg:{second}"));
+    assert_eq!((h2["qos"].as_str(), h2["payload"].as_str(), h2["retain"].as_str()), ("2", "second", "0"));
+
+    // The id-shaped topic's set is under `#topic:`, never the key of a message.
+    assert_eq!(redis.cli(&["TYPE", &format!("mqtt:msg:{idlike}")]).trim(), "none");
+    let ids = redis.cli(&["ZRANGE", &format!("mqtt:msg:#topic:{idlike}"), "0", "-1"]);
+    assert_eq!(hash(redis, &format!("mqtt:msg:{}", ids.trim()))["payload"], "idlike");
+    let mut topics =
+        lines(&redis.cli(&["SMEMBERS", "mqtt:msg:#topics"])).iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    topics.sort();
+    assert_eq!(topics, [idlike, "lay/a"]);
+
+    assert_eq!(hash(redis, "mqtt:sub:lay-sub"), [("lay/#".to_owned(), "1".to_owned())].into());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_granted_exactly_the_listed_commands_works() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    assert!(readme.contains(&format!("`{}`", COMMANDS.join(" "))), "the README lists the commands granted here");
+    let env = TestEnv::new(Backend::Redis).await;
+    let redis = env.redis();
+    let grants: Vec<String> = COMMANDS.iter().map(|c| format!("+{}", c.to_lowercase())).collect();
+    let mut acl = vec!["ACL", "SETUSER", "om", "on", ">om-secret", "resetkeys", "~mqtt:*", "resetchannels", "-@all"];
+    acl.extend(grants.iter().map(String::as_str));
+    assert_eq!(redis.cli(&acl).trim(), "OK");
+    let _broker =
+        env.start("username = om, password = \"om-secret\", max_messages_per_topic = 3, message_ttl = 60s").await;
+    // Stores (and trims to 3), replays through a wildcard, deletes on ack, takes the emptied topic
+    // off the list; records a QoS 0 delivery; stores, deletes and restores subscriptions.
+    let mut p = Client::connect(env.port, "acl-pub", true).await;
+    for i in 0..5 {
+        p.publish("acl/a", QoS::AtLeastOnce, false, format!("m{i}")).await;
+    }
+    env.wait_count("mqtt_msg", 3, LONG).await;
+    let mut q0 = Client::connect(env.port, "acl-q0", true).await;
+    q0.subscribe("acl/+", QoS::AtMostOnce).await;
+    assert_eq!(q0.recv(3, LONG).await.len(), 3);
+    env.wait_count("mqtt_delivered", 3, LONG).await;
+    let mut s = Client::connect(env.port, "acl-sub", false).await;
+    s.subscribe("acl/#", QoS::AtLeastOnce).await;
+    s.subscribe("acl/gone", QoS::AtLeastOnce).await;
+    s.unsubscribe("acl/gone").await;
+    let got: Vec<String> =
+        s.recv(3, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    assert_eq!(got, ["m2", "m3", "m4"]);
+    env.wait_count("mqtt_msg", 0, LONG).await;
+    let start = Instant::now();
+    while !redis.cli(&["SMEMBERS", "mqtt:msg:#topics"]).trim().is_empty() {
+        assert!(start.elapsed() < LONG, "the purge takes the emptied topic off the list");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    s.disconnect().await;
+    let mut s = Client::connect(env.port, "acl-sub", false).await;
+    p.publish("acl/a", QoS::AtLeastOnce, false, "after").await;
+    assert_eq!(s.recv(1, LONG).await[0].payload.as_ref(), b"after");
+    let subs = [("acl-q0".to_owned(), "acl/+".to_owned(), 0), ("acl-sub".to_owned(), "acl/#".to_owned(), 1)];
+    assert_eq!(env.subscriptions().await, subs);
+    assert_eq!(redis.cli(&["ACL", "LOG"]).trim(), "", "nothing was denied");
+}
+
+/// Redis with `appendfsync always`, SIGKILLed while `sync` publishers run, then restarted: every
+/// acknowledged message is stored once (the spool held what came meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_mid_stream_loses_nothing_acknowledged() {
+    let mut env = TestEnv::with_redis(Backend::Redis, &["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let _broker = env.start("write_mode = sync").await;
+    let (stop, tasks) = publish_until_stopped(env.port, "down", "down/t", 4).await;
+    env.wait_count_at_least("mqtt_msg", 200, LONG).await;
+    let redis = env.redis.as_mut().unwrap();
+    redis.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis.restart();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let acked = stop_publishers(stop, tasks).await;
+    let stored = wait_for_all(|| env.redis().payloads(), &acked).await;
+    println!("acknowledged {}, stored {}", acked.len(), stored.len());
+    assert!(acked.len() > 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_loses_nothing_the_old_master_had_replicated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut master = PrivateRedis::start(&dir.path().join("master"), &[]);
+    let replica_of = master.port.to_string();
+    let replica = PrivateRedis::start(&dir.path().join("replica"), &["--replicaof", "127.0.0.1", &replica_of]);
+    let sentinels: Vec<PrivateRedis> =
+        (0..3).map(|i| PrivateRedis::sentinel(&dir.path().join(format!("sentinel{i}")), master.port)).collect();
+    let servers: Vec<String> = sentinels.iter().map(|s| format!("127.0.0.1:{}", s.port)).collect();
+    let config = dir.path().join("config.hocon");
+    std::fs::write(
+        &config,
+        format!(
+            "redis {{ enable = true, servers = \"{}\", redis_type = sentinel, sentinel = mymaster, topics = [\"#\"], \
+             write_mode = sync, spool_dir = \"{}\", dead_letter_file = \"{}\" }}",
+            servers.join(","),
+            dir.path().join("spool").display(),
+            dir.path().join("dead.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let _broker = Broker::start(&config, port, dir.path().join("broker.log")).await;
+    let (stop, tasks) = publish_until_stopped(port, "fo", "fo/t", 4).await;
+    wait_until(|| master.count("mqtt_msg") >= 200, "200 messages on the master").await;
+
+    // What is acknowledged by now is replicated once the replica has the master's offset.
+    let replicated: HashSet<String> = tasks.iter().flat_map(|t| t.acked()).collect();
+    let offset = |r: &PrivateRedis, field: &str| -> i64 {
+        let info = r.cli(&["INFO", "replication"]);
+        info.lines().find_map(|l| l.strip_prefix(field)).map_or(-1, |v| v.trim().parse().unwrap())
+    };
+    let target = offset(&master, "master_repl_offset:");
+    wait_until(|| offset(&replica, "slave_repl_offset:") >= target, "the replica catches up").await;
+    master.kill();
+    let killed = Instant::now();
+    wait_until(
+        || sentinels[0].cli(&["SENTINEL", "get-master-addr-by-name", "mymaster"]).contains(&replica.port.to_string()),
+        "a sentinel promotes the replica",
+    )
+    .await;
+    // Published on the new master, through the plugin that followed it.
+    let promoted = replica.count("mqtt_msg");
+    wait_until(|| replica.count("mqtt_msg") > promoted + 100, "writes reach the new master").await;
+    let acked_at = stop_publishers_timed(stop, tasks).await;
+    let after_kill: HashSet<String> = acked_at
+        .iter()
+        .filter(|(_, at)| at.duration_since(killed) > Duration::from_secs(1))
+        .map(|(m, _)| m.clone())
+        .collect();
+    let must_have: HashSet<String> = replicated.union(&after_kill).cloned().collect();
+    let stored = wait_for_all(|| replica.payloads(), &must_have).await;
+    let all: HashSet<String> = acked_at.into_iter().map(|(m, _)| m).collect();
+    println!(
+        "acknowledged {}, of which replicated before the kill {} and acknowledged after it {}; stored {}; \
+         acknowledged in between and lost with the old master: {}",
+        all.len(),
+        replicated.len(),
+        after_kill.len(),
+        stored.len(),
+        all.difference(&stored).count()
+    );
+
+    // A master name the sentinels do not know is a mistake in the config, said as such.
+    let wrong = dir.path().join("wrong.hocon");
+    let text = std::fs::read_to_string(&config).unwrap().replace("sentinel = mymaster", "sentinel = nosuchmaster");
+    std::fs::write(&wrong, text).unwrap();
+    let out = std::process::Command::new(BIN).args(["check-config", "--config"]).arg(&wrong).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success() && text.contains("FAIL connect") && text.contains("redis.sentinel"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_being_resharded_stores_and_replays_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let nodes: Vec<PrivateRedis> = (0..3)
+        .map(|i| {
+            PrivateRedis::start(
+                &dir.path().join(format!("node{i}")),
+                &["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf", "--cluster-node-timeout", "5000"],
+            )
+        })
+        .collect();
+    let addrs: Vec<String> = nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+    let create = std::process::Command::new("redis-cli")
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .arg("--cluster-yes")
+        .output()
+        .unwrap();
+    assert!(create.status.success(), "{}", String::from_utf8_lossy(&create.stdout));
+    for n in &nodes {
+        wait_until(|| n.cli(&["CLUSTER", "INFO"]).contains("cluster_state:ok"), "the cluster is up").await;
+    }
+    let config = dir.path().join("config.hocon");
+    std::fs::write(
+        &config,
+        format!(
+            "redis {{ enable = true, servers = \"{}\", redis_type = cluster, topics = [\"#\"], write_mode = sync, \
+             spool_dir = \"{}\", dead_letter_file = \"{}\" }}",
+            addrs[0],
+            dir.path().join("spool").display(),
+            dir.path().join("dead.jsonl").display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let broker = Broker::start(&config, port, dir.path().join("broker.log")).await;
+    let (stop, tasks) = publish_until_stopped(port, "cl", "cl/t", 4).await;
+    let count = || nodes.iter().map(|n| n.count("mqtt_msg")).sum::<i64>();
+    wait_until(|| count() >= 200, "200 messages in the cluster").await;
+    // Moves 2000 slots while the publishers run: MOVED and ASK replies on the way.
+    let id = |n: &PrivateRedis| n.cli(&["CLUSTER", "MYID"]).trim().to_owned();
+    let reshard = std::process::Command::new("redis-cli")
+        .args(["--cluster", "reshard", &addrs[0], "--cluster-from", &id(&nodes[0]), "--cluster-to", &id(&nodes[1])])
+        .args(["--cluster-slots", "2000", "--cluster-yes", "--cluster-pipeline", "10"])
+        .output()
+        .unwrap();
+    assert!(reshard.status.success(), "{}", String::from_utf8_lossy(&reshard.stdout));
+    let at_reshard_end = count();
+    wait_until(|| count() > at_reshard_end + 100, "writes go on after the reshard").await;
+    let acked = stop_publishers(stop, tasks).await;
+    wait_until(|| count() as usize >= acked.len(), "every acknowledged message is in the cluster").await;
+    for n in &nodes {
+        assert!(n.count("mqtt_msg") > 0, "messages are spread over every node");
+    }
+    // Replayed to a wildcard subscriber, in order per publisher, then deleted by the acks.
+    let mut s = Client::connect(port, "cl-sub", true).await;
+    s.subscribe("cl/#", QoS::AtLeastOnce).await;
+    let got: Vec<String> =
+        s.recv(acked.len(), LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    assert_eq!(got.iter().collect::<HashSet<_>>().len(), got.len(), "nothing twice");
+    assert_eq!(got.iter().cloned().collect::<HashSet<_>>(), acked, "every acknowledged message");
+    for k in 0..4 {
+        let mine: Vec<u64> =
+            got.iter().filter_map(|m| m.strip_prefix(&format!("{k}-"))).map(|i| i.parse().unwrap()).collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "publisher {k} in order");
+    }
+    wait_until(|| count() == 0, "the acks delete every message").await;
+    // The client crate may time out a request while it refreshes its slot map: that counts as an
+    // outage (the writer spools, a replay is retried), never as a refused message.
+    assert!(!dir.path().join("dead.jsonl").exists(), "{}", broker.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tools_on_redis() {
+    let env = TestEnv::new(Backend::Redis).await;
+    let config = env.write_config(&env.backend_block(""));
+    let run = |args: &[&str], config: &std::path::Path| {
+        std::process::Command::new(BIN).args(args).arg("--config").arg(config).output().unwrap()
+    };
+    let out = run(&["migrate"], &config);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("redis keeps no schema: nothing to migrate"));
+    let out = run(&["check-config"], &config);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains(&format!("ok   connect: redis (single) at 127.0.0.1:{}", env.redis().port)), "{text}");
+    let out = run(&["history", "--topic", "#"], &config);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("history reads the SQL tables; with redis"));
+
+    let wrong = env.write_config(&env.backend_block("username = nobody, password = \"wrong\""));
+    let out = run(&["check-config"], &wrong);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(!out.status.success());
+    assert!(text.contains("FAIL connect") && text.contains("redis.username and redis.password"), "{text}");
+    assert!(!text.contains("wrong\""), "no password in the output: {text}");
+}
+
+/// Publishers on `topic`, each sending `{k}-{i}` at QoS 1 until told to stop.
+async fn publish_until_stopped(port: u16, prefix: &str, topic: &str, n: usize) -> (Arc<AtomicBool>, Vec<Publisher>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for k in 0..n {
+        let mut c = Client::connect(port, &format!("{prefix}-pub-{k}"), true).await;
+        let (stop, topic) = (stop.clone(), topic.to_owned());
+        let acked = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = acked.clone();
+        let task = tokio::spawn(async move {
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let payload = format!("{k}-{i}");
+                if !c.try_publish(&topic, payload.clone()).await {
+                    break;
+                }
+                log.lock().unwrap().push((payload, Instant::now()));
+            }
+            c.disconnect().await;
+        });
+        tasks.push(Publisher { task, acked });
+    }
+    (stop, tasks)
+}
+
+struct Publisher {
+    task: tokio::task::JoinHandle<()>,
+    acked: Arc<std::sync::Mutex<Vec<(String, Instant)>>>,
+}
+
+impl Publisher {
+    fn acked(&self) -> Vec<String> {
+        self.acked.lock().unwrap().iter().map(|(m, _)| m.clone()).collect()
+    }
+}
+
+async fn stop_publishers_timed(stop: Arc<AtomicBool>, tasks: Vec<Publisher>) -> Vec<(String, Instant)> {
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in tasks {
+        tokio::time::timeout(LONG, t.task).await.expect("a publisher stops").unwrap();
+        all.extend(t.acked.lock().unwrap().drain(..));
+    }
+    all
+}
+
+async fn stop_publishers(stop: Arc<AtomicBool>, tasks: Vec<Publisher>) -> HashSet<String> {
+    stop_publishers_timed(stop, tasks).await.into_iter().map(|(m, _)| m).collect()
+}
+
+/// Polls `stored` (payloads, one per stored message) until it holds all of `expected`; checks
+/// that no payload is stored twice; returns the stored set.
+async fn wait_for_all<F: Fn() -> Vec<String>>(stored: F, expected: &HashSet<String>) -> HashSet<String> {
+    let start = Instant::now();
+    loop {
+        let all = stored();
+        let set: HashSet<String> = all.iter().cloned().collect();
+        assert_eq!(set.len(), all.len(), "no message stored twice");
+        let missing = expected.difference(&set).count();
+        if missing == 0 {
+            return set;
+        }
+        assert!(start.elapsed() < LONG, "{missing} acknowledged messages are not stored");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn wait_until(mut done: impl FnMut() -> bool, what: &str) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < LONG, "not within {LONG:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A key of another type under the prefix, in the way of a topic's set: that message is
+/// dead-lettered, and the others of its batch are stored and replayed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_of_another_type_in_the_way_dead_letters_that_message_alone() {
+    let env = TestEnv::new(Backend::Redis).await;
+    assert_eq!(env.redis().cli(&["SET", "mqtt:msg:clash", "not ours"]).trim(), "OK");
+    let _broker = env.start("batch_time = 1s").await;
+    let p = Client::connect(env.port, "wt-pub", true).await;
+    for topic in ["ok/1", "clash", "ok/2"] {
+        p.client.publish(topic, QoS::AtLeastOnce, false, topic.as_bytes().to_vec()).await.unwrap();
+    }
+    let start = Instant::now();
+    while env.dead_letters().is_empty() {
+        assert!(start.elapsed() < LONG, "nothing dead-lettered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dead = env.dead_letters();
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    assert_eq!(dead[0]["topic"], "clash");
+    assert!(dead[0]["reason"].as_str().unwrap().contains("WRONGTYPE"), "{dead:?}");
+    let mut s = Client::connect(env.port, "wt-sub", true).await;
+    s.subscribe("ok/#", QoS::AtLeastOnce).await;
+    let got: Vec<Vec<u8>> = s.recv(2, LONG).await.into_iter().map(|m| m.payload.to_vec()).collect();
+    assert_eq!(got, [b"ok/1".to_vec(), b"ok/2".to_vec()]);
+    assert_eq!(env.redis().cli(&["GET", "mqtt:msg:clash"]).trim(), "not ours", "the other key is left alone");
+}
+
+/// A Redis that stops answering (SIGSTOP) counts as unavailable after `query_timeout`: publishes
+/// are acknowledged from the spool, and written once it answers again (SIGCONT).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_is_an_outage_after_query_timeout() {
+    let env = TestEnv::new(Backend::Redis).await;
+    let broker = env.start("write_mode = sync, query_timeout = 1s").await;
+    let mut p = Client::connect(env.port, "frozen-pub", true).await;
+    p.publish("frozen/t", QoS::AtLeastOnce, false, "before").await;
+    env.redis().signal("STOP");
+    for i in 0..5 {
+        assert!(p.try_publish("frozen/t", format!("during-{i}")).await, "acknowledged from the spool");
+    }
+    broker.wait_for_log("writes go to the on-disk spool").await;
+    env.redis().signal("CONT");
+    let start = Instant::now();
+    while env.count("mqtt_msg").await < 6 {
+        assert!(start.elapsed() < LONG, "the spool reaches Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut payloads = env.redis().payloads();
+    payloads.sort();
+    assert_eq!(payloads, ["before", "during-0", "during-1", "during-2", "during-3", "during-4"]);
+}
