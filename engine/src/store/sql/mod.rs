@@ -259,21 +259,20 @@ impl SqlStore {
     }
 
     /// Splits a batch into statements: at most `rows_per_statement` rows and about
-    /// `statement_payload` payload bytes each (a single large row still gets its own statement).
+    /// `statement_payload` payload bytes each (a single large row still gets its own statement),
+    /// each of a size [`prepared_sizes`] allows.
     fn insert_chunks<'m>(&self, inserts: &'m [Message], statement_payload: usize) -> Vec<&'m [Message]> {
         let mut chunks = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (i, m) in inserts.iter().enumerate() {
             let rows = i - start;
             if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > statement_payload) {
-                chunks.push(&inserts[start..i]);
+                chunks.extend(prepared_sizes(&inserts[start..i], self.rows_per_statement));
                 (start, bytes) = (i, 0);
             }
             bytes += m.payload.len();
         }
-        if start < inserts.len() {
-            chunks.push(&inserts[start..]);
-        }
+        chunks.extend(prepared_sizes(&inserts[start..], self.rows_per_statement));
         chunks
     }
 
@@ -334,8 +333,10 @@ impl Store for SqlStore {
         let (insert, delete) = (&self.statements.insert_message, &self.statements.delete_message);
         let record = &self.statements.insert_delivery;
         let insert_chunks = self.insert_chunks(&batch.inserts, checked.statement_payload);
-        let delete_chunks = batch.deletes.chunks(if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
-        let record_chunks = batch.deliveries.chunks(if record.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
+        let delete_chunks =
+            prepared_sizes(&batch.deletes, if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
+        let record_chunks =
+            prepared_sizes(&batch.deliveries, if record.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
         /// One statement for a chunk of rows: the multi-row form of a batchable template.
         macro_rules! execute_chunk {
             ($tx:expr, $t:expr, $chunk:expr) => {{
@@ -476,6 +477,24 @@ impl Store for SqlStore {
 async fn ping(pool: &Pool, store: &SqlStore) -> Result<(), StoreError> {
     let err = |cause| StoreError::Query { key: "health", cause };
     with_pool!(pool, p => store.in_time("health", async { sqlx::query("select 1").execute(p).await.map(drop).map_err(err) }).await)
+}
+
+/// `rows` in statements of `max` rows while that many remain, then of powers of two: a
+/// connection keeps every statement it has run prepared (sqlx's statement cache), and with these
+/// few sizes every batch finds its statements there. Preparing a multi-row statement costs more
+/// than running it (the server describes each placeholder), and a batch of any other size needed
+/// a new one: most batches, when they are cut by `batch_time`.
+fn prepared_sizes<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = match rows.len() {
+            0 => return None,
+            left if left >= max => max,
+            left => 1 << left.ilog2(),
+        };
+        let (chunk, rest) = rows.split_at(n);
+        rows = rest;
+        Some(chunk)
+    })
 }
 
 /// Binds the template's variables, in placeholder order, from `b`.
@@ -682,4 +701,24 @@ fn sqlite_options(cfg: &SqliteConfig) -> Result<SqliteConnectOptions, StoreError
         // the exact match is done in Rust either way.
         .pragma("case_sensitive_like", "ON");
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prepared_sizes;
+
+    #[test]
+    fn batches_of_any_size_use_a_few_statement_sizes() {
+        let rows: Vec<usize> = (0..2500).collect();
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 0..=rows.len() {
+            let chunks: Vec<&[usize]> = prepared_sizes(&rows[..n], 1000).collect();
+            assert_eq!(chunks.concat(), rows[..n], "every row once, in order");
+            sizes.extend(chunks.iter().map(|c| c.len()));
+        }
+        // 1000, and 512, 256, ..., 1 for what is left: 11 statements for 2,501 batch sizes.
+        assert_eq!(sizes.len(), 11, "{sizes:?}");
+        assert_eq!(prepared_sizes(&rows[..600], 1000).map(<[usize]>::len).collect::<Vec<_>>(), [512, 64, 16, 8]);
+        assert_eq!(prepared_sizes(&rows[..7], 1).count(), 7);
+    }
 }
