@@ -20,7 +20,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Statement, Type};
+use sqlx::{Arguments, AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Statement, Type};
 
 use super::{in_time, Batch, CheckError, Store, StoreError, ACK_VARS};
 use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates, WriteMode};
@@ -339,26 +339,24 @@ impl Store for SqlStore {
             prepared_sizes(&batch.deliveries, if record.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
         /// One statement for a chunk of rows: the multi-row form of a batchable template.
         macro_rules! execute_chunk {
-            ($tx:expr, $t:expr, $chunk:expr) => {{
+            ($p:expr, $tx:expr, $t:expr, $chunk:expr) => {{
                 let sql = if $t.is_batchable() { $t.sql_for_rows($chunk.len()) } else { $t.sql().to_owned() };
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for row in $chunk {
-                    q = bind_all(q, $t, row);
-                }
-                q.execute(&mut *$tx).await.map_err(|cause| StoreError::Query { key: $t.key(), cause })?;
+                let err = |cause| StoreError::Query { key: $t.key(), cause };
+                let args = arguments($p, $t, $chunk).map_err(err)?;
+                sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *$tx).await.map_err(err)?;
             }};
         }
         with_pool!(&self.writer, p => self.in_time(insert.key(), async {
             let err = |cause| StoreError::Query { key: insert.key(), cause };
             let mut tx = p.begin().await.map_err(err)?;
             for chunk in &insert_chunks {
-                execute_chunk!(tx, insert, *chunk);
+                execute_chunk!(p, tx, insert, *chunk);
             }
             for chunk in delete_chunks {
-                execute_chunk!(tx, delete, chunk);
+                execute_chunk!(p, tx, delete, chunk);
             }
             for chunk in record_chunks {
-                execute_chunk!(tx, record, chunk);
+                execute_chunk!(p, tx, record, chunk);
             }
             tx.commit().await.map_err(err)
         }).await)
@@ -495,6 +493,33 @@ fn prepared_sizes<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
         rows = rest;
         Some(chunk)
     })
+}
+
+/// The values of a multi-row statement of `t` for `rows` (`pool` names the database), gathered
+/// at once: binding them one by one moved the whole query nine times per row.
+fn arguments<DB, B>(_pool: &sqlx::Pool<DB>, t: &SqlTemplate, rows: &[B]) -> Result<DB::Arguments, sqlx::Error>
+where
+    DB: Database,
+    B: Bindings,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
+{
+    let mut args = DB::Arguments::default();
+    args.reserve(rows.len() * t.vars().len(), 0);
+    for row in rows {
+        for v in t.values(row) {
+            match v {
+                Value::Null => args.add(None::<i64>),
+                Value::Int(i) => args.add(i),
+                Value::Text(s) => args.add(s),
+                Value::Bytes(bytes) => args.add(bytes),
+            }
+            .map_err(sqlx::Error::Encode)?;
+        }
+    }
+    Ok(args)
 }
 
 /// Binds the template's variables, in placeholder order, from `b`.
