@@ -800,6 +800,7 @@ async fn replay(db: Db, dir: &Path, n: usize, load: Load) -> Outcome {
     let mut opts = MqttOptions::new("bench-sub", "127.0.0.1", broker.port);
     opts.set_keep_alive(Duration::from_secs(60));
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
+    let perf = Perf::attach("replay", &broker);
     let cpu = Cpu::now(Some(&broker));
     client.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
     let mut got = 0;
@@ -812,6 +813,7 @@ async fn replay(db: Db, dir: &Path, n: usize, load: Load) -> Outcome {
         }
     }
     let elapsed = cpu.at.elapsed();
+    drop(perf);
     let mut outcome = Outcome {
         scenario: "replay".into(),
         db: name(db),
