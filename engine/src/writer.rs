@@ -226,11 +226,13 @@ impl WriterTask {
             let (mut inserts, mut flush, mut late) = (0, false, false);
             let mut next = Some(first);
             loop {
+                // Everything queued rides along, flushes included: `sync` publishers waiting on
+                // one commit share the next.
                 while let Some(op) = next.take().or_else(|| rx.try_recv().ok()) {
                     inserts += usize::from(is_insert(&op));
                     flush |= matches!(op, Op::Flush(..));
                     ops.push(op);
-                    if flush || inserts >= self.limits.batch_size {
+                    if inserts >= self.limits.batch_size {
                         break;
                     }
                 }
