@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 use mqtt_offline_messages::config::Templates;
 use mqtt_offline_messages::message::{Message, Publish};
 use mqtt_offline_messages::message_id::MessageIdGenerator;
-use mqtt_offline_messages::template::{SqlTemplate, Value, MESSAGE_VARS};
+use mqtt_offline_messages::template::{Dialect, SqlTemplate, Value, MESSAGE_VARS};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use sqlx::{Connection, Executor};
 use tokio::sync::Mutex;
@@ -696,7 +696,8 @@ async fn fill_directly(store: &Store, load: Load, insert: Insert) -> Duration {
         }
         Insert::Default { .. } => {
             let t = if store.db == Db::MySql { Templates::mysql_default() } else { Templates::sqlite_default() };
-            let t = SqlTemplate::parse("insert_message_sql", &t.insert_message_sql, MESSAGE_VARS).unwrap();
+            let dialect = if store.db == Db::MySql { Dialect::MySql } else { Dialect::Sqlite };
+            let t = SqlTemplate::parse(dialect, "insert_message_sql", &t.insert_message_sql, MESSAGE_VARS).unwrap();
             // The writer's multi-row form, bound as the writer binds it.
             return fill_with_template(store, &rows, &t, insert == Insert::Default { reused: true }).await;
         }
@@ -768,6 +769,10 @@ async fn direct(
     store.migrate();
     if !drop_indexes.is_empty() {
         let mut c = sqlx::MySqlConnection::connect(&mysql_url(&store.name)).await.unwrap();
+        if drop_indexes.contains(&"msgid_unique") {
+            // mqtt_delivered's foreign key needs it.
+            c.execute("alter table mqtt_delivered drop foreign key delivered_message").await.unwrap();
+        }
         for index in drop_indexes {
             c.execute(sqlx::AssertSqlSafe(format!("alter table mqtt_msg drop index {index}"))).await.unwrap();
         }
