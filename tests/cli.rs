@@ -5,7 +5,7 @@ mod common;
 
 use std::process::{Command, Output};
 
-use common::{free_port, Backend, Broker, Client, TestEnv, BIN};
+use common::{free_port, mosquitto, Backend, Broker, Client, TestEnv, BIN, LONG};
 use rumqttc::QoS;
 
 fn run_with(config: &std::path::Path, bind: &str) -> Output {
@@ -284,4 +284,37 @@ async fn a_taken_cluster_port_names_the_key() {
     ));
     let line = error_line(&run_with(&config, &format!("127.0.0.1:{}", env.port)));
     assert!(line.contains("broker.cluster.nodes: cannot listen on") && line.contains(&addr.to_string()), "{line}");
+}
+
+/// With `RUST_LOG=warn` the broker once stopped as soon as it served (the shutdown signal was
+/// awaited inside an `info!` that the filter skipped): clients got `Connection reset by peer`.
+#[tokio::test]
+async fn a_quiet_log_level_keeps_the_broker_serving() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let port = free_port();
+    let mut child = Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(env.write_config(&env.backend_block("")))
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut published = 0;
+    while published < 2 {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the broker stopped on its own ({status}) after {published} publishes");
+        }
+        assert!(start.elapsed() < LONG, "no publish went through within {LONG:?}");
+        if mosquitto("mosquitto_pub", port, "quiet-log", "t", &["-m", "x"]).status.success() {
+            published += 1;
+        } else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    }
+    assert!(matches!(child.try_wait(), Ok(None)), "the broker stopped on its own");
+    let _ = Command::new("kill").arg(child.id().to_string()).status();
+    let _ = child.wait();
 }

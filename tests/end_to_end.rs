@@ -499,3 +499,18 @@ async fn a_client_that_reconnects_at_once_is_accepted() {
     }
     env.wait_count("mqtt_msg", 200, LONG).await;
 }
+
+/// rmqtt lets a client have 16 unacknowledged QoS 1 messages by default: a replay (and any busy
+/// subscriber) got 16 messages per round trip. Our broker allows 128.
+#[tokio::test]
+async fn a_subscriber_may_have_more_than_16_unacknowledged_messages() {
+    let env = TestEnv::new(Backend::Sqlite).await;
+    let _broker = env.start("").await;
+    let mut s = Client::connect_with(env.port, "window-sub", true, true).await; // never acks
+    s.subscribe("window/t", QoS::AtLeastOnce).await;
+    let p = Client::connect(env.port, "window-pub", true).await;
+    for i in 0..100 {
+        p.client.publish("window/t", QoS::AtLeastOnce, false, format!("{i}")).await.unwrap();
+    }
+    s.recv(100, LONG).await;
+}

@@ -32,6 +32,11 @@ pub enum BrokerError {
     Cluster(String),
 }
 
+/// QoS 1 and 2 messages sent to a client and not yet acknowledged, per client (an MQTT 5 client's
+/// Receive Maximum lowers it). rmqtt's default of 16 bounded a replay, and any busy subscriber,
+/// to 16 messages per round trip.
+const MAX_INFLIGHT: std::num::NonZeroU16 = std::num::NonZeroU16::new(128).expect("not zero");
+
 /// rmqtt's context and the bound listeners, not serving yet.
 pub struct Broker {
     scx: ServerContext,
@@ -75,6 +80,7 @@ impl Broker {
                 .max_mqueue_len(config.broker.max_mqueue_len)
                 .session_expiry_interval(config.broker.session_expiry_interval)
                 .message_expiry_interval(expiry)
+                .max_inflight(MAX_INFLIGHT)
                 // A restart right after a crash must not wait for the old connections' TIME_WAIT.
                 .reuseaddr(Some(true))
         };

@@ -20,7 +20,7 @@ use futures_util::stream::{BoxStream, StreamExt};
 use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Statement, Type};
+use sqlx::{Arguments, AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Statement, Type};
 
 use super::{in_time, Batch, CheckError, Store, StoreError, ACK_VARS};
 use crate::config::{Backend, MySqlConfig, SqliteConfig, SslVerify, Templates, WriteMode};
@@ -260,21 +260,20 @@ impl SqlStore {
     }
 
     /// Splits a batch into statements: at most `rows_per_statement` rows and about
-    /// `statement_payload` payload bytes each (a single large row still gets its own statement).
+    /// `statement_payload` payload bytes each (a single large row still gets its own statement),
+    /// each of a size [`prepared_sizes`] allows.
     fn insert_chunks<'m>(&self, inserts: &'m [Message], statement_payload: usize) -> Vec<&'m [Message]> {
         let mut chunks = Vec::new();
         let (mut start, mut bytes) = (0, 0);
         for (i, m) in inserts.iter().enumerate() {
             let rows = i - start;
             if rows > 0 && (rows == self.rows_per_statement || bytes + m.payload.len() > statement_payload) {
-                chunks.push(&inserts[start..i]);
+                chunks.extend(prepared_sizes(&inserts[start..i], self.rows_per_statement));
                 (start, bytes) = (i, 0);
             }
             bytes += m.payload.len();
         }
-        if start < inserts.len() {
-            chunks.push(&inserts[start..]);
-        }
+        chunks.extend(prepared_sizes(&inserts[start..], self.rows_per_statement));
         chunks
     }
 
@@ -335,30 +334,30 @@ impl Store for SqlStore {
         let (insert, delete) = (&self.statements.insert_message, &self.statements.delete_message);
         let record = &self.statements.insert_delivery;
         let insert_chunks = self.insert_chunks(&batch.inserts, checked.statement_payload);
-        let delete_chunks = batch.deletes.chunks(if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
-        let record_chunks = batch.deliveries.chunks(if record.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
+        let delete_chunks =
+            prepared_sizes(&batch.deletes, if delete.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
+        let record_chunks =
+            prepared_sizes(&batch.deliveries, if record.is_batchable() { DELETES_PER_STATEMENT } else { 1 });
         /// One statement for a chunk of rows: the multi-row form of a batchable template.
         macro_rules! execute_chunk {
-            ($tx:expr, $t:expr, $chunk:expr) => {{
+            ($p:expr, $tx:expr, $t:expr, $chunk:expr) => {{
                 let sql = if $t.is_batchable() { $t.sql_for_rows($chunk.len()) } else { $t.sql().to_owned() };
-                let mut q = sqlx::query(AssertSqlSafe(sql));
-                for row in $chunk {
-                    q = bind_all(q, $t, row);
-                }
-                q.execute(&mut *$tx).await.map_err(|cause| StoreError::Query { key: $t.key(), cause })?;
+                let err = |cause| StoreError::Query { key: $t.key(), cause };
+                let args = arguments($p, $t, $chunk).map_err(err)?;
+                sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *$tx).await.map_err(err)?;
             }};
         }
         with_pool!(&self.writer, p => self.in_time(insert.key(), async {
             let err = |cause| StoreError::Query { key: insert.key(), cause };
             let mut tx = p.begin().await.map_err(err)?;
             for chunk in &insert_chunks {
-                execute_chunk!(tx, insert, *chunk);
+                execute_chunk!(p, tx, insert, *chunk);
             }
             for chunk in delete_chunks {
-                execute_chunk!(tx, delete, chunk);
+                execute_chunk!(p, tx, delete, chunk);
             }
             for chunk in record_chunks {
-                execute_chunk!(tx, record, chunk);
+                execute_chunk!(p, tx, record, chunk);
             }
             tx.commit().await.map_err(err)
         }).await)
@@ -477,6 +476,51 @@ impl Store for SqlStore {
 async fn ping(pool: &Pool, store: &SqlStore) -> Result<(), StoreError> {
     let err = |cause| StoreError::Query { key: "health", cause };
     with_pool!(pool, p => store.in_time("health", async { sqlx::query("select 1").execute(p).await.map(drop).map_err(err) }).await)
+}
+
+/// `rows` in statements of `max` rows while that many remain, then of powers of two: a
+/// connection keeps every statement it has run prepared (sqlx's statement cache), and with these
+/// few sizes every batch finds its statements there. Preparing a multi-row statement costs more
+/// than running it (the server describes each placeholder), and a batch of any other size needed
+/// a new one: most batches, when they are cut by `batch_time`.
+fn prepared_sizes<T>(mut rows: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = match rows.len() {
+            0 => return None,
+            left if left >= max => max,
+            left => 1 << left.ilog2(),
+        };
+        let (chunk, rest) = rows.split_at(n);
+        rows = rest;
+        Some(chunk)
+    })
+}
+
+/// The values of a multi-row statement of `t` for `rows` (`pool` names the database), gathered
+/// at once: binding them one by one moved the whole query nine times per row.
+fn arguments<DB, B>(_pool: &sqlx::Pool<DB>, t: &SqlTemplate, rows: &[B]) -> Result<DB::Arguments, sqlx::Error>
+where
+    DB: Database,
+    B: Bindings,
+    for<'t> i64: Encode<'t, DB> + Type<DB>,
+    for<'t> Option<i64>: Encode<'t, DB>,
+    for<'t> &'t str: Encode<'t, DB> + Type<DB>,
+    for<'t> &'t [u8]: Encode<'t, DB> + Type<DB>,
+{
+    let mut args = DB::Arguments::default();
+    args.reserve(rows.len() * t.vars().len(), 0);
+    for row in rows {
+        for v in t.values(row) {
+            match v {
+                Value::Null => args.add(None::<i64>),
+                Value::Int(i) => args.add(i),
+                Value::Text(s) => args.add(s),
+                Value::Bytes(bytes) => args.add(bytes),
+            }
+            .map_err(sqlx::Error::Encode)?;
+        }
+    }
+    Ok(args)
 }
 
 /// Binds the template's variables, in placeholder order, from `b`.
@@ -683,4 +727,24 @@ fn sqlite_options(cfg: &SqliteConfig) -> Result<SqliteConnectOptions, StoreError
         // the exact match is done in Rust either way.
         .pragma("case_sensitive_like", "ON");
     Ok(opts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::prepared_sizes;
+
+    #[test]
+    fn batches_of_any_size_use_a_few_statement_sizes() {
+        let rows: Vec<usize> = (0..2500).collect();
+        let mut sizes = std::collections::BTreeSet::new();
+        for n in 0..=rows.len() {
+            let chunks: Vec<&[usize]> = prepared_sizes(&rows[..n], 1000).collect();
+            assert_eq!(chunks.concat(), rows[..n], "every row once, in order");
+            sizes.extend(chunks.iter().map(|c| c.len()));
+        }
+        // 1000, and 512, 256, ..., 1 for what is left: 11 statements for 2,501 batch sizes.
+        assert_eq!(sizes.len(), 11, "{sizes:?}");
+        assert_eq!(prepared_sizes(&rows[..600], 1000).map(<[usize]>::len).collect::<Vec<_>>(), [512, 64, 16, 8]);
+        assert_eq!(prepared_sizes(&rows[..7], 1).count(), 7);
+    }
 }
