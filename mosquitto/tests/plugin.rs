@@ -97,17 +97,7 @@ impl Mosquitto {
 
     /// SIGTERM, and the exit code once it has exited.
     fn stop(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let start = Instant::now();
-        while start.elapsed() < LONG {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
+        common::terminate(&mut self.child, LONG)
     }
 }
 

@@ -566,18 +566,24 @@ impl Broker {
 
     /// SIGTERM, then waits for a clean exit; returns the exit code.
     pub fn stop(&mut self) -> Option<i32> {
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
-        let start = Instant::now();
-        while start.elapsed() < Duration::from_secs(40) {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status.code();
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        None
+        terminate(&mut self.child, Duration::from_secs(40))
     }
+}
+
+/// SIGTERM to `child`, then its exit code once it exits within `within`; past that it is killed
+/// (`None`).
+pub fn terminate(child: &mut Child, within: Duration) -> Option<i32> {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let start = Instant::now();
+    while start.elapsed() < within {
+        if let Ok(Some(status)) = child.try_wait() {
+            return status.code();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
 }
 
 impl Drop for Broker {
