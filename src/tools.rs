@@ -214,7 +214,7 @@ fn writable(dir: &std::path::Path) -> std::io::Result<()> {
 
 fn target(backend: &Backend) -> String {
     match backend {
-        Backend::MySql(m) => format!("mysql at {} (database {})", m.server, m.database),
+        Backend::MySql(m) => format!("mysql at {} (database {})", m.servers.join(","), m.database),
         Backend::Sqlite(s) => format!("sqlite at {}", s.path.display()),
         Backend::Redis(r) => format!("redis ({:?}) at {}", r.redis_type, r.servers.join(",")).to_lowercase(),
     }

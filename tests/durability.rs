@@ -721,3 +721,29 @@ async fn the_subscription_queue_is_bounded_and_loses_nothing() {
     env.wait_count("mqtt_sub", CLIENTS as i64, LONG).await;
     assert_eq!(queued(), 0.0);
 }
+
+// `mysql.server` lists several servers: the store connects to the first that answers (here the
+// first listed is down), says so once, and stores and replays there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_server_of_mysql_server_that_answers_is_used() {
+    let env = TestEnv::new(Backend::MySql).await;
+    let down = common::free_port();
+    let servers = format!("server = \"127.0.0.1:{down}, {}\"", common::MYSQL_SERVER);
+    let broker = env.start(&servers).await;
+    broker
+        .wait_for_log(&format!(
+            "mysql.server: 127.0.0.1:{down} does not answer; statements go to {} now",
+            common::MYSQL_SERVER
+        ))
+        .await;
+    let mut p = Client::connect(env.port, "first-pub", true).await;
+    for i in 0..20 {
+        p.publish("first/t", QoS::AtLeastOnce, false, format!("m{i}")).await;
+    }
+    env.wait_count("mqtt_msg", 20, LONG).await;
+    let mut s = Client::connect(env.port, "first-sub", false).await;
+    s.subscribe("first/#", QoS::AtLeastOnce).await;
+    let got: Vec<String> =
+        s.recv(20, LONG).await.iter().map(|m| String::from_utf8_lossy(&m.payload).into_owned()).collect();
+    assert_eq!(got, (0..20).map(|i| format!("m{i}")).collect::<Vec<_>>(), "replayed from the server that answered");
+}

@@ -238,8 +238,9 @@ impl Backend {
 
 #[derive(Clone, Debug)]
 pub struct MySqlConfig {
-    /// "host:port", or "host" for port 3306.
-    pub server: String,
+    /// "host:port", or "host" for port 3306: the servers of `mysql.server`, in the order they are
+    /// tried (several for a replicated database: the store moves to the next when one goes away).
+    pub servers: Vec<String>,
     pub username: String,
     pub password: Secret,
     pub database: String,
@@ -749,10 +750,8 @@ fn tls_listener(t: &Table<'_>) -> Result<Option<TlsListener>, ConfigError> {
 }
 
 fn mysql(t: &Table<'_>) -> Result<MySqlConfig, ConfigError> {
-    let server = t.string("server")?.unwrap_or_else(|| "127.0.0.1:3306".into());
-    check_host_port(t, "server", &server)?;
     Ok(MySqlConfig {
-        server,
+        servers: host_list(t, "server", "127.0.0.1:3306")?,
         username: t.string("username")?.unwrap_or_else(|| "root".into()),
         password: t.secret("password")?.unwrap_or_default(),
         database: t.non_empty_string("database")?.unwrap_or_else(|| "mqtt".into()),
@@ -863,6 +862,23 @@ fn ssl(t: &Table<'_>) -> Result<SslConfig, ConfigError> {
 }
 
 /// "host:port" or "host"; the port, when given, must be a number.
+/// A key holding one or several `host:port` (comma-separated, or a list of strings).
+fn host_list(t: &Table<'_>, key: &str, default: &str) -> Result<Vec<String>, ConfigError> {
+    let hosts = match t.get(key)? {
+        None => vec![default.to_owned()],
+        Some(Hocon::String(s)) => s.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
+        Some(Hocon::Array(_)) => t.string_list(key)?.unwrap_or_default(),
+        Some(other) => return Err(t.type_error(key, "\"host:port,host:port\" or a list of them", other)),
+    };
+    if hosts.is_empty() {
+        return Err(t.invalid(key, format!("is empty; write e.g. {key} = \"{default}\"")));
+    }
+    for host in &hosts {
+        check_host_port(t, key, host)?;
+    }
+    Ok(hosts)
+}
+
 fn check_host_port(t: &Table<'_>, key: &str, value: &str) -> Result<(), ConfigError> {
     let (host, port) = match value.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
@@ -1241,7 +1257,10 @@ mod tests {
         let text = format!("{}\nsqlite.enable = false\nmysql.enable = true\n", include_str!("../../config.hocon"));
         let c = Config::parse_str(&text).unwrap();
         let Backend::MySql(m) = &c.backend else { panic!("mysql expected: {text}") };
-        assert_eq!((m.server.as_str(), m.username.as_str(), m.database.as_str()), ("127.0.0.1:3306", "root", "mqtt"));
+        assert_eq!(
+            (m.servers.join(",").as_str(), m.username.as_str(), m.database.as_str()),
+            ("127.0.0.1:3306", "root", "mqtt")
+        );
         assert_eq!(m.storage.templates, Templates::mysql_default());
         assert_eq!(m.storage.topics, vec!["#"]);
         assert!(m.storage.init_default_schema);
@@ -1256,7 +1275,7 @@ mod tests {
         assert_eq!(c.broker.message_expiry_interval(&c.backend), Duration::ZERO, "no message_ttl: for ever");
         let Backend::MySql(m) = &c.backend else { panic!() };
         assert_eq!(
-            (m.server.as_str(), m.username.as_str(), m.password.expose(), m.database.as_str(), m.pool_size),
+            (m.servers.join(",").as_str(), m.username.as_str(), m.password.expose(), m.database.as_str(), m.pool_size),
             ("127.0.0.1:3306", "root", "", "mqtt", 8)
         );
         assert_eq!(m.storage.batch_size, DEFAULT_BATCH_SIZE);
@@ -1327,7 +1346,10 @@ mod tests {
         assert_eq!(c.broker.session_expiry_interval, Duration::from_secs(7 * 86_400));
         assert_eq!(c.metrics.bind, Some("127.0.0.1:9100".parse().unwrap()));
         let Backend::MySql(m) = &c.backend else { panic!() };
-        assert_eq!((m.server.as_str(), m.username.as_str(), m.password.expose()), ("db.example:3307", "app", "pw"));
+        assert_eq!(
+            (m.servers.join(",").as_str(), m.username.as_str(), m.password.expose()),
+            ("db.example:3307", "app", "pw")
+        );
         assert_eq!((m.database.as_str(), m.pool_size), ("2024", 3));
         let s = &m.storage;
         assert_eq!(s.topics, vec!["a/#", "b/+/c"]);
@@ -1362,6 +1384,15 @@ mod tests {
         for none in ["", "mysql { enable = false }", "mysql {}\nsqlite { enable = false }"] {
             let e = err(none);
             assert!(e.contains("mysql.enable") && e.contains("sqlite.enable"), "{e}");
+        }
+    }
+
+    #[test]
+    fn mysql_server_takes_several_servers_in_order() {
+        for text in [r#"server = "db1:3306, db2:3307,db3""#, r#"server = ["db1:3306", "db2:3307", "db3"]"#] {
+            let c = Config::parse_str(&format!("mysql {{ enable = true, {text} }}")).unwrap();
+            let Backend::MySql(m) = &c.backend else { panic!("mysql expected") };
+            assert_eq!(m.servers, ["db1:3306", "db2:3307", "db3"], "{text}");
         }
     }
 
@@ -1537,6 +1568,9 @@ mod tests {
         assert!(err("mysql { enable = true, pool_size = 0 }").starts_with("mysql.pool_size: 0 is out of range"));
         assert!(err("mysql { enable = true, server = \"db:port\" }")
             .starts_with("mysql.server: \"db:port\" is not \"host:port\""));
+        assert!(err("mysql { enable = true, server = \"a:3306, b:x\" }")
+            .starts_with("mysql.server: \"b:x\" is not \"host:port\""));
+        assert!(err("mysql { enable = true, server = \" , \" }").starts_with("mysql.server: is empty"));
         assert!(err("broker { bind = \"localhost\" }\nsqlite { enable = true }").starts_with("broker.bind"));
         assert!(err("metrics { bind = 9090 }\nsqlite { enable = true }").starts_with("metrics.bind"));
         assert!(err("broker { tls { bind = \"127.0.0.1:8883\" } }\nsqlite.enable = true")

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use super::{check_host_port, ssl, storage, ConfigError, Secret, SslConfig, StorageConfig, Table, Templates};
+use super::{host_list, ssl, storage, ConfigError, Secret, SslConfig, StorageConfig, Table, Templates};
 use super::{MAX_POOL_SIZE, SSL_KEYS, STORAGE_KEYS};
 
 /// The reference's keys.
@@ -81,18 +81,7 @@ pub struct RedisConfig {
 /// Reads the `redis` block; returns `redis.enable` with it (`None` when it is wrong, recorded).
 pub(super) fn redis(t: &Table<'_>) -> Result<(Option<bool>, RedisConfig), ConfigError> {
     let enable = t.enable()?;
-    let servers = match t.get("servers")? {
-        None => vec!["127.0.0.1:6379".to_owned()],
-        Some(hocon::Hocon::String(s)) => s.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect(),
-        Some(hocon::Hocon::Array(_)) => t.string_list("servers")?.unwrap_or_default(),
-        Some(other) => return Err(t.type_error("servers", "\"host:port,host:port\" or a list of them", other)),
-    };
-    if servers.is_empty() {
-        return Err(t.invalid("servers", "is empty; write e.g. servers = \"127.0.0.1:6379\"".into()));
-    }
-    for server in &servers {
-        check_host_port(t, "servers", server)?;
-    }
+    let servers = host_list(t, "servers", "127.0.0.1:6379")?;
     let redis_type = t.choice(
         "redis_type",
         &[("single", RedisType::Single), ("sentinel", RedisType::Sentinel), ("cluster", RedisType::Cluster)],

@@ -6,18 +6,26 @@
 //! of slow subscribers (`pool_size`); and the rest (subscription statements, purge and trim,
 //! `/health`, the schema checks).
 //!
+//! `mysql.server` may list several servers of one replicated database (Galera): each gets its
+//! three pools, opened when first used, and statements go to one server at a time. When a
+//! statement finds that server unreachable, the next one that answers (in the listed order,
+//! wrapping around) takes over for the writer and the reads alike; the failed statement fails as
+//! in any outage (the writer spools it, a replay is retried), so nothing is lost, and writes keyed
+//! by the message id land once.
+//!
 //! Every value reaches SQL as a bound parameter; template text is the only SQL text, and it comes
 //! from the operator's config, never from message data.
 
 mod migrate;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::stream::{BoxStream, StreamExt};
-use sqlx::mysql::{MySqlConnectOptions, MySqlPoolOptions, MySqlSslMode};
+use sqlx::mysql::{MySqlConnectOptions, MySqlConnection, MySqlPoolOptions, MySqlSslMode};
 use sqlx::query::Query;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Arguments, AssertSqlSafe, Database, Encode, Executor, Row, SqlSafeStr, Statement, Type};
@@ -49,6 +57,8 @@ const MAX_STATEMENT_PAYLOAD: usize = 4 << 20;
 const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Room a single-row insert needs beside its payload (the statement, the other columns).
 const ROW_OVERHEAD: usize = 64 << 10;
+/// After looking for another server of `mysql.server`, failures within this time do not look again.
+const FAILOVER_PAUSE: Duration = Duration::from_secs(1);
 
 enum Pool {
     MySql(sqlx::MySqlPool),
@@ -133,15 +143,26 @@ impl Statements {
     }
 }
 
-/// One transaction of the batch writer.
-/// A connected database with its checked statements.
-pub struct SqlStore {
+/// One server of `mysql.server` (with SQLite: the file), with its pools.
+struct Server {
+    /// "host:port", or the SQLite file's path.
+    address: String,
     /// The batch writer's alone.
     writer: Pool,
     /// Subscription statements, purge and trim, `/health`, schema checks.
     shared: Pool,
     /// Replays (`select_message_sql`).
     replays: Pool,
+}
+
+/// A connected database with its checked statements.
+pub struct SqlStore {
+    /// The servers of `mysql.server` in its order (SQLite: one).
+    servers: Vec<Server>,
+    /// The server statements go to.
+    current: AtomicUsize,
+    /// One look for another server at a time; when the last one was.
+    failover: tokio::sync::Mutex<Option<Instant>>,
     statements: Statements,
     /// Rows per insert statement: within the placeholder limit and `batch_size` (1 for a template
     /// that cannot take many rows).
@@ -173,25 +194,33 @@ impl SqlStore {
     pub async fn connect(backend: &Backend) -> Result<SqlStore, StoreError> {
         let (name, storage) = (backend.name(), backend.storage());
         let statements = Statements::parse(name, &storage.templates)?;
-        let (writer, shared, replays) = match backend {
-            Backend::MySql(cfg) => (
-                Pool::MySql(lazy_mysql(cfg, WRITER_CONNECTIONS)?),
-                Pool::MySql(lazy_mysql(cfg, SHARED_CONNECTIONS)?),
-                Pool::MySql(lazy_mysql(cfg, cfg.pool_size)?),
-            ),
-            Backend::Sqlite(cfg) => {
-                let shared = Pool::Sqlite(connect_sqlite(cfg, SHARED_CONNECTIONS).await?);
-                let replays = Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?);
-                (Pool::Sqlite(lazy_sqlite(cfg, WRITER_CONNECTIONS)?), shared, replays)
-            }
+        let servers = match backend {
+            Backend::MySql(cfg) => cfg
+                .servers
+                .iter()
+                .map(|address| {
+                    Ok(Server {
+                        address: address.clone(),
+                        writer: Pool::MySql(lazy_mysql(cfg, address, WRITER_CONNECTIONS, Reads::AsTheyCome)?),
+                        shared: Pool::MySql(lazy_mysql(cfg, address, SHARED_CONNECTIONS, Reads::AfterClusterWrites)?),
+                        replays: Pool::MySql(lazy_mysql(cfg, address, cfg.pool_size, Reads::AfterClusterWrites)?),
+                    })
+                })
+                .collect::<Result<Vec<_>, StoreError>>()?,
+            Backend::Sqlite(cfg) => vec![Server {
+                address: cfg.path.display().to_string(),
+                shared: Pool::Sqlite(connect_sqlite(cfg, SHARED_CONNECTIONS).await?),
+                replays: Pool::Sqlite(connect_sqlite(cfg, SQLITE_REPLAY_CONNECTIONS).await?),
+                writer: Pool::Sqlite(lazy_sqlite(cfg, WRITER_CONNECTIONS)?),
+            }],
             Backend::Redis(_) => return Err(StoreError::NotSql),
         };
         let insert = &statements.insert_message;
         let rows_per_statement = insert.max_rows_per_statement(MAX_PARAMS).min(storage.batch_size);
         let store = SqlStore {
-            writer,
-            shared,
-            replays,
+            servers,
+            current: AtomicUsize::new(0),
+            failover: tokio::sync::Mutex::new(None),
             statements,
             rows_per_statement,
             query_timeout: storage.query_timeout,
@@ -210,10 +239,10 @@ impl SqlStore {
 
     async fn run_checks(&self) -> Result<Checked, StoreError> {
         let (name, storage) = (self.backend.name(), self.backend.storage());
-        let pool = &self.shared;
-        if let (Pool::MySql(p), Backend::MySql(cfg)) = (pool, &self.backend) {
-            acquire_mysql(p, cfg).await?;
+        if let Backend::MySql(cfg) = &self.backend {
+            self.connect_first_answering(cfg).await?;
         }
+        let pool = &self.server().1.shared;
         if storage.init_default_schema {
             with_pool!(pool, p => migrate::apply(p, migrate::for_backend(name), &|_, _, _| {}).await)?;
         }
@@ -250,6 +279,66 @@ impl SqlStore {
         self.checked.get().ok_or(StoreError::Unavailable)
     }
 
+    /// The server statements go to now, with its index.
+    fn server(&self) -> (usize, &Server) {
+        let i = self.current.load(Ordering::Acquire);
+        (i, &self.servers[i])
+    }
+
+    /// Statements go to `to` from now on, unless another task moved them off `from` already.
+    fn move_to(&self, from: usize, to: usize) {
+        if from != to && self.current.compare_exchange(from, to, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+            let (from, to) = (&self.servers[from].address, &self.servers[to].address);
+            tracing::warn!(from, to, "mysql.server: {from} does not answer; statements go to {to} now");
+        }
+    }
+
+    /// Connects to the current server, or else to the next of `mysql.server` that answers, and
+    /// makes it the current one.
+    async fn connect_first_answering(&self, cfg: &MySqlConfig) -> Result<(), StoreError> {
+        let from = self.current.load(Ordering::Acquire);
+        let order: Vec<usize> = (0..self.servers.len()).map(|k| (from + k) % self.servers.len()).collect();
+        let mut pools = Vec::with_capacity(order.len());
+        for &i in &order {
+            let Server { address, shared: Pool::MySql(pool), .. } = &self.servers[i] else {
+                unreachable!("mysql.server names MySQL servers")
+            };
+            pools.push((address.as_str(), pool));
+        }
+        let k = first_answering(cfg, pools).await?;
+        self.move_to(from, order[k]);
+        Ok(())
+    }
+
+    /// What a statement on server `on` returned; when that server did not answer, first moves
+    /// statements to the next server of `mysql.server` that does (if any), for the retries.
+    async fn after<T>(&self, on: usize, result: Result<T, StoreError>) -> Result<T, StoreError> {
+        if result.as_ref().is_err_and(StoreError::is_unreachable) {
+            self.fail_over(on).await;
+        }
+        result
+    }
+
+    /// Looks for another server when `failed` (the current one) did not answer: the next in
+    /// `mysql.server`'s order, wrapping around, that answers a trivial query takes over.
+    async fn fail_over(&self, failed: usize) {
+        if self.servers.len() < 2 {
+            return;
+        }
+        let mut last_look = self.failover.lock().await;
+        if self.current.load(Ordering::Acquire) != failed || last_look.is_some_and(|t| t.elapsed() < FAILOVER_PAUSE) {
+            return;
+        }
+        for k in 1..self.servers.len() {
+            let next = (failed + k) % self.servers.len();
+            if ping(&self.servers[next].shared, self).await.is_ok() {
+                self.move_to(failed, next);
+                break;
+            }
+        }
+        *last_look = Some(Instant::now());
+    }
+
     /// `work`, bounded by `query_timeout`.
     async fn in_time<T>(
         &self,
@@ -280,9 +369,11 @@ impl SqlStore {
     /// Runs one statement; returns the rows it changed.
     async fn execute<B: Bindings>(&self, t: &SqlTemplate, b: &B) -> Result<u64, StoreError> {
         let err = |cause| StoreError::Query { key: t.key(), cause };
-        with_pool!(&self.shared, p => self.in_time(t.key(), async {
+        let (on, server) = self.server();
+        let result = with_pool!(&server.shared, p => self.in_time(t.key(), async {
             bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, b).execute(p).await.map(|r| r.rows_affected()).map_err(err)
-        }).await)
+        }).await);
+        self.after(on, result).await
     }
 }
 
@@ -347,7 +438,8 @@ impl Store for SqlStore {
                 sqlx::query_with(AssertSqlSafe(sql), args).execute(&mut *$tx).await.map_err(err)?;
             }};
         }
-        with_pool!(&self.writer, p => self.in_time(insert.key(), async {
+        let (on, server) = self.server();
+        let result = with_pool!(&server.writer, p => self.in_time(insert.key(), async {
             let err = |cause| StoreError::Query { key: insert.key(), cause };
             let mut tx = p.begin().await.map_err(err)?;
             for chunk in &insert_chunks {
@@ -360,7 +452,8 @@ impl Store for SqlStore {
                 execute_chunk!(p, tx, record, chunk);
             }
             tx.commit().await.map_err(err)
-        }).await)
+        }).await);
+        self.after(on, result).await
     }
 
     fn replay_key(&self) -> &'static str {
@@ -377,7 +470,8 @@ impl Store for SqlStore {
     fn select_messages<'a>(&'a self, query: &ReplayQuery<'_>) -> BoxStream<'a, Result<StoredMessage, StoreError>> {
         let t = &self.statements.select_message;
         let key = t.key();
-        let rows = with_pool!(&self.replays, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, query)
+        let (on, server) = self.server();
+        let rows = with_pool!(&server.replays, p => bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, query)
             .fetch(p)
             .map(move |row| {
                 let row = row.map_err(|cause| StoreError::Query { key, cause })?;
@@ -406,6 +500,7 @@ impl Store for SqlStore {
                 Err(_) => Some((Err(StoreError::Timeout { key, backend, after }), None)),
             }
         })
+        .then(move |row| self.after(on, row))
         .boxed()
     }
 
@@ -422,9 +517,11 @@ impl Store for SqlStore {
         let t = &self.statements.select_subscriptions;
         let key = t.key();
         let probe = Subscription { client_id: client_id.to_owned(), filter: String::new(), qos: 0 };
-        with_pool!(&self.shared, p => {
+        let (on, server) = self.server();
+        with_pool!(&server.shared, p => {
             let fetch = bind_all(sqlx::query(AssertSqlSafe(t.sql())), t, &probe).fetch_all(p);
-            let rows = self.in_time(key, async { fetch.await.map_err(|cause| StoreError::Query { key, cause }) }).await?;
+            let rows = self.in_time(key, async { fetch.await.map_err(|cause| StoreError::Query { key, cause }) }).await;
+            let rows = self.after(on, rows).await?;
             rows.iter()
                 .map(|row| {
                     Ok(Subscription {
@@ -448,28 +545,48 @@ impl Store for SqlStore {
         self.execute(&self.statements.trim_topic, &Maintenance { now_ms: 0, limit, topic }).await
     }
 
-    /// Connections in use and open, over the three pools.
+    /// Connections in use and open, over the three pools of every server.
     fn connections(&self) -> (u32, u32) {
         let usage = |pool: &Pool| with_pool!(pool, p => (p.size() - p.num_idle() as u32, p.size()));
-        [&self.writer, &self.shared, &self.replays].map(usage).iter().fold((0, 0), |(u, o), (a, b)| (u + a, o + b))
+        self.servers
+            .iter()
+            .flat_map(|s| [&s.writer, &s.shared, &s.replays])
+            .map(usage)
+            .fold((0, 0), |(u, o), (a, b)| (u + a, o + b))
     }
 
-    /// A trivial query on the shared pool: does the database answer?
+    /// A trivial query on the shared pool: does the database answer? (With several servers: the
+    /// current one, or the one that took over.)
     async fn ping(&self) -> Result<(), StoreError> {
-        ping(&self.shared, self).await
+        self.ping_on(|s| &s.shared).await
     }
 
     /// A trivial query on the writer's pool: can the writer write again?
     async fn ping_writer(&self) -> Result<(), StoreError> {
-        ping(&self.writer, self).await
+        self.ping_on(|s| &s.writer).await
     }
 
-    /// Closes the writer's and the shared pool, waiting for their connections. Replays in
+    /// Closes the writer's and the shared pools, waiting for their connections. Replays in
     /// progress are not waited for: a stalled one could hold its connection for minutes, and what
     /// it has not delivered stays stored.
     async fn close(&self) {
-        with_pool!(&self.writer, p => p.close().await);
-        with_pool!(&self.shared, p => p.close().await)
+        for server in &self.servers {
+            with_pool!(&server.writer, p => p.close().await);
+            with_pool!(&server.shared, p => p.close().await)
+        }
+    }
+}
+
+impl SqlStore {
+    /// [`ping`] on the current server's `pool`; when it does not answer and another server takes
+    /// over, on that one.
+    async fn ping_on(&self, pool: fn(&Server) -> &Pool) -> Result<(), StoreError> {
+        let (on, server) = self.server();
+        let result = ping(pool(server), self).await;
+        match self.after(on, result).await {
+            Err(_) if self.server().0 != on => ping(pool(self.server().1), self).await,
+            result => result,
+        }
     }
 }
 
@@ -580,16 +697,43 @@ where
     }
 }
 
+/// A pool on the first server of `mysql.server` that answers.
 async fn connect_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, StoreError> {
-    let pool = lazy_mysql(cfg, connections)?;
-    acquire_mysql(&pool, cfg).await?;
-    Ok(pool)
+    let mut pools = cfg
+        .servers
+        .iter()
+        .map(|address| lazy_mysql(cfg, address, connections, Reads::AfterClusterWrites))
+        .collect::<Result<Vec<_>, _>>()?;
+    let k = first_answering(cfg, cfg.servers.iter().map(String::as_str).zip(&pools).collect()).await?;
+    Ok(pools.swap_remove(k))
+}
+
+/// Which of `pools` (a server's address and pool, in the order to try) is the first to give a
+/// connection. An error other than "unreachable" (a refused login) stops the search; when no
+/// server answers: the first one's error, naming every server of `mysql.server`.
+async fn first_answering<'p>(
+    cfg: &MySqlConfig,
+    pools: Vec<(&'p str, &'p sqlx::MySqlPool)>,
+) -> Result<usize, StoreError> {
+    let mut first_error = None;
+    for (k, (address, pool)) in pools.into_iter().enumerate() {
+        match acquire_mysql(pool, address).await {
+            Ok(()) => return Ok(k),
+            Err(e) if e.is_unreachable() => _ = first_error.get_or_insert(e),
+            Err(e) => return Err(e),
+        }
+    }
+    let mut e = first_error.expect("mysql.server lists a server");
+    if let (StoreError::Connect { target, .. }, [_, _, ..]) = (&mut e, cfg.servers.as_slice()) {
+        *target = cfg.servers.join(", ");
+    }
+    Err(e)
 }
 
 /// One connection from `pool`, or the reason there is none. The pool retries a failed connect
 /// until its timeout and then says only that it timed out: one direct attempt then gives the
 /// socket's or the server's own words ("Connection refused").
-async fn acquire_mysql(pool: &sqlx::MySqlPool, cfg: &MySqlConfig) -> Result<(), StoreError> {
+async fn acquire_mysql(pool: &sqlx::MySqlPool, address: &str) -> Result<(), StoreError> {
     let cause = match pool.acquire().await {
         Ok(_) => return Ok(()),
         Err(sqlx::Error::PoolTimedOut) => {
@@ -600,14 +744,24 @@ async fn acquire_mysql(pool: &sqlx::MySqlPool, cfg: &MySqlConfig) -> Result<(), 
         }
         Err(cause) => cause,
     };
-    Err(mysql_connect_error(cfg, cause))
+    Err(mysql_connect_error(address, cause))
 }
 
-/// A MySQL pool that connects when first used: the broker can start while the server is down.
-fn lazy_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, StoreError> {
+/// Whether a connection's reads wait for what the rest of a Galera cluster has committed.
+#[derive(Clone, Copy, PartialEq)]
+enum Reads {
+    /// The writer's: it only writes.
+    AsTheyCome,
+    /// Replays and subscription reads: see [`read_after_cluster_writes`].
+    AfterClusterWrites,
+}
+
+/// A MySQL pool on `address` that connects when first used: the broker can start while the
+/// server is down.
+fn lazy_mysql(cfg: &MySqlConfig, address: &str, connections: u32, reads: Reads) -> Result<sqlx::MySqlPool, StoreError> {
     let connect_err =
-        |cause| StoreError::Connect { backend: "mysql", key: "mysql.server", target: cfg.server.clone(), cause };
-    let (host, port) = match cfg.server.rsplit_once(':') {
+        |cause| StoreError::Connect { backend: "mysql", key: "mysql.server", target: address.to_owned(), cause };
+    let (host, port) = match address.rsplit_once(':') {
         Some((h, p)) => (
             h,
             p.parse::<u16>().map_err(|_| {
@@ -616,7 +770,7 @@ fn lazy_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, St
                 ))
             })?,
         ),
-        None => (cfg.server.as_str(), 3306),
+        None => (address, 3306),
     };
     let mut opts = MySqlConnectOptions::new()
         .host(host)
@@ -660,18 +814,34 @@ fn lazy_mysql(cfg: &MySqlConfig, connections: u32) -> Result<sqlx::MySqlPool, St
     } else {
         opts.ssl_mode(MySqlSslMode::Disabled)
     };
-    Ok(MySqlPoolOptions::new().max_connections(connections).acquire_timeout(ACQUIRE_TIMEOUT).connect_lazy_with(opts))
+    let options = MySqlPoolOptions::new().max_connections(connections).acquire_timeout(ACQUIRE_TIMEOUT);
+    let options = match reads {
+        Reads::AsTheyCome => options,
+        Reads::AfterClusterWrites => options.after_connect(|conn, _| Box::pin(read_after_cluster_writes(conn))),
+    };
+    Ok(options.connect_lazy_with(opts))
 }
 
-/// The error a user reads when connecting fails: TLS problems point at `mysql.ssl`, the rest at
-/// `mysql.server` and the connection keys.
-fn mysql_connect_error(cfg: &MySqlConfig, cause: sqlx::Error) -> StoreError {
+/// On a Galera node, makes the connection's reads wait until the node has applied every write
+/// the cluster committed before them (`wsrep_sync_wait = 1`): a replay on one node then sees the
+/// rows a broker on another node has just committed. Elsewhere (no `wsrep_on`, or off) nothing changes.
+async fn read_after_cluster_writes(conn: &mut MySqlConnection) -> Result<(), sqlx::Error> {
+    let galera =
+        sqlx::query_scalar::<_, i64>("select @@wsrep_on + 0").fetch_one(&mut *conn).await.is_ok_and(|on| on == 1);
+    if galera {
+        conn.execute("set session wsrep_sync_wait = 1").await?;
+    }
+    Ok(())
+}
+
+/// The error a user reads when connecting to `address` fails: TLS problems point at `mysql.ssl`,
+/// the rest at `mysql.server` and the connection keys.
+fn mysql_connect_error(address: &str, cause: sqlx::Error) -> StoreError {
+    let target = address.to_owned();
     match &cause {
-        sqlx::Error::Tls(_) => StoreError::Tls { target: cfg.server.clone(), cause },
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) if is_tls_failure(&cause) => {
-            StoreError::Tls { target: cfg.server.clone(), cause }
-        }
-        _ => StoreError::Connect { backend: "mysql", key: "mysql.server", target: cfg.server.clone(), cause },
+        sqlx::Error::Tls(_) => StoreError::Tls { target, cause },
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) if is_tls_failure(&cause) => StoreError::Tls { target, cause },
+        _ => StoreError::Connect { backend: "mysql", key: "mysql.server", target, cause },
     }
 }
 
