@@ -31,7 +31,8 @@ pub struct HistoryQuery {
 /// A stored message as `history` shows it.
 #[derive(Debug, Clone)]
 pub struct HistoryRow {
-    pub id: i64,
+    /// The row's `id`; `None` on Redis, which keeps no row number (`msgid` names the message).
+    pub id: Option<i64>,
     pub msgid: String,
     pub topic: String,
     pub sender: String,
@@ -143,10 +144,11 @@ impl Admin {
                         let row = row.map_err(err)?;
                         let get = |cause| StoreError::Column { key: "history", column: "mqtt_msg", cause };
                         Ok(HistoryRow {
-                            id: row
-                                .try_get::<i64, _>("id")
-                                .or_else(|_| row.try_get::<u64, _>("id").map(|v| v as i64))
-                                .map_err(get)?,
+                            id: Some(
+                                row.try_get::<i64, _>("id")
+                                    .or_else(|_| row.try_get::<u64, _>("id").map(|v| v as i64))
+                                    .map_err(get)?,
+                            ),
                             msgid: row.try_get::<Option<String>, _>("msgid").map_err(get)?.unwrap_or_default(),
                             topic: row.try_get("topic").map_err(get)?,
                             sender: row.try_get::<Option<String>, _>("sender").map_err(get)?.unwrap_or_default(),
