@@ -627,6 +627,14 @@ async fn history_lists_many_messages_of_one_millisecond_once_in_id_order() {
         let payloads: Vec<String> = rows.iter().map(|r| r["payload"].as_str().unwrap().to_owned()).collect();
         assert_eq!(payloads, (0..450).map(|i| i.to_string()).collect::<Vec<_>>());
     }
+    // An expired hash whose id is still in the set (until the purge) is not listed.
+    let expiring = format!("mqtt:msg:{}", ids[7]);
+    assert_eq!(env.redis().cli(&["PEXPIRE", &expiring, "1"]).trim(), "1");
+    wait_until(|| env.redis().cli(&["EXISTS", &expiring]).trim() == "0", "the hash expires").await;
+    assert_eq!(env.redis().cli(&["ZSCORE", "mqtt:msg:same/t", &ids[7]]).trim(), ms.to_string(), "its id stays");
+    let listed: Vec<String> =
+        history_json(&config, &["--topic", "same/t"]).iter().map(|r| r["msgid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed, [&ids[..7], &ids[8..]].concat());
 }
 
 /// Peak memory `history` may take for the 80 MB below: listing nothing takes the debug binary
