@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{connect_mysql, connect_sqlite, migrate, Pool};
 use crate::config::Backend;
 use crate::message::Properties;
-use crate::store::StoreError;
+use crate::store::{HistoryRow, StoreError};
 use crate::template::SqlTemplate;
 
 pub struct Admin {
@@ -26,22 +26,6 @@ pub struct HistoryQuery {
     pub until_ms: Option<i64>,
     pub sender: Option<String>,
     pub limit: i64,
-}
-
-/// A stored message as `history` shows it.
-#[derive(Debug, Clone)]
-pub struct HistoryRow {
-    /// The row's `id`; `None` on Redis, which keeps no row number (`msgid` names the message).
-    pub id: Option<i64>,
-    pub msgid: String,
-    pub topic: String,
-    pub sender: String,
-    pub qos: i64,
-    pub retain: bool,
-    pub payload: Vec<u8>,
-    pub arrived_ms: i64,
-    pub expiry_ms: Option<i64>,
-    pub properties: Properties,
 }
 
 const MYSQL_HISTORY: &str = "select id, msgid, topic, sender, qos, retain, payload, \
