@@ -8,7 +8,7 @@ use futures_util::StreamExt;
 
 use mqtt_offline_messages::config::{Backend, Config, DeliveryMode};
 use mqtt_offline_messages::encode::{base64, iso_time};
-use mqtt_offline_messages::store::redis::RedisStore;
+use mqtt_offline_messages::store::redis::{RedisHistoryQuery, RedisStore};
 use mqtt_offline_messages::store::{Admin, HistoryQuery, HistoryRow, Statements, Store};
 use mqtt_offline_messages::topic::TopicFilter;
 
@@ -241,23 +241,23 @@ pub async fn history(config: &Config, args: &HistoryArgs) -> anyhow::Result<()> 
         args.since.as_deref().map(|s| parse_time(s, now).map_err(|e| anyhow::anyhow!("--since: {e}"))).transpose()?;
     let until =
         args.until.as_deref().map(|s| parse_time(s, now).map_err(|e| anyhow::anyhow!("--until: {e}"))).transpose()?;
-    if let Backend::Redis(r) = &config.backend {
-        anyhow::bail!(
-            "history reads the SQL tables; with redis, read the keys with redis-cli: ZRANGE {p}:<topic> 0 -1 lists a topic's message ids in publish order, HGETALL {p}:<message id> shows one (see the README's Redis section)",
-            p = r.message_key_prefix
-        );
-    }
     if config.backend.storage().delivery_mode == DeliveryMode::Queue {
-        eprintln!("note: delivery_mode = queue: the table holds only what no subscriber has acknowledged yet");
+        eprintln!("note: delivery_mode = queue: only what no subscriber has acknowledged yet is stored");
+    }
+    let mut out = HistoryOutput::new(args)?;
+    if let Backend::Redis(cfg) = &config.backend {
+        let store = RedisStore::connect(cfg).await?;
+        let query = RedisHistoryQuery { filter, since_ms: since, until_ms: until, sender: args.sender.clone() };
+        let mut rows = store.history(query);
+        while let Some(row) = rows.next().await {
+            if !out.print(&row?)? {
+                break;
+            }
+        }
+        return out.done();
     }
     let admin = Admin::connect(&config.backend).await?;
-    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    if !args.json {
-        writeln!(out, "{:<24} {:<20} {:>3} {:<30} payload", "arrived (UTC)", "sender", "qos", "topic")?;
-    }
-    let mut progress = Progress::new();
-    let (mut after_id, mut shown) = (0, 0u64);
-    let limit = args.limit.unwrap_or(u64::MAX);
+    let mut after_id = 0;
     'pages: loop {
         let query = HistoryQuery {
             topic_like: filter.like_pattern(),
@@ -272,28 +272,62 @@ pub async fn history(config: &Config, args: &HistoryArgs) -> anyhow::Result<()> 
         while let Some(row) = rows.next().await {
             let row = row?;
             read += 1;
-            after_id = row.id;
-            if !filter.matches(&row.topic) {
-                continue;
-            }
-            if shown == limit {
+            after_id = row.id.unwrap_or(after_id);
+            if filter.matches(&row.topic) && !out.print(&row)? {
                 break 'pages;
             }
-            if args.json {
-                writeln!(out, "{}", json_line(&row))?;
-            } else {
-                writeln!(out, "{}", table_line(&row))?;
-            }
-            shown += 1;
         }
-        progress.show(&format!("{shown} messages"));
         if read < HISTORY_PAGE {
             break;
         }
     }
-    out.flush()?;
-    progress.done();
-    Ok(())
+    out.done()
+}
+
+/// Where `history` prints: the rows as a table or JSON lines up to `--limit`, the count on the
+/// progress line.
+struct HistoryOutput {
+    out: std::io::BufWriter<std::io::StdoutLock<'static>>,
+    json: bool,
+    shown: u64,
+    limit: u64,
+    progress: Progress,
+}
+
+impl HistoryOutput {
+    fn new(args: &HistoryArgs) -> anyhow::Result<HistoryOutput> {
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        if !args.json {
+            writeln!(out, "{:<24} {:<20} {:>3} {:<30} payload", "arrived (UTC)", "sender", "qos", "topic")?;
+        }
+        Ok(HistoryOutput {
+            out,
+            json: args.json,
+            shown: 0,
+            limit: args.limit.unwrap_or(u64::MAX),
+            progress: Progress::new(),
+        })
+    }
+
+    /// Prints `row`; false, printing nothing, once `--limit` rows are out.
+    fn print(&mut self, row: &HistoryRow) -> anyhow::Result<bool> {
+        if self.shown == self.limit {
+            return Ok(false);
+        }
+        let line = if self.json { json_line(row) } else { table_line(row) };
+        writeln!(self.out, "{line}")?;
+        self.shown += 1;
+        if self.shown % HISTORY_PAGE as u64 == 0 {
+            self.progress.show(&format!("{} messages", self.shown));
+        }
+        Ok(true)
+    }
+
+    fn done(mut self) -> anyhow::Result<()> {
+        self.out.flush()?;
+        self.progress.done();
+        Ok(())
+    }
 }
 
 fn table_line(r: &HistoryRow) -> String {

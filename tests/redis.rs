@@ -121,6 +121,8 @@ async fn a_user_granted_exactly_the_listed_commands_works() {
         p.publish("acl/a", QoS::AtLeastOnce, false, format!("m{i}")).await;
     }
     env.wait_count("mqtt_msg", 3, LONG).await;
+    let listed = history_json(&env.dir.path().join("config.hocon"), &["--topic", "acl/#"]);
+    assert_eq!(listed.iter().map(|r| r["payload"].as_str().unwrap()).collect::<Vec<_>>(), ["m2", "m3", "m4"]);
     let mut q0 = Client::connect(env.port, "acl-q0", true).await;
     q0.subscribe("acl/+", QoS::AtMostOnce).await;
     assert_eq!(q0.recv(3, LONG).await.len(), 3);
@@ -292,6 +294,21 @@ async fn a_cluster_being_resharded_stores_and_replays_everything() {
     for n in &nodes {
         assert!(n.count("mqtt_msg") > 0, "messages are spread over every node");
     }
+    // `history` reads the cluster as the replay does: every stored message once, in publish order.
+    let rows = history_json(&config, &["--topic", "cl/#"]);
+    let listed: Vec<String> = rows.iter().map(|r| r["payload"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed.iter().collect::<HashSet<_>>().len(), listed.len(), "nothing twice");
+    let listed: HashSet<String> = listed.into_iter().collect();
+    assert!(acked.is_subset(&listed), "every acknowledged message");
+    let msgids: Vec<&str> = rows.iter().map(|r| r["msgid"].as_str().unwrap()).collect();
+    assert!(msgids.windows(2).all(|w| w[0] < w[1]), "in message id order");
+    for k in 0..4 {
+        let mine: Vec<u64> = rows
+            .iter()
+            .filter_map(|r| r["payload"].as_str().unwrap().strip_prefix(&format!("{k}-")).map(|i| i.parse().unwrap()))
+            .collect();
+        assert!(mine.windows(2).all(|w| w[0] < w[1]), "publisher {k} in order");
+    }
     // Replayed to a wildcard subscriber, in order per publisher, then deleted by the acks.
     let mut s = Client::connect(port, "cl-sub", true).await;
     s.subscribe("cl/#", QoS::AtLeastOnce).await;
@@ -325,8 +342,14 @@ async fn the_tools_on_redis() {
     assert!(out.status.success(), "{text}");
     assert!(text.contains(&format!("ok   connect: redis (single) at 127.0.0.1:{}", env.redis().port)), "{text}");
     let out = run(&["history", "--topic", "#"], &config);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1, "the header; nothing stored");
+    let nobody = free_port();
+    let gone = env.write_config(&env.backend_block("").replace(&env.redis().port.to_string(), &nobody.to_string()));
+    let out = run(&["history", "--topic", "#"], &gone);
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("history reads the SQL tables; with redis"));
+    assert!(text.contains(&format!("cannot connect to redis at 127.0.0.1:{nobody} (redis.servers)")), "{text}");
 
     let wrong = env.write_config(&env.backend_block("username = nobody, password = \"wrong\""));
     let out = run(&["check-config"], &wrong);
@@ -462,4 +485,216 @@ async fn a_frozen_redis_is_an_outage_after_query_timeout() {
     let mut payloads = env.redis().payloads();
     payloads.sort();
     assert_eq!(payloads, ["before", "during-0", "during-1", "during-2", "during-3", "during-4"]);
+}
+
+/// `mqtt-offline-messages history ARGS --format json` on `config`: its rows.
+fn history_json(config: &std::path::Path, args: &[&str]) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new(BIN)
+        .arg("history")
+        .args(args)
+        .args(["--format", "json", "--config"])
+        .arg(config)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "history {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+/// `history` reads the keys the store writes: the topics a filter matches (through the topic list
+/// for a wildcard), merged in publish order over many pages, with the flags it has on SQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_reads_the_keys_in_publish_order_page_by_page() {
+    let env = TestEnv::new(Backend::Redis).await;
+    let _broker = env.start("").await;
+    let config = env.dir.path().join("config.hocon");
+    let idlike = "AbCdEfGhIjKlMnOpQrSt";
+    let mut a = Client::connect(env.port, "hist-a", true).await;
+    let mut b = Client::connect(env.port, "hist-b", true).await;
+    // (topic, sender, payload) in publish order: 400 messages on each of three topics, more than
+    // one read of a topic's set (200 ids) and than one round trip of hashes (100).
+    let mut topics: Vec<&str> = (0..1200).map(|i| ["h/1/t", "h/2/t", "h/3/x"][i % 3]).collect();
+    // `h/#` matches `h` and not `hx`; a topic with glob characters; one shaped like a message id.
+    topics.extend(["h", "hx", "h/[x]*/a", "h/x/a", idlike]);
+    let mut sent: Vec<(String, String, String)> = Vec::new();
+    for (i, topic) in topics.into_iter().enumerate() {
+        let (c, who) = if i % 10 == 0 { (&mut b, "hist-b") } else { (&mut a, "hist-a") };
+        c.publish(topic, QoS::AtLeastOnce, false, format!("{i}")).await;
+        sent.push((topic.to_owned(), who.to_owned(), format!("{i}")));
+    }
+    env.wait_count("mqtt_msg", sent.len() as i64, LONG).await;
+    let shown = |rows: &[serde_json::Value]| -> Vec<(String, String, String)> {
+        rows.iter()
+            .map(|r| {
+                let field = |f: &str| r[f].as_str().unwrap().to_owned();
+                (field("topic"), field("sender"), field("payload"))
+            })
+            .collect()
+    };
+    let expect = |keep: &dyn Fn(&(String, String, String)) -> bool| -> Vec<(String, String, String)> {
+        sent.iter().filter(|m| keep(m)).cloned().collect()
+    };
+
+    let all = history_json(&config, &["--topic", "#"]);
+    assert_eq!(shown(&all), sent, "every message, in publish order");
+    let msgids: Vec<&str> = all.iter().map(|r| r["msgid"].as_str().unwrap()).collect();
+    assert!(msgids.windows(2).all(|w| w[0] < w[1]), "in message id order");
+    assert!(all.iter().all(|r| r["id"].is_null()), "no row number on Redis");
+    for r in all.iter().step_by(97) {
+        let hash = hash(env.redis(), &format!("mqtt:msg:{}", r["msgid"].as_str().unwrap()));
+        assert_eq!(r["arrived_ms"].as_i64().unwrap().to_string(), hash["ts"], "arrival is the hash's ts");
+        assert_eq!((r["qos"].as_i64(), r["retain"].as_bool()), (Some(1), Some(false)));
+    }
+    assert_eq!(shown(&history_json(&config, &["--topic", "h/+/t"])), expect(&|m| m.0.ends_with("/t")));
+    assert_eq!(
+        shown(&history_json(&config, &["--topic", "h/#"])),
+        expect(&|m| m.0 == "h" || m.0.starts_with("h/")),
+        "h/# matches h too, not hx"
+    );
+    assert_eq!(shown(&history_json(&config, &["--topic", "h/[x]*/#"])), expect(&|m| m.0 == "h/[x]*/a"));
+    assert_eq!(shown(&history_json(&config, &["--topic", "h/3/x"])), expect(&|m| m.0 == "h/3/x"));
+    assert_eq!(shown(&history_json(&config, &["--topic", idlike])), expect(&|m| m.0 == idlike));
+    assert!(history_json(&config, &["--topic", "nothing/here/#"]).is_empty());
+    assert_eq!(
+        shown(&history_json(&config, &["--topic", "h/+/t", "--sender", "hist-b"])),
+        expect(&|m| m.0.ends_with("/t") && m.1 == "hist-b")
+    );
+    assert_eq!(shown(&history_json(&config, &["--topic", "#", "--limit", "5"])), sent[..5]);
+    // --since is inclusive and --until exclusive, in ms of arrival, as on SQL.
+    let arrived: Vec<i64> = all.iter().map(|r| r["arrived_ms"].as_i64().unwrap()).collect();
+    let (since, until) = (arrived[300], arrived[900]);
+    let window: Vec<_> =
+        shown(&all).into_iter().zip(&arrived).filter(|(_, t)| (since..until).contains(*t)).map(|(m, _)| m).collect();
+    assert!(!window.is_empty() && window.len() < all.len());
+    let (since, until) = (since.to_string(), until.to_string());
+    assert_eq!(shown(&history_json(&config, &["--topic", "#", "--since", &since, "--until", &until])), window);
+    assert!(history_json(&config, &["--topic", "#", "--until", "1h"]).is_empty());
+    assert_eq!(history_json(&config, &["--topic", "#", "--since", "1h"]).len(), sent.len());
+
+    // The table: a header and one line per message.
+    let out = std::process::Command::new(BIN).args(["history", "--topic", "h/3/x", "--config"]).arg(&config).output();
+    let table = String::from_utf8(out.unwrap().stdout).unwrap();
+    assert_eq!(table.lines().count(), 401, "{table}");
+    let first = table.lines().nth(1).unwrap();
+    assert!(first.contains(" hist-a ") && first.contains(" h/3/x ") && first.ends_with(" 2"), "{table}");
+
+    // Acknowledged (queue): deleted, so no longer listed.
+    let mut s = Client::connect(env.port, "hist-sub", true).await;
+    s.subscribe("h/3/x", QoS::AtLeastOnce).await;
+    assert_eq!(s.recv(400, LONG).await.len(), 400);
+    env.wait_count("mqtt_msg", sent.len() as i64 - 400, LONG).await;
+    assert!(history_json(&config, &["--topic", "h/3/x"]).is_empty());
+    assert_eq!(shown(&history_json(&config, &["--topic", "#"])), expect(&|m| m.0 != "h/3/x"));
+}
+
+/// 450 messages of one millisecond on one topic, written as another writer of the reference's keys
+/// would (more than one read of the set at the same score): all listed, once, in id order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_many_messages_of_one_millisecond_once_in_id_order() {
+    use mqtt_offline_messages::message_id::MessageId;
+    let env = TestEnv::new(Backend::Redis).await;
+    let config = env.write_config(&env.backend_block(""));
+    let ms = mqtt_offline_messages::engine::now_ms();
+    let ids: Vec<String> =
+        (0..450u128).map(|seq| MessageId(((ms as u128 * 1000 + 500) << 64) | (7 << 32) | seq).to_base62()).collect();
+    let mut pipe = redis::pipe();
+    // Added in reverse: the set orders them, not the writes.
+    for (seq, id) in ids.iter().enumerate().rev() {
+        pipe.cmd("HSET")
+            .arg(format!("mqtt:msg:{id}"))
+            .arg("id")
+            .arg(id)
+            .arg("from")
+            .arg("other")
+            .arg("qos")
+            .arg(1)
+            .arg("topic")
+            .arg("same/t")
+            .arg("retain")
+            .arg(0)
+            .arg("payload")
+            .arg(seq.to_string())
+            .arg("ts")
+            .arg(ms)
+            .ignore();
+        pipe.cmd("ZADD").arg("mqtt:msg:same/t").arg(ms).arg(id).ignore();
+    }
+    pipe.cmd("SADD").arg("mqtt:msg:#topics").arg("same/t").ignore();
+    let _: () = pipe.query(&mut env.redis().conn()).unwrap();
+    for filter in ["same/t", "same/#"] {
+        let rows = history_json(&config, &["--topic", filter]);
+        let listed: Vec<&str> = rows.iter().map(|r| r["msgid"].as_str().unwrap()).collect();
+        assert_eq!(listed, ids, "{filter}");
+        let payloads: Vec<String> = rows.iter().map(|r| r["payload"].as_str().unwrap().to_owned()).collect();
+        assert_eq!(payloads, (0..450).map(|i| i.to_string()).collect::<Vec<_>>());
+    }
+    // An expired hash whose id is still in the set (until the purge) is not listed.
+    let expiring = format!("mqtt:msg:{}", ids[7]);
+    assert_eq!(env.redis().cli(&["PEXPIRE", &expiring, "1"]).trim(), "1");
+    wait_until(|| env.redis().cli(&["EXISTS", &expiring]).trim() == "0", "the hash expires").await;
+    assert_eq!(env.redis().cli(&["ZSCORE", "mqtt:msg:same/t", &ids[7]]).trim(), ms.to_string(), "its id stays");
+    let listed: Vec<String> =
+        history_json(&config, &["--topic", "same/t"]).iter().map(|r| r["msgid"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(listed, [&ids[..7], &ids[8..]].concat());
+}
+
+/// Peak memory `history` may take for the 80 MB below: listing nothing takes the debug binary
+/// about 20 MB; these 80 MB took it 22 MB.
+const MAX_HISTORY_RSS_KB: u64 = 30_000;
+
+/// `history` holds a few pages, not the messages: listing 80 MB of payloads (40,000 messages of
+/// 2,000 bytes on 8 topics) peaks well below that (GNU time's maximum resident set size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_lists_80_mb_of_messages_in_bounded_memory() {
+    use mqtt_offline_messages::message_id::MessageIdGenerator;
+    const N: usize = 40_000;
+    let env = TestEnv::new(Backend::Redis).await;
+    let config = env.write_config(&env.backend_block(""));
+    let payload = "x".repeat(2000);
+    let ids = MessageIdGenerator::new(9);
+    let mut c = env.redis().conn();
+    for chunk in 0..N / 1000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 1000..(chunk + 1) * 1000 {
+            let id = ids.next_id();
+            let (text, ms) = (id.to_base62(), (id.micros() / 1000) as i64);
+            let topic = format!("mem/{}", i % 8);
+            pipe.cmd("HSET")
+                .arg(format!("mqtt:msg:{text}"))
+                .arg("id")
+                .arg(&text)
+                .arg("from")
+                .arg("mem-pub")
+                .arg("qos")
+                .arg(1)
+                .arg("topic")
+                .arg(&topic)
+                .arg("payload")
+                .arg(&payload)
+                .arg("ts")
+                .arg(ms)
+                .arg("retain")
+                .arg(0)
+                .ignore();
+            pipe.cmd("ZADD").arg(format!("mqtt:msg:{topic}")).arg(ms).arg(&text).ignore();
+            pipe.cmd("SADD").arg("mqtt:msg:#topics").arg(&topic).ignore();
+        }
+        let _: () = pipe.query(&mut c).unwrap();
+    }
+    let out = std::process::Command::new("/usr/bin/time")
+        .args(["-f", "max_rss_kb=%M", BIN, "history", "--topic", "mem/#", "--format", "json", "--config"])
+        .arg(&config)
+        .output()
+        .expect("/usr/bin/time (Debian package time)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let msgids: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["msgid"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(msgids.len(), N);
+    assert!(msgids.windows(2).all(|w| w[0] < w[1]), "in id order");
+    let rss_kb: u64 = stderr.lines().find_map(|l| l.strip_prefix("max_rss_kb=")).unwrap().trim().parse().unwrap();
+    println!("history listed {} bytes of JSON, peak RSS {rss_kb} kB", text.len());
+    assert!(rss_kb < MAX_HISTORY_RSS_KB, "peak RSS {rss_kb} kB for {} bytes listed", text.len());
 }

@@ -1,5 +1,5 @@
 //! The plugin loaded into Debian's real Mosquitto 2.0 (one `mosquitto -c` per test, on a free
-//! port), with real clients (rumqttc, mosquitto_pub/mosquitto_sub), on MariaDB and SQLite.
+//! port), with real clients (rumqttc, mosquitto_pub/mosquitto_sub), on MariaDB, SQLite and Redis.
 //! The mosquitto.conf is the README's.
 
 #[path = "../../tests/common/mod.rs"]
@@ -157,7 +157,7 @@ async fn publishes_are_stored_verbatim(backend: Backend) {
         ]
     );
 }
-on_both_backends!(publishes_are_stored_verbatim);
+on_every_backend!(publishes_are_stored_verbatim);
 
 // A new subscriber gets the stored messages its filter matches, wildcards included, in publish
 // order; in `queue` mode each row handed to its session is consumed, the others stay.
@@ -188,7 +188,7 @@ async fn a_new_subscriber_gets_the_backlog_in_order_and_consumes_it(backend: Bac
     assert_eq!(out.stdout, hum, "mosquitto_sub got the rest, in order");
     env.wait_count("mqtt_msg", 0, LONG).await;
 }
-on_both_backends!(a_new_subscriber_gets_the_backlog_in_order_and_consumes_it);
+on_every_backend!(a_new_subscriber_gets_the_backlog_in_order_and_consumes_it);
 
 // 20,000 stored messages reach one subscriber whole and in order with the README's
 // mosquitto.conf (Mosquitto's default max_inflight_messages 20, max_queued_messages 0).
@@ -210,7 +210,7 @@ async fn a_20000_message_backlog_arrives_whole(backend: Backend) {
     );
     env.wait_count("mqtt_msg", 0, LONG).await;
 }
-on_both_backends!(a_20000_message_backlog_arrives_whole);
+on_every_backend!(a_20000_message_backlog_arrives_whole);
 
 // Messages published while a replay runs reach the new subscriber after the stored ones, in
 // publish order, each once: the plugin refuses them to it while the replay runs and the replay
@@ -257,7 +257,7 @@ async fn live_messages_during_a_replay_follow_it_in_order_once(backend: Backend)
         got.iter().zip(&all).position(|(a, b)| a != b)
     );
 }
-on_both_backends!(live_messages_during_a_replay_follow_it_in_order_once);
+on_every_backend!(live_messages_during_a_replay_follow_it_in_order_once);
 
 // `fanout`: rows stay, each subscriber gets every stored message once, and its deliveries are
 // recorded, so subscribing again replays nothing.
@@ -281,7 +281,7 @@ async fn fanout_records_deliveries_and_keeps_rows(backend: Backend) {
     again.subscribe("fan/#", QoS::AtLeastOnce).await;
     assert!(again.drain(Duration::from_secs(2)).await.is_empty(), "fan-a had them all");
 }
-on_both_backends!(fanout_records_deliveries_and_keeps_rows);
+on_every_backend!(fanout_records_deliveries_and_keeps_rows);
 
 // mqtt_sub follows SUBSCRIBE and UNSUBSCRIBE (seen as ACL checks), and a clean session's
 // subscriptions go when it disconnects; a persistent session's stay.
@@ -307,7 +307,7 @@ async fn stored_subscriptions_follow_the_sessions(backend: Backend) {
     kept.disconnect().await;
     wait_for(|| async { env.subscriptions().await == vec![all()[2].clone()] }, "only the persistent one left").await;
 }
-on_both_backends!(stored_subscriptions_follow_the_sessions);
+on_every_backend!(stored_subscriptions_follow_the_sessions);
 
 async fn wait_for<F: std::future::Future<Output = bool>>(mut check: impl FnMut() -> F, what: &str) {
     let start = Instant::now();
@@ -330,7 +330,7 @@ async fn sigterm_flushes_what_the_plugin_holds(backend: Backend) {
     assert_eq!(stored, messages);
     assert!(m.log_text().contains("writer flushed"), "{}", m.log_text());
 }
-on_both_backends!(sigterm_flushes_what_the_plugin_holds);
+on_every_backend!(sigterm_flushes_what_the_plugin_holds);
 
 // Our lines reach Mosquitto's log, filtered by `log.level`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -493,6 +493,52 @@ async fn the_database_frozen_and_killed_mid_stream_loses_nothing() {
             break;
         }
         assert!(start.elapsed() < LONG * 2, "stuck at {} of {} rows:\n{}", stored.len(), sent.len(), m.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(health().0, 200, "{:?}", health());
+    let (_, text) = common::curl(&format!("http://127.0.0.1:{metrics}/metrics"));
+    assert_eq!(common::metric(&text, "offline_messages_persisted_total"), sent.len() as f64, "{text}");
+}
+
+// The same on Redis (AOF with `appendfsync always`, so that a killed Redis keeps what it
+// acknowledged): frozen (SIGSTOP), then killed mid-stream; Mosquitto keeps taking publishes, the
+// spool holds them, /health says so, and once Redis is back every acknowledged message is stored
+// once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_frozen_and_killed_mid_stream_loses_nothing() {
+    const EACH: usize = 1500;
+    let mut env = TestEnv::with_redis(Backend::Redis, &["--appendonly", "yes", "--appendfsync", "always"]).await;
+    let metrics = common::free_port();
+    let hocon = format!("metrics {{ bind = \"127.0.0.1:{metrics}\" }}\n{}", env.backend_block("query_timeout = 2s"));
+    let m = Mosquitto::start(&env, &hocon).await;
+    let health = || common::curl(&format!("http://127.0.0.1:{metrics}/health"));
+    assert_eq!(health().0, 200, "{:?}", health());
+    let mut c = Client::connect(env.port, "fault-pub", true).await;
+    let sent: Vec<String> = (0..EACH * 3).map(|i| format!("f{i}")).collect();
+    for s in &sent[..EACH] {
+        assert!(c.try_publish("fault/t", s.clone()).await);
+    }
+    // Frozen: requests hang until query_timeout, then the writer spools.
+    env.redis().signal("STOP");
+    for s in &sent[EACH..EACH * 2] {
+        assert!(c.try_publish("fault/t", s.clone()).await, "Mosquitto stopped taking publishes");
+    }
+    env.redis().signal("CONT");
+    env.redis.as_mut().unwrap().kill();
+    for s in &sent[EACH * 2..] {
+        assert!(c.try_publish("fault/t", s.clone()).await, "Mosquitto stopped taking publishes");
+    }
+    wait_for(|| async { health().0 == 503 }, "/health reports the outage").await;
+    env.redis.as_mut().unwrap().restart();
+    let start = Instant::now();
+    loop {
+        // Ordered by message id: publish order.
+        let stored = env.redis().payloads();
+        if stored.len() >= sent.len() {
+            assert_eq!(stored, sent, "each once, in order");
+            break;
+        }
+        assert!(start.elapsed() < LONG * 2, "stuck at {} of {} messages:\n{}", stored.len(), sent.len(), m.log_text());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(health().0, 200, "{:?}", health());

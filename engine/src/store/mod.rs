@@ -5,6 +5,7 @@
 //! - [`sql`]: MySQL and SQLite, through the operator's SQL templates.
 //! - [`redis`]: Redis (a server, sentinels, a cluster), with the reference plugin's keys.
 
+mod history;
 pub mod redis;
 pub mod sql;
 
@@ -17,7 +18,8 @@ use crate::config::Backend;
 use crate::message::{DeliveryRecord, Message, ReplayQuery, StoredMessage, Subscription};
 use crate::template::{Bindings, TemplateError, Value, Var};
 
-pub use sql::{Admin, HistoryQuery, HistoryRow, Statements};
+pub use history::HistoryRow;
+pub use sql::{Admin, HistoryQuery, Statements};
 
 /// What the engine, the batch writer and the subscription writer ask of a backend.
 ///

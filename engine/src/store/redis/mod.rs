@@ -7,6 +7,7 @@
 //! which multiplexes them to their nodes (one round trip per node); each command is idempotent, so
 //! a retried batch stores nothing twice.
 
+mod admin;
 mod conn;
 mod keys;
 
@@ -24,6 +25,7 @@ use crate::config::RedisConfig;
 use crate::message::{Message, Properties, ReplayQuery, StoredMessage, Subscription};
 use crate::message_id::MessageId;
 use crate::topic::TopicFilter;
+pub use admin::RedisHistoryQuery;
 use conn::Connections;
 pub use keys::Keys;
 

@@ -8,7 +8,7 @@ use sqlx::{AssertSqlSafe, Row};
 use super::{connect_mysql, connect_sqlite, migrate, Pool};
 use crate::config::Backend;
 use crate::message::Properties;
-use crate::store::StoreError;
+use crate::store::{HistoryRow, StoreError};
 use crate::template::SqlTemplate;
 
 pub struct Admin {
@@ -26,21 +26,6 @@ pub struct HistoryQuery {
     pub until_ms: Option<i64>,
     pub sender: Option<String>,
     pub limit: i64,
-}
-
-/// A stored message as `history` shows it.
-#[derive(Debug, Clone)]
-pub struct HistoryRow {
-    pub id: i64,
-    pub msgid: String,
-    pub topic: String,
-    pub sender: String,
-    pub qos: i64,
-    pub retain: bool,
-    pub payload: Vec<u8>,
-    pub arrived_ms: i64,
-    pub expiry_ms: Option<i64>,
-    pub properties: Properties,
 }
 
 const MYSQL_HISTORY: &str = "select id, msgid, topic, sender, qos, retain, payload, \
@@ -143,10 +128,11 @@ impl Admin {
                         let row = row.map_err(err)?;
                         let get = |cause| StoreError::Column { key: "history", column: "mqtt_msg", cause };
                         Ok(HistoryRow {
-                            id: row
-                                .try_get::<i64, _>("id")
-                                .or_else(|_| row.try_get::<u64, _>("id").map(|v| v as i64))
-                                .map_err(get)?,
+                            id: Some(
+                                row.try_get::<i64, _>("id")
+                                    .or_else(|_| row.try_get::<u64, _>("id").map(|v| v as i64))
+                                    .map_err(get)?,
+                            ),
                             msgid: row.try_get::<Option<String>, _>("msgid").map_err(get)?.unwrap_or_default(),
                             topic: row.try_get("topic").map_err(get)?,
                             sender: row.try_get::<Option<String>, _>("sender").map_err(get)?.unwrap_or_default(),

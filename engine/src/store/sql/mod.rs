@@ -76,7 +76,7 @@ macro_rules! with_pool {
 }
 
 mod admin;
-pub use admin::{Admin, HistoryQuery, HistoryRow};
+pub use admin::{Admin, HistoryQuery};
 
 /// The config keys of the templates, `mysql.` and `sqlite.`, in [`Statements`] order.
 macro_rules! template_keys {
