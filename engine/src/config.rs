@@ -430,9 +430,8 @@ pub const DEFAULT_SESSION_EXPIRY_INTERVAL: Duration = Duration::from_secs(2 * 36
 const MAX_MQUEUE_LEN: i64 = 100_000_000;
 const CLUSTER_KEYS: &[&str] = &["mode", "node_id", "nodes", "raft_peers"];
 const TLS_LISTENER_KEYS: &[&str] = &["bind", "certfile", "keyfile"];
-const STORAGE_KEYS: &[&str] = &[
-    "enable",
-    "topics",
+/// The keys of the `mysql` and `sqlite` blocks that Redis has no use for: the schema and the templates.
+const SQL_STORAGE_KEYS: &[&str] = &[
     "init_default_schema",
     "insert_message_sql",
     "delete_message_sql",
@@ -440,12 +439,16 @@ const STORAGE_KEYS: &[&str] = &[
     "insert_subscription_sql",
     "select_subscriptions_sql",
     "delete_subscription_sql",
-    "batch_size",
-    "batch_time",
-    "query_timeout",
     "insert_delivery_sql",
     "purge_expired_sql",
     "trim_topic_sql",
+];
+const STORAGE_KEYS: &[&str] = &[
+    "enable",
+    "topics",
+    "batch_size",
+    "batch_time",
+    "query_timeout",
     "delivery_mode",
     "restore_subscriptions",
     "message_ttl",
@@ -497,14 +500,16 @@ impl Config {
             Ok(LogConfig { level: t.non_empty_string("level")?, format })
         }));
         let metrics = root.kept(root.table("metrics", METRICS_KEYS).and_then(|t| metrics(&t)));
-        let mysql = root.kept(root.table("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat()).and_then(|t| {
-            let enable = t.enable()?;
-            Ok((enable, mysql(&t)?))
-        }));
-        let sqlite = root.kept(root.table("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat()).and_then(|t| {
-            let enable = t.enable()?;
-            Ok((enable, sqlite(&t)?))
-        }));
+        let mysql =
+            root.kept(root.table("mysql", &[STORAGE_KEYS, SQL_STORAGE_KEYS, MYSQL_KEYS].concat()).and_then(|t| {
+                let enable = t.enable()?;
+                Ok((enable, mysql(&t)?))
+            }));
+        let sqlite =
+            root.kept(root.table("sqlite", &[STORAGE_KEYS, SQL_STORAGE_KEYS, SQLITE_KEYS].concat()).and_then(|t| {
+                let enable = t.enable()?;
+                Ok((enable, sqlite(&t)?))
+            }));
         let redis = root.kept(root.table("redis", &redis::redis_keys()).and_then(|t| redis::redis(&t)));
         let auth = root.kept(root.table("auth", AUTH_KEYS).and_then(|t| auth(&t)));
         // Which backend is enabled cannot be told from a broken block: its errors are recorded.
@@ -581,9 +586,9 @@ pub fn known_keys() -> Vec<String> {
     keys.extend(block("auth", AUTH_KEYS));
     keys.extend(block("auth.users[]", USER_KEYS));
     keys.extend(block("auth.acl[]", ACL_KEYS));
-    keys.extend(block("mysql", &[STORAGE_KEYS, MYSQL_KEYS].concat()));
+    keys.extend(block("mysql", &[STORAGE_KEYS, SQL_STORAGE_KEYS, MYSQL_KEYS].concat()));
     keys.extend(block("mysql.ssl", SSL_KEYS));
-    keys.extend(block("sqlite", &[STORAGE_KEYS, SQLITE_KEYS].concat()));
+    keys.extend(block("sqlite", &[STORAGE_KEYS, SQL_STORAGE_KEYS, SQLITE_KEYS].concat()));
     keys.extend(block("redis", &redis::redis_keys()));
     keys.extend(block("redis.ssl", SSL_KEYS));
     keys

@@ -25,26 +25,12 @@ const REFERENCE_KEYS: &[&str] = &[
     "ssl",
 ];
 
-/// Keys of ours that are SQL-only, so not in the `redis` block.
-const SQL_ONLY_KEYS: &[&str] = &[
-    "init_default_schema",
-    "insert_message_sql",
-    "delete_message_sql",
-    "select_message_sql",
-    "insert_subscription_sql",
-    "select_subscriptions_sql",
-    "delete_subscription_sql",
-    "insert_delivery_sql",
-    "purge_expired_sql",
-    "trim_topic_sql",
-];
-
 /// The reference's `message_ttl`.
 pub const DEFAULT_REDIS_MESSAGE_TTL: Duration = Duration::from_secs(7200);
 
 /// Every key the `redis` block accepts.
 pub(super) fn redis_keys() -> Vec<&'static str> {
-    let ours = STORAGE_KEYS.iter().filter(|k| !SQL_ONLY_KEYS.contains(k) && !REFERENCE_KEYS.contains(k));
+    let ours = STORAGE_KEYS.iter().filter(|k| !REFERENCE_KEYS.contains(k));
     REFERENCE_KEYS.iter().chain(ours).copied().collect()
 }
 
