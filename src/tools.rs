@@ -317,7 +317,7 @@ impl HistoryOutput {
         let line = if self.json { json_line(row) } else { table_line(row) };
         writeln!(self.out, "{line}")?;
         self.shown += 1;
-        if self.shown % HISTORY_PAGE as u64 == 0 {
+        if self.shown.is_multiple_of(HISTORY_PAGE as u64) {
             self.progress.show(&format!("{} messages", self.shown));
         }
         Ok(true)

@@ -339,6 +339,17 @@ impl SqlStore {
         *last_look = Some(Instant::now());
     }
 
+    /// [`ping`] on the current server's `pool`; when it does not answer and another server takes
+    /// over, on that one.
+    async fn ping_on(&self, pool: fn(&Server) -> &Pool) -> Result<(), StoreError> {
+        let (on, server) = self.server();
+        let result = ping(pool(server), self).await;
+        match self.after(on, result).await {
+            Err(_) if self.server().0 != on => ping(pool(self.server().1), self).await,
+            result => result,
+        }
+    }
+
     /// `work`, bounded by `query_timeout`.
     async fn in_time<T>(
         &self,
@@ -577,19 +588,6 @@ impl Store for SqlStore {
     }
 }
 
-impl SqlStore {
-    /// [`ping`] on the current server's `pool`; when it does not answer and another server takes
-    /// over, on that one.
-    async fn ping_on(&self, pool: fn(&Server) -> &Pool) -> Result<(), StoreError> {
-        let (on, server) = self.server();
-        let result = ping(pool(server), self).await;
-        match self.after(on, result).await {
-            Err(_) if self.server().0 != on => ping(pool(self.server().1), self).await,
-            result => result,
-        }
-    }
-}
-
 async fn ping(pool: &Pool, store: &SqlStore) -> Result<(), StoreError> {
     let err = |cause| StoreError::Query { key: "health", cause };
     with_pool!(pool, p => store.in_time("health", async { sqlx::query("select 1").execute(p).await.map(drop).map_err(err) }).await)
@@ -748,7 +746,7 @@ async fn acquire_mysql(pool: &sqlx::MySqlPool, address: &str) -> Result<(), Stor
 }
 
 /// Whether a connection's reads wait for what the rest of a Galera cluster has committed.
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy)]
 enum Reads {
     /// The writer's: it only writes.
     AsTheyCome,
