@@ -38,6 +38,13 @@ const REPLAY_FLUSH_WAIT: Duration = Duration::from_secs(10);
 /// read that was published more than `window` before the replay began (ids are handed out in time
 /// order, so a row committed late has a larger id), skipping the rows it already read since. A
 /// row read only then comes after newer ones it read before.
+///
+/// A read again that delivers rows shows that some node was still not routing to the new
+/// subscription (in raft mode the subscription reaches the other nodes' routers through Raft, a
+/// moment after its SUBACK, longer on a loaded machine): what those nodes publish meanwhile is only
+/// stored. So the replay reads again, `settle` later each time, until a read delivers nothing (a
+/// node that routes live sends its messages through the gate, and the replay skips their rows),
+/// at most [`MAX_RECHECKS`] times.
 #[derive(Clone, Copy, Debug)]
 struct ReplayRecheck {
     settle: Duration,
@@ -52,6 +59,9 @@ impl ReplayRecheck {
         ReplayRecheck { settle, window: settle + Duration::from_secs(2) }
     }
 }
+
+/// Reads again of one replay at most (see [`ReplayRecheck`]): about 5 s with the default `batch_time`.
+const MAX_RECHECKS: u32 = 10;
 
 /// Rows per purge statement: short transactions, short locks.
 const PURGE_BATCH: i64 = 1000;
@@ -408,8 +418,9 @@ impl Engine {
         let pages = self.store.replay_pages();
         let (mut after, mut delivered) = (0, 0);
         let recheck = self.recheck.filter(|_| pages);
-        // For the read again: where it starts, and the rows read since that it skips.
-        let (mut low_water, mut read_since, mut rechecking) = (0, HashSet::new(), false);
+        // For the reads again: where they start, the rows read since that they skip, how many
+        // there were, and what the current one delivered.
+        let (mut low_water, mut read_since, mut rechecks, mut found) = (0, HashSet::new(), 0, 0);
         loop {
             let query =
                 ReplayQuery { sub: &query_sub, topic_like: filter.like_pattern(), now_ms: now_ms(), after, limit };
@@ -423,8 +434,8 @@ impl Engine {
                     None => {}
                 }
                 if let (Some(r), Some(position)) = (recheck, m.position) {
-                    if rechecking {
-                        if read_since.contains(&position) {
+                    if rechecks > 0 {
+                        if !read_since.insert(position) {
                             continue;
                         }
                     } else if published_us(&m.msgid).is_some_and(|p| p + r.window.as_micros() as u64 <= started_us) {
@@ -440,13 +451,23 @@ impl Engine {
                 sink.deliver(m, now).await?;
                 Metrics::add(&self.metrics.replayed_messages, 1);
                 delivered += 1;
+                found += 1;
             }
             if !pages || read < limit {
                 match recheck {
-                    Some(r) if !rechecking => {
+                    // The first read again; then again while the last one delivered rows.
+                    Some(r) if rechecks == 0 || (found > 0 && rechecks < MAX_RECHECKS) => {
+                        if rechecks > 0 {
+                            tracing::debug!(
+                                client_id = sub.client_id,
+                                filter = text,
+                                rechecks,
+                                found,
+                                "a replay's read again delivered rows that had not come live; reading again"
+                            );
+                        }
                         tokio::time::sleep(r.settle).await;
-                        rechecking = true;
-                        after = low_water;
+                        (rechecks, found, after) = (rechecks + 1, 0, low_water);
                     }
                     _ => return Ok(delivered),
                 }
