@@ -1,15 +1,18 @@
 //! The load harness: the real broker binary, real MQTT clients (rumqttc), the real database, and
 //! every comparison in one run so that the ratios come from one machine at one time.
 //!
-//! `cargo bench --bench load` runs the comparison on MariaDB (127.0.0.1:3306, root) and SQLite,
-//! with two peers in the same run (Debian's Mosquitto 2.0 with its default config, and our broker
-//! with the plugin storing nothing), and prints a table and the goals as ratios. Flags after `--`:
-//! - `--backend mysql|sqlite`: one database only;
+//! `cargo bench --bench load` runs the comparison on MariaDB (127.0.0.1:3306, root), SQLite and
+//! Redis (a `redis-server` of the harness's own, started for each scenario on a free port in a
+//! temporary directory: Redis's built-in defaults, so no AOF, and no RDB snapshots; never the
+//! machine's shared Redis), with two peers in the same run (Debian's Mosquitto 2.0 with its default
+//! config, and our broker with the plugin storing nothing), and prints a table and the goals as
+//! ratios. Flags after `--`:
+//! - `--backend mysql|sqlite|redis`: one database only;
 //! - `--quick`: a twentieth of the messages;
 //! - `--smoke`: a few thousand messages per scenario; fails only if a scenario cannot run or a
 //!   message is lost (no timing is asserted: CI runs it, see `.ci/run`);
 //! - `--only a,b`: these scenarios only (ceiling, broker-only, mosquitto, reference-like, async,
-//!   paced, sync-64, replay);
+//!   paced, sync, sync-64, replay; `cluster` when built with `--features cluster`);
 //! - `--rate N`: the paced scenarios' rate in msg/s (default: half of what `broker-only` reached);
 //! - `--sweep`: adds the batch_size sweep behind the plot;
 //! - `--perf SCENARIO`: records a CPU profile of the broker process while that scenario's load
@@ -22,6 +25,11 @@
 //!   subscribers to `bench/#`, with which the persisting scenarios run in `fanout` mode so that
 //!   acknowledgements do not empty the table being counted).
 //!
+//! Built with `--features cluster` (`cargo bench --features cluster --bench load -- --only
+//! cluster`), the `cluster` scenario runs the `async` load on MariaDB through one broker and
+//! through three brokers on this machine as one cluster (broadcast and raft modes, publishers spread
+//! over the nodes), each also with nothing stored.
+//!
 //! `BENCH_BROKER=/path/to/mqtt-offline-messages` runs another build of the broker instead of this
 //! one (to compare two builds with the same harness). Results also go to `target/bench/results.csv` (read by `benches/plot.py`).
 
@@ -32,9 +40,11 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use mqtt_offline_messages::config::Templates;
+use mqtt_offline_messages::config::{Templates, DEFAULT_REDIS_MESSAGE_TTL};
 use mqtt_offline_messages::message::{Message, Publish};
 use mqtt_offline_messages::message_id::MessageIdGenerator;
+use mqtt_offline_messages::store::redis::{batch_commands, Keys};
+use mqtt_offline_messages::store::Batch;
 use mqtt_offline_messages::template::{Dialect, SqlTemplate, Value, MESSAGE_VARS};
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use sqlx::{Connection, Executor};
@@ -60,6 +70,7 @@ const CHUNK: usize = 1000;
 enum Db {
     MySql,
     Sqlite,
+    Redis,
 }
 
 /// One MQTT load: `publishers` connections, each with up to `inflight` unacknowledged publishes,
@@ -155,6 +166,8 @@ struct Store {
     db: Db,
     name: String,
     dir: PathBuf,
+    /// The Redis server of this store (`Db::Redis`).
+    redis: Option<RedisServer>,
 }
 
 impl Store {
@@ -167,17 +180,24 @@ impl Store {
         }
         let dir = dir.join(&name);
         std::fs::create_dir_all(&dir).unwrap();
-        Store { db, name, dir }
+        let redis = (db == Db::Redis).then(|| RedisServer::start(&dir.join("redis")));
+        Store { db, name, dir, redis }
     }
 
     /// The config file of a broker on this store, with `extra` keys in the backend block.
     fn config(&self, extra: &str) -> PathBuf {
+        self.config_file("config.hocon", "", &self.dir, extra)
+    }
+
+    /// The config file `file` of a broker on this store: `before` ahead of the backend block (the
+    /// `broker` block), the spool and dead-letter file in `dir`, `extra` keys in the backend block.
+    fn config_file(&self, file: &str, before: &str, dir: &Path, extra: &str) -> PathBuf {
         let extra = format!(
             "dead_letter_file = \"{}\"\n spool_dir = \"{}\"\n {extra}",
-            self.dir.join("dead.jsonl").display(),
-            self.dir.join("spool").display()
+            dir.join("dead.jsonl").display(),
+            dir.join("spool").display()
         );
-        let text = match self.db {
+        let block = match self.db {
             Db::MySql => format!(
                 "mysql {{\n enable = true\n server = \"{MYSQL}\"\n username = root\n database = {}\n init_default_schema = true\n topics = [\"#\"]\n {extra}\n}}\n",
                 self.name
@@ -186,9 +206,13 @@ impl Store {
                 "sqlite {{\n enable = true\n path = \"{}\"\n init_default_schema = true\n topics = [\"#\"]\n {extra}\n}}\n",
                 self.sqlite_path().display()
             ),
+            Db::Redis => format!(
+                "redis {{\n enable = true\n servers = \"127.0.0.1:{}\"\n topics = [\"#\"]\n {extra}\n}}\nsqlite {{ enable = false }}\n",
+                self.redis().port
+            ),
         };
-        let path = self.dir.join("config.hocon");
-        std::fs::write(&path, text).unwrap();
+        let path = self.dir.join(file);
+        std::fs::write(&path, format!("{before}{block}")).unwrap();
         path
     }
 
@@ -196,9 +220,16 @@ impl Store {
         self.dir.join("bench.db")
     }
 
+    fn redis(&self) -> &RedisServer {
+        self.redis.as_ref().expect("a Redis store")
+    }
+
     /// The default schema, from the broker's own migrations (`mqtt-offline-messages migrate`),
-    /// complete when this returns.
+    /// complete when this returns. Redis has no schema.
     fn migrate(&self) {
+        if self.db == Db::Redis {
+            return;
+        }
         let out = Command::new(bin()).args(["migrate", "--config"]).arg(self.config("")).output().unwrap();
         assert!(
             out.status.success(),
@@ -208,6 +239,8 @@ impl Store {
         );
     }
 
+    /// Messages stored: rows of `mqtt_msg`; on Redis, message ids in the topics' sorted sets (each
+    /// written in one `MULTI`/`EXEC` with its message's hash, see [`Store::check_redis_hashes`]).
     async fn count(&self) -> i64 {
         match self.db {
             Db::MySql => {
@@ -219,6 +252,7 @@ impl Store {
                 let mut c = sqlx::SqliteConnection::connect(&url).await.unwrap();
                 sqlx::query_scalar("select count(*) from mqtt_msg").fetch_one(&mut c).await.unwrap()
             }
+            Db::Redis => self.redis().indexed(),
         }
     }
 
@@ -231,6 +265,7 @@ impl Store {
             if count >= n as i64 {
                 let took = since.elapsed();
                 assert_eq!(count, n as i64, "{} rows stored for {n} messages published", count);
+                self.check_redis_hashes(n);
                 return took;
             }
             if count != last {
@@ -241,12 +276,128 @@ impl Store {
         }
     }
 
+    /// On Redis, after the count: as many message hashes as ids, each with its payload.
+    fn check_redis_hashes(&self, n: usize) {
+        if let Some(redis) = &self.redis {
+            assert_eq!(redis.hashes(), n, "message hashes in Redis for {n} ids in the topics' sorted sets");
+        }
+    }
+
+    /// CPU seconds of the database server: MariaDB's (which serves others too), this store's
+    /// Redis; none for SQLite, which runs inside the broker.
+    fn server_cpu_seconds(&self) -> f64 {
+        match self.db {
+            Db::MySql => mariadb_cpu_seconds(),
+            Db::Sqlite => 0.0,
+            Db::Redis => cpu_seconds(&self.redis().child.id().to_string()),
+        }
+    }
+
     async fn drop_db(&self) {
         if self.db == Db::MySql {
             let mut c = sqlx::MySqlConnection::connect(&mysql_url("mysql")).await.unwrap();
             let _ = c.execute(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS `{}`", self.name))).await;
         }
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The key layout the plugin writes with its default prefixes (`mqtt:msg`, `mqtt:sub`).
+fn redis_keys() -> Keys {
+    Keys::new("mqtt:msg", "mqtt:sub")
+}
+
+/// A `redis-server` of the bench's own on a free port, its files in `dir`, killed when dropped.
+/// Redis's built-in defaults (no config file: `appendonly no`), but for `--save ""`: no RDB
+/// snapshot forks in the middle of one scenario and not another.
+struct RedisServer {
+    child: Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start(dir: &Path) -> RedisServer {
+        std::fs::create_dir_all(dir).unwrap();
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .arg("--logfile")
+            .arg(dir.join("redis.log"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("redis-server (Debian package redis-server): {e}"));
+        let server = RedisServer { child, port };
+        let start = Instant::now();
+        while server.try_conn().is_err() {
+            assert!(start.elapsed() < Duration::from_secs(30), "redis-server on port {port} did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    fn try_conn(&self) -> redis::RedisResult<redis::Connection> {
+        let mut c = redis::Client::open(format!("redis://127.0.0.1:{}/", self.port))?.get_connection()?;
+        redis::cmd("PING").query::<String>(&mut c)?;
+        Ok(c)
+    }
+
+    fn conn(&self) -> redis::Connection {
+        self.try_conn().unwrap()
+    }
+
+    /// Message ids in the sorted sets of the topics the plugin lists (`SMEMBERS` of its topic
+    /// list, then `ZCARD` of each set, in one pipeline).
+    fn indexed(&self) -> i64 {
+        let keys = redis_keys();
+        let mut c = self.conn();
+        let topics: Vec<String> = redis::cmd("SMEMBERS").arg(keys.topics()).query(&mut c).unwrap();
+        let mut pipe = redis::pipe();
+        for t in &topics {
+            pipe.cmd("ZCARD").arg(keys.topic(t));
+        }
+        let sizes: Vec<i64> = pipe.query(&mut c).unwrap();
+        sizes.iter().sum()
+    }
+
+    /// Message hashes (`SCAN ... TYPE hash` over the message prefix) that hold a payload.
+    fn hashes(&self) -> usize {
+        let keys = redis_keys();
+        let pattern = keys.message("*");
+        let mut c = self.conn();
+        let (mut cursor, mut n) = (0u64, 0);
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(10_000)
+                .arg("TYPE")
+                .arg("hash")
+                .query(&mut c)
+                .unwrap();
+            let mut pipe = redis::pipe();
+            for key in &batch {
+                pipe.cmd("HEXISTS").arg(key).arg("payload");
+            }
+            let has: Vec<bool> = if batch.is_empty() { Vec::new() } else { pipe.query(&mut c).unwrap() };
+            n += has.into_iter().filter(|h| *h).count();
+            if next == 0 {
+                return n;
+            }
+            cursor = next;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -264,12 +415,14 @@ struct Server {
 impl Server {
     /// Our broker on `store`, with `extra` keys in its backend block.
     async fn ours(store: &Store, extra: &str) -> Server {
-        let config = store.config(extra);
-        let port = free_port();
-        let log = store.dir.join("broker.log");
+        Server::ours_with(&store.config(extra), store.dir.join("broker.log"), free_port()).await
+    }
+
+    /// Our broker with the config file `config`, logging to `log`, serving MQTT on `port`.
+    async fn ours_with(config: &Path, log: PathBuf, port: u16) -> Server {
         let child = Command::new(bin())
             .args(["run", "--config"])
-            .arg(&config)
+            .arg(config)
             .args(["--bind", &format!("127.0.0.1:{port}")])
             .env("RUST_LOG", std::env::var("BENCH_RUST_LOG").unwrap_or("warn".into()))
             .stdin(Stdio::null())
@@ -302,7 +455,8 @@ impl Server {
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!("the broker exited ({status}) at start-up; its log:\n{}", self.log_text());
             }
-            let mut opts = MqttOptions::new("bench-ready", "127.0.0.1", self.port);
+            // One client id per server: a cluster's nodes share their sessions.
+            let mut opts = MqttOptions::new(format!("bench-ready-{}", self.port), "127.0.0.1", self.port);
             opts.set_keep_alive(Duration::from_secs(10));
             let (client, mut eventloop) = AsyncClient::new(opts, 10);
             let answered = tokio::time::timeout(Duration::from_secs(5), async {
@@ -432,9 +586,9 @@ fn mariadb_cpu_seconds() -> f64 {
     }
 }
 
-/// CPU counters at the start of a measurement: the broker's, the database's, ours, the machine's.
+/// CPU counters at the start of a measurement: the brokers', the database's, ours, the machine's.
 struct Cpu {
-    broker: f64,
+    brokers: f64,
     db: f64,
     harness: f64,
     machine: f64,
@@ -442,21 +596,22 @@ struct Cpu {
 }
 
 impl Cpu {
-    fn now(broker: Option<&Server>) -> Cpu {
+    fn now(brokers: &[&Server], store: &Store) -> Cpu {
         Cpu {
-            broker: broker.map_or(0.0, Server::cpu_seconds),
-            db: mariadb_cpu_seconds(),
+            brokers: brokers.iter().map(|b| b.cpu_seconds()).sum(),
+            db: store.server_cpu_seconds(),
             harness: cpu_seconds("self"),
             machine: machine_cpu_seconds(),
             at: Instant::now(),
         }
     }
 
-    /// Fills the CPU columns of `o` for the time since `self`; `db_counts`: the database is MariaDB.
-    fn fill(&self, o: &mut Outcome, broker: Option<&Server>, db_counts: bool) {
+    /// Fills the CPU columns of `o` for the time since `self`; `db_counts`: the database's work
+    /// is part of the scenario (it stores something).
+    fn fill(&self, o: &mut Outcome, brokers: &[&Server], store: &Store, db_counts: bool) {
         let wall = self.at.elapsed().as_secs_f64();
-        let broker = broker.map_or(0.0, |b| b.cpu_seconds() - self.broker);
-        let db = if db_counts { mariadb_cpu_seconds() - self.db } else { 0.0 };
+        let broker = brokers.iter().map(|b| b.cpu_seconds()).sum::<f64>() - self.brokers;
+        let db = if db_counts { store.server_cpu_seconds() - self.db } else { 0.0 };
         let ours = broker + db + cpu_seconds("self") - self.harness;
         let all = machine_cpu_seconds() - self.machine;
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
@@ -468,15 +623,16 @@ impl Cpu {
     }
 }
 
-/// Runs `load` against the broker; returns (elapsed, PUBACK latencies in ms). Panics when a
-/// publisher's connection fails or its PUBACKs stop coming.
-async fn publish(port: u16, load: Load) -> (Duration, Vec<f64>) {
+/// Runs `load` against the brokers (publisher `k` on `ports[k % ports.len()]`); returns (elapsed,
+/// PUBACK latencies in ms). Panics when a publisher's connection fails or its PUBACKs stop coming.
+async fn publish(ports: &[u16], load: Load) -> (Duration, Vec<f64>) {
     let per = load.per_publisher();
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(load.total())));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for k in 0..load.publishers {
         let latencies = latencies.clone();
+        let port = ports[k % ports.len()];
         tasks.push(tokio::spawn(async move {
             let mut opts = MqttOptions::new(format!("bench-pub-{k}"), "127.0.0.1", port);
             opts.set_inflight(load.inflight as u16).set_keep_alive(Duration::from_secs(60));
@@ -609,8 +765,8 @@ async fn through_broker(db: Db, dir: &Path, n: usize, scenario: &str, through: T
     };
     let subscribers = LiveSubscribers::start(server.port, load.subscribers).await;
     let perf = Perf::attach(scenario, &server);
-    let cpu = Cpu::now(Some(&server));
-    let (elapsed, lat) = publish(server.port, load).await;
+    let cpu = Cpu::now(&[&server], &store);
+    let (elapsed, lat) = publish(&[server.port], load).await;
     let persisted = if persists { store.wait_rows(load.total(), cpu.at).await } else { elapsed };
     drop(perf);
     let messages = load.total();
@@ -627,7 +783,7 @@ async fn through_broker(db: Db, dir: &Path, n: usize, scenario: &str, through: T
         peak_rss_mib: server.peak_rss_mib(),
         ..Outcome::default()
     };
-    cpu.fill(&mut outcome, Some(&server), db == Db::MySql && persists);
+    cpu.fill(&mut outcome, &[&server], &store, persists);
     drop(subscribers);
     drop(server);
     store.drop_db().await;
@@ -646,6 +802,7 @@ fn name(db: Db) -> &'static str {
     match db {
         Db::MySql => "mariadb",
         Db::Sqlite => "sqlite",
+        Db::Redis => "redis",
     }
 }
 
@@ -661,10 +818,12 @@ enum Insert {
     Default { reused: bool },
 }
 
-/// `rows` messages, as the product makes them (its message ids, 100-byte payloads by default).
-fn messages(load: Load) -> Vec<Message> {
+/// `rows` messages, as the product makes them (its message ids, 100-byte payloads by default,
+/// published now); `ttl`: they expire that long after (the engine's `message_ttl`).
+fn messages(load: Load, ttl: Option<Duration>) -> Vec<Message> {
     let ids = MessageIdGenerator::new(7);
     let payload: Vec<u8> = vec![b'x'; load.payload];
+    let now_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     (0..load.total())
         .map(|n| {
             let publish = Publish {
@@ -673,18 +832,44 @@ fn messages(load: Load) -> Vec<Message> {
                 qos: 1,
                 retain: false,
                 payload: payload.clone().into(),
-                timestamp_ms: 1_795_000_000_000 + n as i64,
+                timestamp_ms: now_ms,
                 ..Publish::default()
             };
-            Message::new(ids.next_id(), publish, None)
+            let expiry = ttl.map(|ttl| now_ms + ttl.as_millis() as i64);
+            Message::new(ids.next_id(), publish, expiry)
         })
         .collect()
+}
+
+/// Writes the messages of `load` into Redis with the commands the plugin sends for a batch of
+/// them (`batch_commands`: its keys, `message_ttl`'s expiry), from one connection, one
+/// `MULTI`/`EXEC` pipeline of `CHUNK` messages at a time, as the writer sends a full batch; returns
+/// the time it took.
+fn fill_redis(redis: &RedisServer, load: Load) -> Duration {
+    let rows = messages(load, Some(DEFAULT_REDIS_MESSAGE_TTL));
+    let keys = redis_keys();
+    let mut c = redis.conn();
+    let start = Instant::now();
+    for chunk in rows.chunks(CHUNK) {
+        let batch = Batch { inserts: chunk.to_vec(), ..Batch::default() };
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for cmd in batch_commands(&keys, Some(DEFAULT_REDIS_MESSAGE_TTL), &batch) {
+            pipe.add_command(cmd).ignore();
+        }
+        pipe.query::<()>(&mut c).unwrap();
+    }
+    start.elapsed()
 }
 
 /// Writes the messages of `load` straight into the migrated default schema with `CHUNK`-row
 /// INSERTs from one connection, one transaction per INSERT; returns the time it took.
 async fn fill_directly(store: &Store, load: Load, insert: Insert) -> Duration {
-    let rows = messages(load);
+    if store.db == Db::Redis {
+        assert!(insert == Insert::Lean, "Redis has one way to write a message");
+        return fill_redis(store.redis(), load);
+    }
+    let rows = messages(load, None);
     let sql = match insert {
         Insert::Lean => {
             let arrived = if store.db == Db::MySql { "FROM_UNIXTIME(?/1000)" } else { "?" };
@@ -725,6 +910,7 @@ async fn fill_directly(store: &Store, load: Load, insert: Insert) -> Duration {
                 .await
                 .unwrap())
         }
+        Db::Redis => unreachable!("filled above"),
     }
     start.elapsed()
 }
@@ -777,7 +963,7 @@ async fn direct(
             c.execute(sqlx::AssertSqlSafe(format!("alter table mqtt_msg drop index {index}"))).await.unwrap();
         }
     }
-    let cpu = Cpu::now(None);
+    let cpu = Cpu::now(&[], &store);
     let took = fill_directly(&store, load, insert).await;
     let rows = load.total();
     let mut outcome = Outcome {
@@ -788,8 +974,9 @@ async fn direct(
         persisted_per_s: rows as f64 / took.as_secs_f64(),
         ..Outcome::default()
     };
-    cpu.fill(&mut outcome, None, db == Db::MySql);
+    cpu.fill(&mut outcome, &[], &store, true);
     assert_eq!(store.count().await, rows as i64, "{scenario}: rows missing");
+    store.check_redis_hashes(rows);
     store.drop_db().await;
     outcome
 }
@@ -806,7 +993,7 @@ async fn replay(db: Db, dir: &Path, n: usize, load: Load) -> Outcome {
     opts.set_keep_alive(Duration::from_secs(60));
     let (client, mut eventloop) = AsyncClient::new(opts, 100);
     let perf = Perf::attach("replay", &broker);
-    let cpu = Cpu::now(Some(&broker));
+    let cpu = Cpu::now(&[&broker], &store);
     client.subscribe("bench/#", QoS::AtLeastOnce).await.unwrap();
     let mut got = 0;
     while got < rows {
@@ -829,7 +1016,7 @@ async fn replay(db: Db, dir: &Path, n: usize, load: Load) -> Outcome {
         rss_before_mib: rss_idle,
         ..Outcome::default()
     };
-    cpu.fill(&mut outcome, Some(&broker), db == Db::MySql);
+    cpu.fill(&mut outcome, &[&broker], &store, true);
     drop(broker);
     store.drop_db().await;
     outcome
@@ -876,7 +1063,7 @@ fn print_table(rows: &[Outcome]) {
     }
 }
 
-/// The goals of issue 11 as ratios measured in this run.
+/// The goals of issue 11 (MariaDB, SQLite) and issue 14 (Redis) as ratios measured in this run.
 fn ratios(rows: &[Outcome], db: &str, paced: &str) {
     let get = |s: &str| rows.iter().find(|o| o.scenario == s && o.db == db);
     let (Some(ceiling), Some(only), Some(asy)) = (get("ceiling"), get("broker-only"), get("async")) else {
@@ -894,8 +1081,9 @@ fn ratios(rows: &[Outcome], db: &str, paced: &str) {
         );
     }
     println!(
-        "  async persisted / ceiling              = {:.2} (goal >= 0.8): {:.0} / {:.0} rows/s",
+        "  async persisted / ceiling              = {:.2} (goal >= {}): {:.0} / {:.0} msg/s",
         asy.persisted_per_s / ceiling.persisted_per_s,
+        if db == "redis" { "0.7" } else { "0.8" },
         asy.persisted_per_s,
         ceiling.persisted_per_s
     );
@@ -911,12 +1099,14 @@ fn ratios(rows: &[Outcome], db: &str, paced: &str) {
         asy.p99_ms,
         only.p99_ms
     );
-    if let Some(s) = get("sync-64") {
-        println!(
-            "  sync-64 persisted / ceiling            = {:.2}, PUBACK p99 {:.2} ms",
-            s.persisted_per_s / ceiling.persisted_per_s,
-            s.p99_ms
-        );
+    for scenario in ["sync", "sync-64"] {
+        if let Some(s) = get(scenario) {
+            println!(
+                "  {scenario:<7} persisted / ceiling            = {:.2}, PUBACK p99 {:.2} ms",
+                s.persisted_per_s / ceiling.persisted_per_s,
+                s.p99_ms
+            );
+        }
     }
 }
 
@@ -973,6 +1163,204 @@ async fn insert_costs(dir: &Path, load: Load, next: &mut impl FnMut() -> usize) 
     rows
 }
 
+/// One broker against three brokers on this machine as one cluster (`--features cluster`, the
+/// `cluster` scenario): the `async` load on MariaDB, the publishers spread over the nodes.
+#[cfg(feature = "cluster")]
+mod cluster {
+    use super::*;
+
+    /// Each shape runs with nothing stored (`-only`) and with the defaults (`-async`): one broker
+    /// (no `broker.cluster` block), three nodes in broadcast mode, three in raft mode.
+    const SHAPES: [(&str, Option<&str>, usize); 3] =
+        [("one-node", None, 1), ("broadcast-3", Some("broadcast"), 3), ("raft-3", Some("raft"), 3)];
+
+    /// `smoke`: the storing ones only (what can lose a message; each start of a cluster costs
+    /// CI seconds).
+    pub async fn scenarios(dir: &Path, next: &mut impl FnMut() -> usize, load: Load, smoke: bool) -> Vec<Outcome> {
+        let mut rows = Vec::new();
+        for (shape, mode, nodes) in SHAPES {
+            for persists in [false, true].into_iter().filter(|p| *p || !smoke) {
+                let scenario = format!("{shape}-{}", if persists { "async" } else { "only" });
+                eprintln!("mariadb: cluster: {scenario}");
+                rows.push(run(dir, next(), &scenario, mode, nodes, persists, load).await);
+            }
+        }
+        rows
+    }
+
+    /// The load through `nodes` brokers (publisher `k` on node `k % nodes`); *us/msg* and *MiB*
+    /// are the nodes' together.
+    async fn run(
+        dir: &Path,
+        n: usize,
+        scenario: &str,
+        mode: Option<&str>,
+        nodes: usize,
+        persists: bool,
+        load: Load,
+    ) -> Outcome {
+        let store = Store::new(Db::MySql, dir, n).await;
+        store.migrate();
+        let servers = start(&store, mode, nodes, if persists { "" } else { "topics = []" }).await;
+        let brokers: Vec<&Server> = servers.iter().collect();
+        let ports: Vec<u16> = servers.iter().map(|s| s.port).collect();
+        let perf = Perf::attach(scenario, &servers[0]);
+        let cpu = Cpu::now(&brokers, &store);
+        let (elapsed, lat) = publish(&ports, load).await;
+        let persisted = if persists { store.wait_rows(load.total(), cpu.at).await } else { elapsed };
+        drop(perf);
+        let messages = load.total();
+        let mut outcome = Outcome {
+            scenario: scenario.into(),
+            db: name(Db::MySql),
+            batch_size: mqtt_offline_messages::config::DEFAULT_BATCH_SIZE,
+            messages,
+            published_per_s: messages as f64 / elapsed.as_secs_f64(),
+            persisted_per_s: if persists { messages as f64 / persisted.as_secs_f64() } else { 0.0 },
+            p50_ms: percentile(&lat, 0.5),
+            p99_ms: percentile(&lat, 0.99),
+            max_ms: lat.last().copied().unwrap_or(0.0),
+            peak_rss_mib: servers.iter().map(Server::peak_rss_mib).sum(),
+            ..Outcome::default()
+        };
+        cpu.fill(&mut outcome, &brokers, &store, persists);
+        drop(brokers);
+        drop(servers);
+        store.drop_db().await;
+        outcome
+    }
+
+    /// One broker (`mode` `None`), or `nodes` nodes of one cluster started one after the other as
+    /// the README says (node 1 first), each with its own ports, spool and log, once every node
+    /// routes to every other.
+    async fn start(store: &Store, mode: Option<&str>, nodes: usize, extra: &str) -> Vec<Server> {
+        let Some(mode) = mode else {
+            return vec![Server::ours(store, extra).await];
+        };
+        let list = |ports: &[u16]| {
+            let entries: Vec<String> =
+                ports.iter().enumerate().map(|(i, p)| format!("\"{}@127.0.0.1:{p}\"", i + 1)).collect();
+            format!("[{}]", entries.join(", "))
+        };
+        let grpc: Vec<u16> = (0..nodes).map(|_| fixed_port()).collect();
+        let raft: Vec<u16> = (0..nodes).map(|_| fixed_port()).collect();
+        let peers = if mode == "raft" { format!("raft_peers = {}", list(&raft)) } else { String::new() };
+        let mut servers = Vec::new();
+        for node in 1..=nodes {
+            let cluster = format!(
+                "broker.cluster {{\n mode = {mode}\n node_id = {node}\n nodes = {}\n {peers}\n}}\n",
+                list(&grpc)
+            );
+            let node_dir = store.dir.join(format!("node-{node}"));
+            std::fs::create_dir_all(&node_dir).unwrap();
+            let config = store.config_file(&format!("config-{node}.hocon"), &cluster, &node_dir, extra);
+            servers.push(Server::ours_with(&config, node_dir.join("broker.log"), fixed_port()).await);
+        }
+        wait_routing(&servers).await;
+        servers
+    }
+
+    /// A free port below Linux's ephemeral range (32768 and up), so that no outgoing connection
+    /// takes it between now and the node's bind, and not one given before in this run.
+    fn fixed_port() -> u16 {
+        static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+        let mut seed = u64::from(std::process::id()) << 32 | u64::from(nanos);
+        loop {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            let port = 10_000 + ((seed >> 33) % 22_000) as u16;
+            let mut given = GIVEN.lock().unwrap();
+            if !given.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+                given.push(port);
+                return port;
+            }
+        }
+    }
+
+    /// Waits until a QoS 0 publish (never stored) on each node reaches a subscriber on every other:
+    /// the nodes have found each other (raft mode: a leader and its members).
+    async fn wait_routing(servers: &[Server]) {
+        let start = Instant::now();
+        for to in servers {
+            let topic = format!("probe/{}", to.port);
+            let (sub, mut got, sub_task) = probe_client(format!("bench-probe-sub-{}", to.port), to.port);
+            sub.subscribe(&topic, QoS::AtMostOnce).await.unwrap();
+            for from in servers.iter().filter(|s| s.port != to.port) {
+                let (publisher, _, pub_task) = probe_client(format!("bench-probe-pub-{}", from.port), from.port);
+                loop {
+                    publisher.publish(&topic, QoS::AtMostOnce, false, "probe").await.unwrap();
+                    if tokio::time::timeout(Duration::from_millis(300), got.recv()).await.is_ok() {
+                        break;
+                    }
+                    assert!(
+                        start.elapsed() < Duration::from_secs(180),
+                        "node on {} does not route to node on {} after 180 s; its log:\n{}",
+                        from.port,
+                        to.port,
+                        from.log_text()
+                    );
+                }
+                pub_task.abort();
+            }
+            sub_task.abort();
+        }
+    }
+
+    /// A client whose event loop runs in a task (reconnecting after errors); the topics of the
+    /// publishes it receives come out of the receiver.
+    fn probe_client(
+        id: String,
+        port: u16,
+    ) -> (AsyncClient, tokio::sync::mpsc::UnboundedReceiver<String>, tokio::task::JoinHandle<()>) {
+        let mut opts = MqttOptions::new(id, "127.0.0.1", port);
+        opts.set_keep_alive(Duration::from_secs(30));
+        let (client, mut eventloop) = AsyncClient::new(opts, 10);
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let task = tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(p.topic);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        (client, rx, task)
+    }
+
+    /// Three nodes against one, measured in this run.
+    pub fn ratios(rows: &[Outcome]) {
+        let get = |s: &str| rows.iter().find(|o| o.scenario == s);
+        let (Some(one), Some(one_only)) = (get("one-node-async"), get("one-node-only")) else { return };
+        println!("\ncluster (MariaDB): three nodes on this machine against one, measured in this run");
+        for mode in ["broadcast", "raft"] {
+            let (Some(three), Some(three_only)) = (get(&format!("{mode}-3-async")), get(&format!("{mode}-3-only")))
+            else {
+                continue;
+            };
+            println!(
+                "  {mode:<9} persisted 3 / 1 = {:.2} ({:.0} / {:.0} msg/s); nothing stored, published 3 / 1 = {:.2} ({:.0} / {:.0})",
+                three.persisted_per_s / one.persisted_per_s,
+                three.persisted_per_s,
+                one.persisted_per_s,
+                three_only.published_per_s / one_only.published_per_s,
+                three_only.published_per_s,
+                one_only.published_per_s
+            );
+            println!(
+                "  {mode:<9} broker CPU per msg 3 / 1 = {:.2} ({:.1} / {:.1} us, nodes together), MariaDB {:.1} / {:.1} us",
+                three.cpu_us_per_msg / one.cpu_us_per_msg,
+                three.cpu_us_per_msg,
+                one.cpu_us_per_msg,
+                three.db_cpu_us_per_msg,
+                one.db_cpu_us_per_msg
+            );
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -981,10 +1369,13 @@ async fn main() {
     let after = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
     let only = after("--backend");
     PERF_SCENARIO.set(after("--perf")).unwrap();
-    let dbs: Vec<Db> = [Db::MySql, Db::Sqlite]
-        .into_iter()
-        .filter(|d| only.as_deref().is_none_or(|o| (o == "mysql") == (*d == Db::MySql)))
-        .collect();
+    let dbs: Vec<Db> = match only.as_deref() {
+        None => vec![Db::MySql, Db::Sqlite, Db::Redis],
+        Some("mysql") => vec![Db::MySql],
+        Some("sqlite") => vec![Db::Sqlite],
+        Some("redis") => vec![Db::Redis],
+        Some(other) => panic!("--backend {other}: mysql, sqlite or redis"),
+    };
     let scale = if smoke {
         50
     } else if quick {
@@ -1021,7 +1412,7 @@ async fn main() {
         return;
     }
     // `--only a,b`: these scenarios only (ceiling, broker-only, mosquitto, reference-like, async,
-    // paced, sync-64, replay).
+    // paced, sync, sync-64, replay, cluster).
     let chosen = after("--only");
     let wants = |s: &str| chosen.as_deref().is_none_or(|c| c.split(',').any(|c| c == s));
     // The paced scenarios' rate, once `broker-only` has run: the same for every backend.
@@ -1068,6 +1459,10 @@ async fn main() {
             rows.push(through_broker(db, dir.path(), next(), &scenario, ours("", true), paced).await);
         }
         mosquitto_done |= mosquitto;
+        if wants("sync") {
+            eprintln!("{db_name}: sync");
+            rows.push(through_broker(db, dir.path(), next(), "sync", ours("write_mode = sync", true), throughput).await);
+        }
         if wants("sync-64") {
             eprintln!("{db_name}: sync-64");
             let sync = ours("write_mode = sync", true);
@@ -1076,6 +1471,10 @@ async fn main() {
         if wants("replay") {
             eprintln!("{db_name}: replay");
             rows.push(replay(db, dir.path(), next(), backlog).await);
+        }
+        #[cfg(feature = "cluster")]
+        if db == Db::MySql && wants("cluster") {
+            rows.extend(cluster::scenarios(dir.path(), &mut next, throughput, smoke).await);
         }
         if sweep {
             for batch in [1, 10, 100, 1000, 10000] {
@@ -1091,8 +1490,12 @@ async fn main() {
     }
     print_table(&rows);
     let at = rate.map_or(String::new(), |r| format!("{}k", r / 1000.0));
-    for db in ["mariadb", "sqlite"].into_iter().filter(|_| !smoke) {
+    for db in ["mariadb", "sqlite", "redis"].into_iter().filter(|_| !smoke) {
         ratios(&rows, db, &at);
+    }
+    #[cfg(feature = "cluster")]
+    if !smoke {
+        cluster::ratios(&rows);
     }
     println!("\nresults: {}", write_csv(&rows).display());
     if smoke {
