@@ -8,12 +8,16 @@
 //! config, and our broker with the plugin storing nothing), and prints a table and the goals as
 //! ratios. Flags after `--`:
 //! - `--backend mysql|sqlite|redis`: one database only;
+//! - `--redis-aof`: the Redis servers with `appendonly yes` (and Redis's default `appendfsync
+//!   everysec` with it);
 //! - `--quick`: a twentieth of the messages;
 //! - `--smoke`: a few thousand messages per scenario; fails only if a scenario cannot run or a
 //!   message is lost (no timing is asserted: CI runs it, see `.ci/run`);
 //! - `--only a,b`: these scenarios only (ceiling, broker-only, mosquitto, reference-like, async,
 //!   paced, sync, sync-64, replay; `cluster` when built with `--features cluster`);
 //! - `--rate N`: the paced scenarios' rate in msg/s (default: half of what `broker-only` reached);
+//! - `--repeat N`: every scenario N times, in rounds (each round runs them all in turn, so that
+//!   what else runs on the machine weighs on each alike); the ratios take each figure's median;
 //! - `--sweep`: adds the batch_size sweep behind the plot;
 //! - `--perf SCENARIO`: records a CPU profile of the broker process while that scenario's load
 //!   runs (`perf record -e cpu-clock --call-graph dwarf`) into `target/bench/SCENARIO.perf.data`,
@@ -307,9 +311,12 @@ fn redis_keys() -> Keys {
     Keys::new("mqtt:msg", "mqtt:sub")
 }
 
+/// `--redis-aof`: the Redis servers append every write to their AOF (`appendfsync everysec`).
+static REDIS_AOF: OnceLock<bool> = OnceLock::new();
+
 /// A `redis-server` of the bench's own on a free port, its files in `dir`, killed when dropped.
-/// Redis's built-in defaults (no config file: `appendonly no`), but for `--save ""`: no RDB
-/// snapshot forks in the middle of one scenario and not another.
+/// Redis's built-in defaults (no config file: `appendonly no`, unless `--redis-aof`), but for
+/// `--save ""`: no RDB snapshot forks in the middle of one scenario and not another.
 struct RedisServer {
     child: Child,
     port: u16,
@@ -320,7 +327,8 @@ impl RedisServer {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
+            .args(["--appendonly", if REDIS_AOF.get() == Some(&true) { "yes" } else { "no" }])
             .arg("--dir")
             .arg(dir)
             .arg("--logfile")
@@ -1063,9 +1071,35 @@ fn print_table(rows: &[Outcome]) {
     }
 }
 
+/// What `scenario` measured on `db`: with `--repeat`, each figure's median over the rounds.
+fn median(rows: &[Outcome], scenario: &str, db: &str) -> Option<Outcome> {
+    let runs: Vec<&Outcome> = rows.iter().filter(|o| o.scenario == scenario && o.db == db).collect();
+    let first = *runs.first()?;
+    let of = |f: fn(&Outcome) -> f64| {
+        let mut v: Vec<f64> = runs.iter().map(|o| f(o)).collect();
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    Some(Outcome {
+        published_per_s: of(|o| o.published_per_s),
+        persisted_per_s: of(|o| o.persisted_per_s),
+        p50_ms: of(|o| o.p50_ms),
+        p99_ms: of(|o| o.p99_ms),
+        max_ms: of(|o| o.max_ms),
+        cpu_us_per_msg: of(|o| o.cpu_us_per_msg),
+        db_cpu_us_per_msg: of(|o| o.db_cpu_us_per_msg),
+        cores_busy: of(|o| o.cores_busy),
+        cores_other: of(|o| o.cores_other),
+        peak_rss_mib: of(|o| o.peak_rss_mib),
+        rss_before_mib: of(|o| o.rss_before_mib),
+        replay_per_s: of(|o| o.replay_per_s),
+        ..first.clone()
+    })
+}
+
 /// The goals of issue 11 (MariaDB, SQLite) and issue 14 (Redis) as ratios measured in this run.
 fn ratios(rows: &[Outcome], db: &str, paced: &str) {
-    let get = |s: &str| rows.iter().find(|o| o.scenario == s && o.db == db);
+    let get = |s: &str| median(rows, s, db);
     let (Some(ceiling), Some(only), Some(asy)) = (get("ceiling"), get("broker-only"), get("async")) else {
         return;
     };
@@ -1332,14 +1366,16 @@ mod cluster {
 
     /// Three nodes against one, measured in this run.
     pub fn ratios(rows: &[Outcome]) {
-        let get = |s: &str| rows.iter().find(|o| o.scenario == s);
+        let get = |s: &str| median(rows, s, "mariadb");
         let (Some(one), Some(one_only)) = (get("one-node-async"), get("one-node-only")) else { return };
+        let (one, one_only) = (&one, &one_only);
         println!("\ncluster (MariaDB): three nodes on this machine against one, measured in this run");
         for mode in ["broadcast", "raft"] {
             let (Some(three), Some(three_only)) = (get(&format!("{mode}-3-async")), get(&format!("{mode}-3-only")))
             else {
                 continue;
             };
+            let (three, three_only) = (&three, &three_only);
             println!(
                 "  {mode:<9} persisted 3 / 1 = {:.2} ({:.0} / {:.0} msg/s); nothing stored, published 3 / 1 = {:.2} ({:.0} / {:.0})",
                 three.persisted_per_s / one.persisted_per_s,
@@ -1369,6 +1405,7 @@ async fn main() {
     let after = |f: &str| args.iter().position(|a| a == f).and_then(|i| args.get(i + 1)).cloned();
     let only = after("--backend");
     PERF_SCENARIO.set(after("--perf")).unwrap();
+    REDIS_AOF.set(flag("--redis-aof")).unwrap();
     let dbs: Vec<Db> = match only.as_deref() {
         None => vec![Db::MySql, Db::Sqlite, Db::Redis],
         Some("mysql") => vec![Db::MySql],
@@ -1417,73 +1454,81 @@ async fn main() {
     let wants = |s: &str| chosen.as_deref().is_none_or(|c| c.split(',').any(|c| c == s));
     // The paced scenarios' rate, once `broker-only` has run: the same for every backend.
     let mut rate = number(&args, "--rate");
-    let mut mosquitto_done = false;
-    for db in dbs {
-        let db_name = name(db);
-        if wants("ceiling") {
-            eprintln!("{db_name}: ceiling");
-            rows.push(direct(db, dir.path(), next(), "ceiling", throughput, Insert::Lean, &[]).await);
+    let repeat = number(&args, "--repeat").map_or(1, |n| n.max(1.0) as usize);
+    for round in 1..=repeat {
+        if repeat > 1 {
+            eprintln!("round {round} of {repeat}");
         }
-        if wants("broker-only") || (wants("paced") && rate.is_none()) {
-            eprintln!("{db_name}: broker-only");
-            let only = ours("topics = []", false);
-            let only = through_broker(db, dir.path(), next(), "broker-only", only, throughput).await;
-            rate.get_or_insert((only.published_per_s / 2.0 / 1000.0).round().max(1.0) * 1000.0);
-            rows.push(only);
-        }
-        let mosquitto = !mosquitto_done && wants("mosquitto");
-        if mosquitto {
-            eprintln!("mosquitto");
-            rows.push(through_broker(db, dir.path(), next(), "mosquitto", Through::Mosquitto, throughput).await);
-        }
-        if wants("reference-like") {
-            eprintln!("{db_name}: reference-like");
-            let one_by_one = ours("batch_size = 1\nwrite_mode = sync", true);
-            rows.push(through_broker(db, dir.path(), next(), "reference-like", one_by_one, reference).await);
-        }
-        if wants("async") {
-            eprintln!("{db_name}: async");
-            rows.push(through_broker(db, dir.path(), next(), "async", ours("", true), throughput).await);
-        }
-        if let (true, Some(rate)) = (wants("paced"), rate) {
-            let at = format!("{}k", rate / 1000.0);
-            let paced = Load { rate: Some(rate), ..paced };
-            eprintln!("{db_name}: paced at {rate} msg/s");
-            let scenario = format!("broker-only@{at}");
-            rows.push(through_broker(db, dir.path(), next(), &scenario, ours("topics = []", false), paced).await);
-            if mosquitto {
-                let scenario = format!("mosquitto@{at}");
-                rows.push(through_broker(db, dir.path(), next(), &scenario, Through::Mosquitto, paced).await);
+        let mut mosquitto_done = false;
+        for db in dbs.iter().copied() {
+            let db_name = name(db);
+            if wants("ceiling") {
+                eprintln!("{db_name}: ceiling");
+                rows.push(direct(db, dir.path(), next(), "ceiling", throughput, Insert::Lean, &[]).await);
             }
-            let scenario = format!("async@{at}");
-            rows.push(through_broker(db, dir.path(), next(), &scenario, ours("", true), paced).await);
-        }
-        mosquitto_done |= mosquitto;
-        if wants("sync") {
-            eprintln!("{db_name}: sync");
-            rows.push(through_broker(db, dir.path(), next(), "sync", ours("write_mode = sync", true), throughput).await);
-        }
-        if wants("sync-64") {
-            eprintln!("{db_name}: sync-64");
-            let sync = ours("write_mode = sync", true);
-            rows.push(through_broker(db, dir.path(), next(), "sync-64", sync, sync64).await);
-        }
-        if wants("replay") {
-            eprintln!("{db_name}: replay");
-            rows.push(replay(db, dir.path(), next(), backlog).await);
-        }
-        #[cfg(feature = "cluster")]
-        if db == Db::MySql && wants("cluster") {
-            rows.extend(cluster::scenarios(dir.path(), &mut next, throughput, smoke).await);
-        }
-        if sweep {
-            for batch in [1, 10, 100, 1000, 10000] {
-                for (mode, load) in [("async", throughput), ("sync", sync64)] {
-                    eprintln!("{db_name}: sweep {mode} batch_size = {batch}");
-                    let load = if batch == 1 { Load { messages: load.messages / 10, ..load } } else { load };
-                    let extra = format!("write_mode = {mode}\nbatch_size = {batch}");
-                    let scenario = format!("sweep-{mode}");
-                    rows.push(through_broker(db, dir.path(), next(), &scenario, ours(&extra, true), load).await);
+            if wants("broker-only") || (wants("paced") && rate.is_none()) {
+                eprintln!("{db_name}: broker-only");
+                let only = ours("topics = []", false);
+                let only = through_broker(db, dir.path(), next(), "broker-only", only, throughput).await;
+                rate.get_or_insert((only.published_per_s / 2.0 / 1000.0).round().max(1.0) * 1000.0);
+                rows.push(only);
+            }
+            let mosquitto = !mosquitto_done && wants("mosquitto");
+            if mosquitto {
+                eprintln!("mosquitto");
+                rows.push(through_broker(db, dir.path(), next(), "mosquitto", Through::Mosquitto, throughput).await);
+            }
+            if wants("reference-like") {
+                eprintln!("{db_name}: reference-like");
+                let one_by_one = ours("batch_size = 1\nwrite_mode = sync", true);
+                rows.push(through_broker(db, dir.path(), next(), "reference-like", one_by_one, reference).await);
+            }
+            if wants("async") {
+                eprintln!("{db_name}: async");
+                rows.push(through_broker(db, dir.path(), next(), "async", ours("", true), throughput).await);
+            }
+            if let (true, Some(rate)) = (wants("paced"), rate) {
+                let at = format!("{}k", rate / 1000.0);
+                let paced = Load { rate: Some(rate), ..paced };
+                eprintln!("{db_name}: paced at {rate} msg/s");
+                let scenario = format!("broker-only@{at}");
+                rows.push(through_broker(db, dir.path(), next(), &scenario, ours("topics = []", false), paced).await);
+                if mosquitto {
+                    let scenario = format!("mosquitto@{at}");
+                    rows.push(through_broker(db, dir.path(), next(), &scenario, Through::Mosquitto, paced).await);
+                }
+                let scenario = format!("async@{at}");
+                rows.push(through_broker(db, dir.path(), next(), &scenario, ours("", true), paced).await);
+            }
+            mosquitto_done |= mosquitto;
+            if wants("sync") {
+                eprintln!("{db_name}: sync");
+                rows.push(
+                    through_broker(db, dir.path(), next(), "sync", ours("write_mode = sync", true), throughput).await,
+                );
+            }
+            if wants("sync-64") {
+                eprintln!("{db_name}: sync-64");
+                let sync = ours("write_mode = sync", true);
+                rows.push(through_broker(db, dir.path(), next(), "sync-64", sync, sync64).await);
+            }
+            if wants("replay") {
+                eprintln!("{db_name}: replay");
+                rows.push(replay(db, dir.path(), next(), backlog).await);
+            }
+            #[cfg(feature = "cluster")]
+            if db == Db::MySql && wants("cluster") {
+                rows.extend(cluster::scenarios(dir.path(), &mut next, throughput, smoke).await);
+            }
+            if sweep {
+                for batch in [1, 10, 100, 1000, 10000] {
+                    for (mode, load) in [("async", throughput), ("sync", sync64)] {
+                        eprintln!("{db_name}: sweep {mode} batch_size = {batch}");
+                        let load = if batch == 1 { Load { messages: load.messages / 10, ..load } } else { load };
+                        let extra = format!("write_mode = {mode}\nbatch_size = {batch}");
+                        let scenario = format!("sweep-{mode}");
+                        rows.push(through_broker(db, dir.path(), next(), &scenario, ours(&extra, true), load).await);
+                    }
                 }
             }
         }

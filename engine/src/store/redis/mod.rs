@@ -621,12 +621,14 @@ mod tests {
         let keys = Keys::new("m", "s");
         let ids = crate::message_id::MessageIdGenerator::new(3);
         let message = |topic: &str| {
-            let p = Publish { from: "c".into(), topic: topic.into(), qos: 1, payload: "x".into(), ..Publish::default() };
+            let p =
+                Publish { from: "c".into(), topic: topic.into(), qos: 1, payload: "x".into(), ..Publish::default() };
             Message::new(ids.next_id(), p, Some(9))
         };
         let inserts = vec![message("a"), message("b"), message("a")];
         let (i0, i1, i2) = (inserts[0].msgid.clone(), inserts[1].msgid.clone(), inserts[2].msgid.clone());
-        let acked = |msgid: &str, topic: &str| AckedMessage { msgid: msgid.into(), from: "c".into(), topic: topic.into() };
+        let acked =
+            |msgid: &str, topic: &str| AckedMessage { msgid: msgid.into(), from: "c".into(), topic: topic.into() };
         let delivered = |client: &str, msgid: &str| DeliveryRecord { client_id: client.into(), msgid: msgid.into() };
         let batch = Batch {
             inserts,
@@ -638,8 +640,20 @@ mod tests {
         assert_eq!(
             names,
             [
-                "HSET", "PEXPIREAT", "HSET", "PEXPIREAT", "HSET", "PEXPIREAT", "ZADD", "ZADD", "SADD", "DEL", "DEL",
-                "ZREM", "SADD", "EXPIRE"
+                "HSET",
+                "PEXPIREAT",
+                "HSET",
+                "PEXPIREAT",
+                "HSET",
+                "PEXPIREAT",
+                "ZADD",
+                "ZADD",
+                "SADD",
+                "DEL",
+                "DEL",
+                "ZREM",
+                "SADD",
+                "EXPIRE"
             ]
         );
         assert_eq!(cmds[0][..4], ["HSET".to_owned(), format!("m:{i0}"), "id".into(), i0.clone()]);
