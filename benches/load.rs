@@ -1104,10 +1104,13 @@ fn ratios(rows: &[Outcome], db: &str, paced: &str) {
         return;
     };
     println!("\n{db}: goals as ratios measured in this run");
+    // Issue 11's goals are MariaDB's and SQLite's; on Redis the same figures have none.
+    let goal = |g: &'static str| if db == "redis" { "issue 11's goal, not Redis's" } else { g };
     if let (Some(o), Some(a)) = (get(&format!("broker-only@{paced}")), get(&format!("async@{paced}"))) {
         println!(
-            "  CPU per msg at {paced} msg/s, async / broker-only = {:.2} (goal <= 1.25): {:.1} / {:.1} us, published {:.0} / {:.0} msg/s",
+            "  CPU per msg at {paced} msg/s, async / broker-only = {:.2} ({}): {:.1} / {:.1} us, published {:.0} / {:.0} msg/s",
             a.cpu_us_per_msg / o.cpu_us_per_msg,
+            goal("goal <= 1.25"),
             a.cpu_us_per_msg,
             o.cpu_us_per_msg,
             a.published_per_s,
@@ -1123,8 +1126,11 @@ fn ratios(rows: &[Outcome], db: &str, paced: &str) {
     );
     if let Some(r) = get("replay") {
         println!(
-            "  replay                                 = {:.0} msg/s (goal >= 100000), RSS {:.1} -> {:.1} MiB",
-            r.replay_per_s, r.rss_before_mib, r.peak_rss_mib
+            "  replay                                 = {:.0} msg/s ({}), RSS {:.1} -> {:.1} MiB",
+            r.replay_per_s,
+            goal("goal >= 100000"),
+            r.rss_before_mib,
+            r.peak_rss_mib
         );
     }
     println!(
