@@ -866,7 +866,6 @@ fn ssl(t: &Table<'_>) -> Result<SslConfig, ConfigError> {
     })
 }
 
-/// "host:port" or "host"; the port, when given, must be a number.
 /// A key holding one or several `host:port` (comma-separated, or a list of strings).
 fn host_list(t: &Table<'_>, key: &str, default: &str) -> Result<Vec<String>, ConfigError> {
     let hosts = match t.get(key)? {
@@ -884,6 +883,7 @@ fn host_list(t: &Table<'_>, key: &str, default: &str) -> Result<Vec<String>, Con
     Ok(hosts)
 }
 
+/// "host:port" or "host"; the port, when given, must be a number.
 fn check_host_port(t: &Table<'_>, key: &str, value: &str) -> Result<(), ConfigError> {
     let (host, port) = match value.rsplit_once(':') {
         Some((host, port)) => (host, Some(port)),
