@@ -698,3 +698,72 @@ async fn history_lists_80_mb_of_messages_in_bounded_memory() {
     println!("history listed {} bytes of JSON, peak RSS {rss_kb} kB", text.len());
     assert!(rss_kb < MAX_HISTORY_RSS_KB, "peak RSS {rss_kb} kB for {} bytes listed", text.len());
 }
+
+// Thousands of ids in one millisecond (a host that names a burst of publishes at once: Mosquitto's
+// plugin after its event queue backed up), replayed a page at a time while each delivered message
+// is acknowledged (deleted) at once, as `queue` mode does: every message comes once. Reading on
+// through a millisecond by offset skipped ids whenever acks removed earlier ones between two reads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_through_a_crowded_millisecond_misses_nothing_while_acks_delete() {
+    use futures_util::StreamExt;
+    use mqtt_offline_messages::config::{Backend as Configured, Config};
+    use mqtt_offline_messages::message::{Message, Publish, ReplayQuery, Subscription};
+    use mqtt_offline_messages::message_id::MessageId;
+    use mqtt_offline_messages::store::redis::RedisStore;
+    use mqtt_offline_messages::store::{AckedMessage, Batch, Store};
+
+    const N: u64 = 3000;
+    // Pages longer than the store's reads of a set (200 ids), acks landing while the next page reads.
+    const PAGE: i64 = 300;
+    let env = TestEnv::new(Backend::Redis).await;
+    let config = Config::parse_str(&env.backend_block("")).unwrap();
+    let Configured::Redis(cfg) = &config.backend else { panic!("the redis backend") };
+    let store = Arc::new(RedisStore::connect(cfg).await.unwrap());
+    store.check().await.unwrap();
+    let ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let inserts: Vec<Message> = (0..N)
+        .map(|k| {
+            let id = MessageId((u128::from(ms * 1000 + k % 1000) << 64) | u128::from(k));
+            let p = Publish {
+                from: "crowd-pub".into(),
+                topic: "crowd/t".into(),
+                qos: 1,
+                payload: format!("{k}").into(),
+                ..Publish::default()
+            };
+            Message::new(id, p, None)
+        })
+        .collect();
+    let sent: Vec<String> = inserts.iter().map(|m| m.msgid.clone()).collect();
+    let mut sorted = sent.clone();
+    sorted.sort_by_key(|t| MessageId::from_base62(t).unwrap());
+    store.write_batch(&Batch { inserts, ..Batch::default() }).await.unwrap();
+
+    let sub = Subscription { client_id: "crowd-sub".into(), filter: "crowd/#".into(), qos: 1 };
+    let (mut got, mut after, mut acks) = (Vec::new(), 0u128, Vec::new());
+    loop {
+        let query =
+            ReplayQuery { sub: &sub, topic_like: "crowd/%".into(), now_ms: ms as i64 + 1000, after, limit: PAGE };
+        let rows: Vec<_> = store.select_messages(&query).collect().await;
+        let read = rows.len();
+        for m in rows {
+            let m = m.unwrap();
+            after = after.max(m.position.unwrap());
+            got.push(m.msgid.clone());
+            let (store, acked) = (store.clone(), AckedMessage { msgid: m.msgid, from: m.from, topic: m.topic });
+            let lag = Duration::from_micros(200 * (got.len() as u64 % 8));
+            acks.push(tokio::spawn(async move {
+                tokio::time::sleep(lag).await;
+                store.write_batch(&Batch { deletes: vec![acked], ..Batch::default() }).await.unwrap()
+            }));
+        }
+        if read < PAGE as usize {
+            break;
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+    assert_eq!(got.len(), N as usize, "every message once");
+    assert_eq!(got, sorted, "in id order, none missing, none twice");
+}

@@ -11,7 +11,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use futures_util::stream::{self, BoxStream, StreamExt};
 use redis::Cmd;
 
-use super::{id_score, RedisStore};
+use super::{id_score, ids_by_score, RedisStore};
 use crate::message::Properties;
 use crate::message_id::MessageId;
 use crate::store::{HistoryRow, StoreError};
@@ -140,7 +140,7 @@ impl RedisStore {
             if chunk.is_empty() {
                 break;
             }
-            let cmds = chunk.iter().map(|t| self.ids_cmd(t, &merge.query, 0, ids_per_read)).collect();
+            let cmds = chunk.iter().map(|t| ids_cmd(t, &merge.query, ids_per_read)).collect();
             let firsts: Vec<Vec<String>> = self.read(cmds).await?;
             for (mut t, first) in chunk.into_iter().zip(firsts) {
                 self.history_refill(&mut t, &merge.query, ids_per_read, Some(first)).await?;
@@ -153,20 +153,7 @@ impl RedisStore {
         Ok(merge)
     }
 
-    /// Up to `count` ids of a topic's set from its cursor (inclusive: ids of the cursor's
-    /// millisecond come again and are dropped by the caller), or from `since`, up to the last
-    /// score `until` can select.
-    fn ids_cmd(&self, t: &TopicIds, q: &RedisHistoryQuery, offset: usize, count: usize) -> Cmd {
-        let min = match (t.after, q.since_ms) {
-            (Some(after), _) => id_score(after).to_string(),
-            (None, Some(since)) => since.to_string(),
-            (None, None) => "-inf".to_owned(),
-        };
-        let max = q.until_ms.map_or("+inf".to_owned(), |u| format!("({}", u.saturating_add(ID_AFTER_ARRIVAL_MS)));
-        redis::cmd("ZRANGE").arg(&t.key).arg(min).arg(max).arg("BYSCORE").arg("LIMIT").arg(offset).arg(count).clone()
-    }
-
-    /// Reads a topic's ids after its cursor until it has some or the set has no more.
+    /// Reads a topic's ids after its cursor ([`RedisStore::ids_past`]).
     async fn history_refill(
         &self,
         t: &mut TopicIds,
@@ -174,28 +161,17 @@ impl RedisStore {
         count: usize,
         first: Option<Vec<String>>,
     ) -> Result<(), StoreError> {
-        let (mut offset, mut read) = (0, first);
-        loop {
-            let members = match read.take() {
-                Some(m) => m,
-                None => self.read_one::<Vec<String>>(self.ids_cmd(t, q, offset, count)).await?,
-            };
-            let n = members.len();
-            // Members that are not message ids (not written by a plugin) are left out, as the replay does.
-            let after = t.after;
-            t.ids.extend(
-                members.iter().filter_map(|m| MessageId::from_base62(m)).filter(|id| after.is_none_or(|a| *id > a)),
-            );
-            t.more = n == count;
-            if let Some(last) = t.ids.back() {
-                t.after = Some(*last);
-            }
-            // A full read of ids all at or before the cursor (many in one millisecond): read on.
-            if !t.ids.is_empty() || !t.more {
-                return Ok(());
-            }
-            offset += n;
+        let first = match first {
+            Some(members) => members,
+            None => self.read_one(ids_cmd(t, q, count)).await?,
+        };
+        let (ids, more) = self.ids_past(&t.key, t.after, &max_score(q), count, first).await?;
+        t.more = more;
+        if let Some(last) = ids.last() {
+            t.after = Some(*last);
         }
+        t.ids.extend(ids);
+        Ok(())
     }
 
     /// The next rows, in id order: up to [`HASHES_PER_READ`] ids, their hashes read in one round
@@ -275,6 +251,22 @@ fn history_row(id: MessageId, msgid: String, hash: HashMap<String, Vec<u8>>) -> 
         properties: text("properties").map(|p| Properties::from_json(&p)).unwrap_or_default(),
         payload: hash.get("payload").cloned().unwrap_or_default(),
     })
+}
+
+/// Up to `count` ids of a topic's set from its cursor (inclusive: ids of the cursor's millisecond
+/// come again and are dropped), or from `since`, up to the last score `until` can select.
+fn ids_cmd(t: &TopicIds, q: &RedisHistoryQuery, count: usize) -> Cmd {
+    let min = match (t.after, q.since_ms) {
+        (Some(after), _) => id_score(after).to_string(),
+        (None, Some(since)) => since.to_string(),
+        (None, None) => "-inf".to_owned(),
+    };
+    ids_by_score(&t.key, &min, &max_score(q), count)
+}
+
+/// The last score `until` can select (`+inf` without one).
+fn max_score(q: &RedisHistoryQuery) -> String {
+    q.until_ms.map_or("+inf".to_owned(), |u| format!("({}", u.saturating_add(ID_AFTER_ARRIVAL_MS)))
 }
 
 #[cfg(test)]

@@ -102,41 +102,63 @@ impl RedisStore {
         Ok(all.into_iter().filter(|t| parsed.matches(t)).collect())
     }
 
-    /// Up to [`IDS_PER_READ`] ids of `topic` after `after`, in order; `more` when there may be others.
-    fn ids_after(&self, topic: &str, after: MessageId, offset: usize) -> Cmd {
+    /// Up to [`IDS_PER_READ`] ids of `topic` from `after`'s millisecond on (see [`Self::ids_past`]).
+    fn ids_after(&self, topic: &str, after: MessageId) -> Cmd {
         let min = if after.0 == 0 { "-inf".to_owned() } else { id_score(after).to_string() };
-        redis::cmd("ZRANGE")
-            .arg(self.keys.topic(topic))
-            .arg(min)
-            .arg("+inf")
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(offset)
-            .arg(IDS_PER_READ)
-            .clone()
+        ids_by_score(&self.keys.topic(topic), &min, "+inf", IDS_PER_READ)
     }
 
-    /// Reads the ids of one topic after its cursor until it has some or the set has no more.
+    /// Reads the ids of one topic after its cursor.
     async fn refill(&self, t: &mut TopicIds, first: Option<Vec<String>>) -> Result<(), StoreError> {
-        let mut offset = 0;
-        let mut read = first;
-        loop {
-            let members = match read.take() {
-                Some(m) => m,
-                None => self.read_one::<Vec<String>>(self.ids_after(&t.topic, t.after, offset)).await?,
-            };
-            let n = members.len();
-            t.ids.extend(members.iter().filter_map(|m| MessageId::from_base62(m)).filter(|id| *id > t.after));
-            t.more = n == IDS_PER_READ;
-            if let Some(last) = t.ids.back() {
-                t.after = *last;
-            }
-            // A full read of ids all at or before the cursor (many in one millisecond): read on.
-            if !t.ids.is_empty() || !t.more {
-                return Ok(());
-            }
-            offset += n;
+        let first = match first {
+            Some(members) => members,
+            None => self.read_one(self.ids_after(&t.topic, t.after)).await?,
+        };
+        let after = Some(t.after).filter(|a| a.0 != 0);
+        let (ids, more) = self.ids_past(&self.keys.topic(&t.topic), after, "+inf", IDS_PER_READ, first).await?;
+        t.more = more;
+        if let Some(last) = ids.last() {
+            t.after = *last;
         }
+        t.ids.extend(ids);
+        Ok(())
+    }
+
+    /// The ids after `after` (all of them without one) in `first`, a read of up to `count` members
+    /// of the sorted set `key` from `after`'s millisecond on (its ids at or before the cursor come
+    /// again and are dropped), in order, and whether the set may hold more up to the score `max`.
+    /// When `first` is full and holds none after the cursor (more than `count` ids share its
+    /// millisecond), the rest of that millisecond is read whole, then the set from the next one:
+    /// never by offset, which ids removed meanwhile (acknowledged) would shift past unread ones.
+    pub(crate) async fn ids_past(
+        &self,
+        key: &str,
+        after: Option<MessageId>,
+        max: &str,
+        count: usize,
+        first: Vec<String>,
+    ) -> Result<(Vec<MessageId>, bool), StoreError> {
+        // Members that are not message ids (not written by a plugin) are left out.
+        let past = |members: Vec<String>| -> Vec<MessageId> {
+            members
+                .iter()
+                .filter_map(|m| MessageId::from_base62(m))
+                .filter(|id| after.is_none_or(|a| *id > a))
+                .collect()
+        };
+        let full = first.len() == count;
+        let ids = past(first);
+        let Some(cursor) = after.filter(|_| ids.is_empty() && full) else { return Ok((ids, full)) };
+        let ms = id_score(cursor);
+        let same: Vec<String> =
+            self.read_one(redis::cmd("ZRANGE").arg(key).arg(ms).arg(ms).arg("BYSCORE").clone()).await?;
+        let ids = past(same);
+        if !ids.is_empty() {
+            return Ok((ids, true));
+        }
+        let later: Vec<String> = self.read_one(ids_by_score(key, &format!("({ms}"), max, count)).await?;
+        let full = later.len() == count;
+        Ok((past(later), full))
     }
 
     /// One page of a replay; see [`Store::select_messages`].
@@ -144,7 +166,7 @@ impl RedisStore {
         self.ready()?;
         let topics = self.topics_for(&query.filter).await?;
         let after = MessageId(query.after);
-        let firsts: Vec<Vec<String>> = self.read(topics.iter().map(|t| self.ids_after(t, after, 0)).collect()).await?;
+        let firsts: Vec<Vec<String>> = self.read(topics.iter().map(|t| self.ids_after(t, after)).collect()).await?;
         let mut page = Page { query, topics: Vec::new(), heap: BinaryHeap::new(), ready: VecDeque::new(), left: 0 };
         page.left = page.query.limit;
         for (topic, first) in topics.into_iter().zip(firsts) {
@@ -333,6 +355,14 @@ impl<'a> PerKey<'a> {
         };
         &mut self.cmds[i]
     }
+}
+
+/// Up to `count` members of the sorted set `key` with scores from `min` to `max` (Redis's score
+/// range syntax), in order.
+fn ids_by_score(key: &str, min: &str, max: &str, count: usize) -> Cmd {
+    let mut cmd = redis::cmd("ZRANGE");
+    cmd.arg(key).arg(min).arg(max).arg("BYSCORE").arg("LIMIT").arg(0).arg(count);
+    cmd
 }
 
 /// The sorted-set score of a message: its publish time in milliseconds, as its id holds it, so
