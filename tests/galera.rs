@@ -110,6 +110,30 @@ fn count(db: &PrivateMariaDb, database: &str) -> i64 {
         .unwrap_or(0)
 }
 
+/// Waits until `db` holds at least `n` rows of `mqtt_msg`, for `within` at most.
+async fn wait_rows(db: &PrivateMariaDb, database: &str, n: usize, within: Duration) {
+    let start = Instant::now();
+    loop {
+        let stored = count(db, database);
+        if stored >= n as i64 {
+            return;
+        }
+        assert!(start.elapsed() < within, "{stored} of {n} stored");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publisher `i`: `n` messages `{i}-{k}` to `{prefix}/{i}`, each acknowledged.
+fn publisher(port: u16, prefix: &'static str, i: usize, n: usize) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut c = Client::connect(port, &format!("{prefix}-pub-{i}"), true).await;
+        for k in 0..n {
+            assert!(c.try_publish(&format!("{prefix}/{i}"), format!("{i}-{k}")).await, "PUBACK for {i}-{k}");
+        }
+        c.disconnect().await;
+    })
+}
+
 /// The payloads `{publisher}-{n}` stored on `db`, checked: `publishers` × `each`, once, in order per publisher.
 fn assert_stored_once_in_order(db: &PrivateMariaDb, database: &str, publishers: usize, each: usize) {
     let rows =
@@ -150,26 +174,9 @@ async fn a_broker_per_galera_node_loses_nothing_when_a_database_node_is_killed()
         ports.push(port);
     }
 
-    let publishers: Vec<_> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, &port)| {
-            tokio::spawn(async move {
-                let mut c = Client::connect(port, &format!("gal-pub-{i}"), true).await;
-                for n in 0..N {
-                    assert!(c.try_publish(&format!("gal/{i}"), format!("{i}-{n}")).await, "PUBACK for {i}-{n}");
-                }
-                c.disconnect().await;
-            })
-        })
-        .collect();
+    let publishers: Vec<_> = ports.iter().enumerate().map(|(i, &port)| publisher(port, "gal", i, N)).collect();
     // Database node 2 dies mid-stream: its broker spools until it is back.
-    let count = |db: &PrivateMariaDb| count(db, &env.db_name);
-    let start = Instant::now();
-    while count(&galera.nodes[0]) < N as i64 / 2 {
-        assert!(start.elapsed() < LONG, "nothing stored");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_rows(&galera.nodes[0], &env.db_name, N / 2, LONG).await;
     galera.nodes[1].kill();
     brokers[1].wait_for_log("writes go to the on-disk spool").await;
     for p in publishers {
@@ -180,11 +187,7 @@ async fn a_broker_per_galera_node_loses_nothing_when_a_database_node_is_killed()
     galera.wait_synced(1).await;
 
     // Every acknowledged message stored once, in order per publisher, on every node.
-    let start = Instant::now();
-    while count(&galera.nodes[0]) < 3 * N as i64 {
-        assert!(start.elapsed() < Duration::from_secs(120), "{} of {} stored", count(&galera.nodes[0]), 3 * N);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_rows(&galera.nodes[0], &env.db_name, 3 * N, Duration::from_secs(120)).await;
     for db in &galera.nodes {
         assert_stored_once_in_order(db, &env.db_name, 3, N);
     }
@@ -208,38 +211,15 @@ async fn a_broker_moves_to_the_next_galera_node_when_its_node_is_killed() {
     // A port picked now: the Galera nodes took ports of their own since `env` picked its port.
     let port = free_port();
     let broker = Broker::start(&config, port, env.dir.path().join("broker.log")).await;
-    let publishers: Vec<_> = (0..2)
-        .map(|i| {
-            tokio::spawn(async move {
-                let mut c = Client::connect(port, &format!("move-pub-{i}"), true).await;
-                for n in 0..N {
-                    assert!(c.try_publish(&format!("move/{i}"), format!("{i}-{n}")).await, "PUBACK for {i}-{n}");
-                }
-                c.disconnect().await;
-            })
-        })
-        .collect();
-    let start = Instant::now();
-    while count(&galera.nodes[1], &env.db_name) < N as i64 / 2 {
-        assert!(start.elapsed() < LONG, "nothing stored");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let publishers: Vec<_> = (0..2).map(|i| publisher(port, "move", i, N)).collect();
+    wait_rows(&galera.nodes[1], &env.db_name, N / 2, LONG).await;
     galera.nodes[0].kill();
     // To node 2, or to node 3 when node 2 is slow to answer while the cluster evicts node 1.
     broker.wait_for_log(&format!("mysql.server: {} does not answer; statements go to", servers[0])).await;
     for p in publishers {
         p.await.unwrap();
     }
-    let start = Instant::now();
-    while count(&galera.nodes[1], &env.db_name) < 2 * N as i64 {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "{} of {} stored",
-            count(&galera.nodes[1], &env.db_name),
-            2 * N
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_rows(&galera.nodes[1], &env.db_name, 2 * N, Duration::from_secs(120)).await;
     for db in &galera.nodes[1..] {
         assert_stored_once_in_order(db, &env.db_name, 2, N);
     }
